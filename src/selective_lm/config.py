@@ -1,0 +1,439 @@
+"""Typed run configurations: dataclasses with a docstring per field, YAML + ``key=value`` overrides.
+
+Every command of the CLI has one dataclass here. A field's docstring (the string literal under
+it, as in litgpt) is its ``--help`` text. Resolution order: dataclass defaults < YAML file
+(``--config``) < ``key=value`` overrides < explicit ``--flags``. The resolved config is written
+to every run's output directory.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .files import UserError, atomic_write_text
+
+STRATEGIES = ("topk", "random", "stochastic")
+OBJECTIVES = ("clm", "slm")
+
+
+# --------------------------------------------------------------------------- configs
+@dataclass
+class PrepareConfig:
+    """Turn a corpus into a dataset directory of fixed token windows."""
+
+    inputs: list[str] = field(default_factory=list)
+    """Text (.txt/.md), JSONL (.jsonl/.json), Parquet files, directories or globs, or a HF `datasets` dataset saved with save_to_disk."""
+    out: str = ""
+    """Output dataset directory."""
+    text_field: str = "text"
+    """Field holding the document text in JSONL, Parquet and HF datasets."""
+    spans_field: str = "spans"
+    """Optional JSONL field of provenance spans [[start, end, label], ...] (labels kept per token for diagnostics only)."""
+    tokenizer: str | None = None
+    """Local HF tokenizer directory to use; when unset a byte-level BPE of `vocab_size` is trained on the inputs."""
+    vocab_size: int = 2048
+    """Vocabulary size of the trained byte-level BPE (ignored with `tokenizer`)."""
+    seq_len: int = 128
+    """Tokens of context per training window; windows hold seq_len + 1 tokens."""
+    val_fraction: float = 0.05
+    """Fraction of documents held out for the validation split (chosen by a seeded hash)."""
+    seed: int = 0
+    """Seed for the train/validation split."""
+    overwrite: bool = False
+    """Replace an existing dataset directory."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def validate(self) -> None:
+        if not self.inputs:
+            raise UserError("no inputs given: pass --inputs FILE_OR_DIR [...]")
+        if not self.out:
+            raise UserError("no output directory: pass --out DIR")
+        if self.seq_len < 2:
+            raise UserError(f"seq_len must be >= 2, got {self.seq_len}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.tokenizer is None and self.vocab_size < 259:
+            raise UserError(f"vocab_size must be >= 259 for a byte-level BPE, got {self.vocab_size}")
+
+
+@dataclass
+class ScoreConfig:
+    """Score every window of a dataset split with a reference model."""
+
+    data: str = ""
+    """Dataset directory made by `slm prepare`."""
+    model: str = ""
+    """Reference model: a local HF checkpoint directory (e.g. a run's final/ directory)."""
+    out: str = ""
+    """Output directory for ref_losses.bin and its manifest."""
+    split: str = "train"
+    """Dataset split to score."""
+    batch_size: int = 32
+    """Windows per forward pass."""
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available)."""
+    precision: str = "auto"
+    """fp32, bf16, or auto (bf16 autocast on GPU, fp32 on CPU)."""
+    overwrite: bool = False
+    """Replace finished scores in `out`."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        for name in ("data", "model", "out"):
+            if not getattr(self, name):
+                raise UserError(f"missing --{name}")
+        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (PEFT) instead of full-parameter training; r = 0 turns LoRA off."""
+
+    r: int = 0
+    """LoRA rank; 0 = full-parameter training."""
+    alpha: float = 32.0
+    """LoRA alpha; the update is B·A·(alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names to adapt."""
+
+    def validate(self) -> None:
+        if self.r < 0:
+            raise UserError(f"lora.r must be > 0 (or 0 to disable LoRA), got {self.r}")
+
+
+@dataclass
+class TrainConfig:
+    """Train a causal LM with CLM (all tokens) or SLM (selected tokens)."""
+
+    data: str = ""
+    """Dataset directory made by `slm prepare`."""
+    out: str = ""
+    """Run directory (checkpoints, metrics.jsonl, config.yaml, final/)."""
+    model: str = "tiny"
+    """Preset name (tiny, small, 125m, tinyllama-1.1b) for a fresh model, or a local HF checkpoint directory to continue from."""
+    objective: str = "clm"
+    """clm: loss on every token; slm: loss on the selected tokens only."""
+    strategy: str = "topk"
+    """SLM selection: topk (highest excess loss), random (uniform, the control), stochastic (sampled ∝ exp(excess / temperature))."""
+    ratio: float = 0.6
+    """Fraction of the batch's valid tokens selected by SLM, in (0, 1]."""
+    temperature: float = 1.0
+    """Temperature of stochastic selection."""
+    ref_scores: str | None = None
+    """Directory made by `slm score` on this dataset's train split (offline reference losses, the default for SLM)."""
+    ref_model: str | None = None
+    """Reference model directory for online reference losses, computed under no_grad in the same step."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA settings (lora.r=16 lora.alpha=32 enables it)."""
+    batch_size: int = 16
+    """Windows per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    max_steps: int = 0
+    """Optimizer steps; 0 derives them from max_tokens."""
+    max_tokens: int = 0
+    """Token budget (target tokens seen); used when max_steps is 0; 0 means one epoch."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the cosine schedule as a fraction of lr."""
+    warmup_steps: int = 10
+    """Linear warmup steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (matrices only; norms and biases get none)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping."""
+    seed: int = 0
+    """Seed for initialisation and for random/stochastic selection."""
+    data_seed: int = 0
+    """Seed of the window order (keep it equal across arms so they see the same windows in the same order)."""
+    device: str = "auto"
+    """cpu, cuda, or auto."""
+    precision: str = "auto"
+    """fp32, bf16, or auto (bf16 autocast on GPU, fp32 on CPU)."""
+    compile: bool = False
+    """torch.compile the model."""
+    log_every: int = 10
+    """Steps between metric lines (the only host syncs of the loop)."""
+    eval_every: int = 0
+    """Steps between validation evaluations; 0 = only at the end."""
+    eval_windows: int = 64
+    """Validation windows used by periodic evaluation (0 = all)."""
+    ckpt_every: int = 0
+    """Steps between checkpoints; 0 = only the final one."""
+    resume: bool = False
+    """Continue from the latest checkpoint in `out` (the config must be unchanged)."""
+    overwrite: bool = False
+    """Replace a finished run in `out`."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        if not self.data:
+            raise UserError("missing --data: pass a dataset directory made by `slm prepare`")
+        if not self.out:
+            raise UserError("missing --out: pass a run directory")
+        _check_choice("objective", self.objective, OBJECTIVES)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        check_ratio(self.ratio)
+        if self.temperature <= 0:
+            raise UserError(f"temperature must be > 0, got {self.temperature}")
+        self.lora.validate()
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "max_tokens", "warmup_steps", "eval_every", "ckpt_every", "eval_windows"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise UserError(f"log_every must be >= 1, got {self.log_every}")
+        if self.objective == "slm" and not (self.ref_scores or self.ref_model):
+            raise UserError("objective slm needs reference losses: pass ref_scores=DIR (from `slm score`) or ref_model=DIR")
+        if self.ref_scores and self.ref_model:
+            raise UserError("pass only one of ref_scores and ref_model")
+
+
+@dataclass
+class EvalConfig:
+    """Perplexity on validation sets, optional per-token loss dumps and few-shot accuracy."""
+
+    model: str = ""
+    """Model: a local HF checkpoint directory (full or LoRA adapter)."""
+    data: list[str] = field(default_factory=list)
+    """One or more dataset directories; each is evaluated on `split`."""
+    split: str = "validation"
+    """Dataset split."""
+    max_windows: int = 0
+    """Evaluate at most this many windows per dataset (0 = all)."""
+    batch_size: int = 32
+    """Windows per forward pass."""
+    dump: str | None = None
+    """Directory for per-token loss dumps (float16 memmaps aligned with the targets)."""
+    fewshot: str | None = None
+    """JSONL of held-out questions {question, answer} for few-shot exact match."""
+    exemplars: str | None = None
+    """JSONL of few-shot exemplars {question, solution, answer}."""
+    shots: int = 4
+    """Exemplars per few-shot prompt."""
+    fewshot_limit: int = 0
+    """Evaluate at most this many questions (0 = all)."""
+    max_new_tokens: int = 48
+    """Greedy decoding length for few-shot answers."""
+    out: str | None = None
+    """Write the metrics JSON here (printed in any case)."""
+    device: str = "auto"
+    """cpu, cuda, or auto."""
+    precision: str = "auto"
+    """fp32, bf16, or auto."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UserError("missing --model: pass a checkpoint directory")
+        if not self.data and not self.fewshot:
+            raise UserError("nothing to evaluate: pass --data DIR [...] and/or --fewshot FILE")
+        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        if self.shots < 0:
+            raise UserError(f"shots must be >= 0, got {self.shots}")
+
+
+# --------------------------------------------------------------------------- validation
+def check_ratio(ratio: float, key: str = "ratio") -> None:
+    if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
+        raise UserError(f"{key} must be in (0, 1], got {ratio}: pick e.g. 0.6")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {key} '{value}': choose one of {', '.join(choices)}")
+
+
+# --------------------------------------------------------------------------- machinery
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Map each dataclass field to the docstring written under it."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert a YAML-parsed value against a field annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, inner, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build ``cls`` from a (possibly nested) mapping; unknown keys are a UserError."""
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise UserError(f"unknown config key '{prefix}{key}': valid keys are {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (values parsed as YAML) onto a nested dict."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not key=value: write e.g. ratio=0.6")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node[p] = dict(node.get(p) or {})
+            node = node[p]
+        node[parts[-1]] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {p} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p} must hold a mapping of keys to values")
+    return data
+
+
+def resolve(cls: type, config_file: str | None = None, overrides: list[str] | None = None,
+            flags: dict[str, Any] | None = None) -> Any:
+    """defaults < YAML file < key=value overrides < explicit flags; then ``validate()``."""
+    data: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    data = apply_overrides(data, overrides or [])
+    for key, value in (flags or {}).items():
+        data[key] = value
+    cfg = from_dict(cls, data)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    atomic_write_text(path, dump_yaml(cfg))
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--flag`` per field with the field docstring as help; nested dataclasses via key=value."""
+    docs = field_docs(cls)
+    hints = _hints(cls)
+    parser.add_argument("--config", help="YAML file with any of the options below")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="overrides, e.g. ratio=0.3 lora.r=16 (nested keys with dots)")
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        help_text = docs.get(f.name, "")
+        if dataclasses.is_dataclass(tp):
+            sub = field_docs(tp)
+            help_text += " Keys: " + "; ".join(f"{f.name}.{k}: {v}" for k, v in sub.items())
+            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="YAML",
+                                type=yaml.safe_load, help=help_text)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text += f" (default: {default})"
+        is_list = typing.get_origin(tp) is list or list in typing.get_args(tp)
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        elif is_list:
+            parser.add_argument(flag, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, type=yaml.safe_load,
+                                metavar=f.name.upper(), help=help_text)
+
+
+def from_args(cls: type, args: argparse.Namespace) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    return resolve(cls, getattr(args, "config", None), getattr(args, "overrides", None), flags)

@@ -1,0 +1,68 @@
+"""Token selection for Selective Language Modeling.
+
+``select_tokens`` picks exactly k = round(ratio × n_valid) positions (round half up, at least 1
+when any position is valid) among the valid ones of a whole batch:
+
+- ``topk``: the k highest scores (excess losses);
+- ``random``: k positions uniformly at random (the control);
+- ``stochastic``: k positions sampled without replacement with probability ∝ exp(score / τ),
+  via the Gumbel-top-k trick (exact for sequential sampling without replacement).
+
+Everything stays on the device: k is a tensor, and selection is a rank comparison, so there is
+no host synchronisation.
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import STRATEGIES
+
+
+def num_selected(n_valid: torch.Tensor | int, ratio: float) -> torch.Tensor:
+    """k = round(ratio × n_valid), rounding halves up, at least 1 when n_valid > 0."""
+    n = torch.as_tensor(n_valid)
+    k = torch.floor(n.to(torch.float64) * ratio + 0.5).to(torch.long)
+    return torch.where(n > 0, k.clamp(min=1), torch.zeros_like(k))
+
+
+def _check(scores: torch.Tensor, ratio: float, strategy: str, valid: torch.Tensor | None,
+           temperature: float) -> None:
+    if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if valid is not None and valid.shape != scores.shape:
+        raise ValueError(f"valid has shape {tuple(valid.shape)} but scores have {tuple(scores.shape)}")
+    if strategy == "stochastic" and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _uniform(shape: torch.Size, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    if generator is not None and generator.device.type != device.type:
+        return torch.rand(shape, generator=generator, dtype=torch.float32).to(device)
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+
+
+def select_tokens(scores: torch.Tensor, ratio: float, strategy: str = "topk", *,
+                  valid: torch.Tensor | None = None, temperature: float = 1.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Boolean mask of the selected positions, same shape as ``scores``.
+
+    Selection runs over all valid positions of the tensor (the whole batch), as in the paper.
+    """
+    _check(scores, ratio, strategy, valid, temperature)
+    flat = scores.detach().reshape(-1).float()
+    ok = torch.ones_like(flat, dtype=torch.bool) if valid is None else valid.reshape(-1).bool()
+    if strategy == "topk":
+        keys = flat
+    elif strategy == "random":
+        keys = _uniform(flat.shape, flat.device, generator)
+    else:  # stochastic: Gumbel-top-k == sampling without replacement ∝ exp(score / τ)
+        u = _uniform(flat.shape, flat.device, generator).clamp_(min=1e-20, max=1.0 - 1e-7)
+        keys = flat / temperature - torch.log(-torch.log(u))
+    keys = torch.where(ok, keys, torch.full_like(keys, float("-inf")))
+    order = torch.argsort(keys, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    k = num_selected(ok.sum(), ratio)
+    return ((rank < k) & ok).reshape(scores.shape)
