@@ -308,11 +308,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return from_dict(tp, value, prefix=f"{key}.")
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             value = [value]
-        return [_coerce(v, inner, key) for v in value]
+        items: list[Any] = []
+        for v in value:  # "0,1,2" and ["0", "1,2"] both work from the command line
+            if isinstance(v, str) and inner is not str:
+                items += [yaml.safe_load(x) for x in v.split(",") if x.strip()]
+            elif isinstance(v, str) and "," in v:
+                items += [x.strip() for x in v.split(",") if x.strip()]
+            else:
+                items.append(v)
+        return [_coerce(v, inner, key) for v in items]
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -382,9 +388,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve(cls: type, config_file: str | None = None, overrides: list[str] | None = None,
-            flags: dict[str, Any] | None = None) -> Any:
-    """defaults < YAML file < key=value overrides < explicit flags; then ``validate()``."""
-    data: dict[str, Any] = load_yaml(config_file) if config_file else {}
+            flags: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> Any:
+    """defaults < ``base`` < YAML file < key=value overrides < explicit flags; then ``validate()``."""
+    data: dict[str, Any] = dict(base or {})
+    if config_file:
+        data.update(load_yaml(config_file))
     data = apply_overrides(data, overrides or [])
     for key, value in (flags or {}).items():
         data[key] = value
@@ -436,4 +444,5 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 def from_args(cls: type, args: argparse.Namespace) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     flags = {k: v for k, v in vars(args).items() if k in names}
-    return resolve(cls, getattr(args, "config", None), getattr(args, "overrides", None), flags)
+    base = cls.base_values(flags) if hasattr(cls, "base_values") else {}
+    return resolve(cls, getattr(args, "config", None), getattr(args, "overrides", None), flags, base)

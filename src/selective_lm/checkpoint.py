@@ -1,0 +1,146 @@
+"""Run directories, checkpoints and resume.
+
+Run directory::
+
+    config.yaml              resolved TrainConfig (written before step 1)
+    metrics.jsonl            one JSON object per log/eval line
+    checkpoints/step_NNNNNN/ HF (or PEFT adapter) directory + training_state.pt + slm_meta.json
+    final/                   the final weights as a loadable HF (or adapter) directory
+    base/                    LoRA runs from a preset only: the base the adapter applies to
+    run.json                 {"status": "complete", ...}, written last
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from .config import TrainConfig, from_dict, to_dict
+from .files import UserError, atomic_write_text, read_json
+
+# Options that may differ between an interrupted run and its resumption.
+RESUME_FREE_KEYS = {"resume", "overwrite", "progress", "log_every", "device"}
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step_") and (d / "training_state.pt").is_file()]
+    return sorted(dirs, key=lambda d: int(d.name.split("_")[1]))
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("_")[1])
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    f = Path(run_dir) / "run.json"
+    return f.is_file() and read_json(f).get("status") == "complete"
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path | None:
+    """Apply the overwrite/resume rules; returns the checkpoint to resume from (or None)."""
+    out = Path(cfg.out)
+    saved_cfg = out / "config.yaml"
+    if cfg.overwrite and out.exists() and not cfg.resume:
+        for name in ("run.json", "checkpoints", "final", "base", "metrics.jsonl", "config.yaml", "eval"):
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        return None
+    if is_finished(out):
+        if cfg.resume:
+            raise UserError(f"{out} holds a finished run: nothing to resume (pass --overwrite to train again)")
+        raise UserError(f"{out} holds a finished run: pass --overwrite to replace it or choose another --out")
+    ckpts = checkpoint_dirs(out)
+    if not cfg.resume:
+        if ckpts or saved_cfg.is_file():
+            raise UserError(f"{out} holds an unfinished run: pass --resume to continue it or --overwrite to start over")
+        return None
+    if not saved_cfg.is_file():
+        raise UserError(f"nothing to resume in {out}: no config.yaml there (drop --resume to start a new run)")
+    saved = to_dict(from_dict(TrainConfig, yaml.safe_load(saved_cfg.read_text()) or {}))
+    now = to_dict(cfg)
+    changed = [k for k in now if k not in RESUME_FREE_KEYS and now[k] != saved.get(k)]
+    if changed:
+        k = changed[0]
+        raise UserError(f"cannot resume {out} with a changed config: {k} was {saved.get(k)!r}, now {now[k]!r} "
+                        "(use the original settings or start a new run with --overwrite)")
+    return ckpts[-1] if ckpts else None
+
+
+def capture_state(step: int, optimizer, scheduler, generator: torch.Generator, extra: dict | None = None) -> dict:
+    state: dict[str, Any] = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "selection_rng": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state(),
+        "python_rng": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    state.update(extra or {})
+    return state
+
+
+def restore_state(ckpt: Path, model, optimizer, scheduler, generator: torch.Generator) -> dict:
+    """Load weights and training state from a checkpoint directory in place; returns the state dict."""
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
+    else:
+        weights = load_file(ckpt / "model.safetensors")
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        bad = [k for k in missing if not k.endswith("lm_head.weight")] + list(unexpected)
+        if bad:
+            raise UserError(f"checkpoint {ckpt} does not match the model ({bad[0]}): start over with --overwrite")
+    state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["selection_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metric lines up to ``step`` (resuming rewrites what came after the checkpoint)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows

@@ -1,0 +1,113 @@
+"""`slm` — one console script, subcommands from a dict of name → (config class, function).
+
+Bad input raises :class:`~selective_lm.files.UserError`; it is printed as one line and the
+process exits with code 2, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from .config import EvalConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arguments, dump_yaml, from_args
+from .files import UserError
+
+
+def _prepare(cfg: PrepareConfig) -> None:
+    from .data import prepare
+
+    m = prepare(cfg)
+    print(f"prepared {cfg.out}: " + ", ".join(f"{s} {v['windows']} windows" for s, v in m["splits"].items())
+          + f", vocab {m['vocab_size']}, seq_len {m['seq_len']}, replaced bytes {m['replaced_bytes']}")
+
+
+def _score(cfg: ScoreConfig) -> None:
+    from .scoring import score
+
+    m = score(cfg)
+    print(f"scored {m['windows']} windows of {cfg.split}: mean reference loss {m['mean_loss']:.4f} "
+          f"({m['windows'] * m['seq_len'] / max(m['seconds'], 1e-9):.0f} tok/s) -> {cfg.out}")
+
+
+def _train(cfg: TrainConfig) -> None:
+    from .train import train
+
+    s = train(cfg)
+    print(f"finished {s['steps']} steps ({s['tokens']} tokens): val loss {s['final_val_loss']:.4f} "
+          f"ppl {s['final_val_ppl']:.2f} -> {cfg.out}/final")
+
+
+def _eval(cfg: EvalConfig) -> None:
+    from .evaluate import evaluate
+
+    r = evaluate(cfg)
+    for name, v in r["datasets"].items():
+        print(f"{name}: loss {v['loss']:.4f} ppl {v['ppl']:.2f} ({v['tokens']} tokens)")
+    if "fewshot" in r:
+        f = r["fewshot"]
+        print(f"few-shot exact match: {f['accuracy']:.3f} ({f['correct']}/{f['n']}, {f['shots']} shots)")
+
+
+def _commands() -> dict[str, tuple[type, Callable, str]]:
+    from .study import StudyConfig, run_study
+
+    return {
+        "prepare": (PrepareConfig, _prepare, "corpus -> dataset directory of fixed token windows"),
+        "score": (ScoreConfig, _score, "reference losses for every token of a dataset split"),
+        "train": (TrainConfig, _train, "CLM or SLM training (full or LoRA)"),
+        "eval": (EvalConfig, _eval, "perplexity, per-token loss dumps, few-shot exact match"),
+        "study": (StudyConfig, run_study, "Rho-1's experiment end to end with a report"),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slm", description="Selective Language Modeling (Rho-1): "
+                                     "prepare data, score with a reference model, train CLM/SLM, evaluate, study.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (cls, _, help_text) in _commands().items():
+        p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
+        add_arguments(p, cls)
+    try:  # TEMP until analysis.cli lands
+        from .analysis.cli import add_analyze_parser
+
+        add_analyze_parser(sub)
+    except ModuleNotFoundError:
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bars only; HF's shard/loading bars are noise here
+        hf_logging.set_verbosity_error()
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command == "analyze":
+            from .analysis.cli import run_analyze
+
+            run_analyze(args)
+            return 0
+        cls, fn, _ = _commands()[args.command]
+        cfg = from_args(cls, args)
+        if args.dry_run:
+            print(dump_yaml(cfg), end="")
+            return 0
+        fn(cfg)
+        return 0
+    except UserError as e:
+        print(f"slm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slm: interrupted", file=sys.stderr)
+        return 130
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

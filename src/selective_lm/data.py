@@ -1,0 +1,515 @@
+"""`slm prepare` and the dataset reader: a corpus packed ONCE into fixed token windows.
+
+Reference scores are per token and depend on context, so training must see exactly the windows
+that were scored. :func:`prepare` tokenizes the inputs, splits documents into train/validation by a
+seeded hash of their text, packs each split (document tokens + EOS, in input order) into
+consecutive non-overlapping windows of ``seq_len + 1`` tokens and writes flat memmaps::
+
+    DIR/manifest.json          written last (the directory is moved into place as a whole)
+    DIR/tokenizer/             HF fast tokenizer (save_pretrained)
+    DIR/{split}.bin            windows × (seq_len + 1) tokens, uint16 or uint32
+    DIR/{split}.prov.bin       uint8 provenance label per token (only when some input had spans)
+
+:class:`TokenDataset` reads such a directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import PrepareConfig
+from .files import UserError, atomic_dir, commit_dir, read_json, sha256_json, write_json
+from .sources import iter_documents
+
+__all__ = [
+    "EOS_TOKEN", "FORMAT_VERSION", "PROVENANCE_LABELS", "TokenDataset", "dataset_fingerprint",
+    "iter_documents", "load_tokenizer", "prepare", "token_dtype", "tokenizer_fingerprint",
+    "train_tokenizer", "train_tokenizer_from_inputs",
+]
+
+FORMAT_VERSION = 1
+EOS_TOKEN = "<|endoftext|>"
+DATASET_KIND = "selective-lm-dataset"
+PROVENANCE_LABELS = {"0": "content", "1": "noise", "2": "offtopic"}
+SPLITS = ("train", "validation")
+
+_BATCH_CHARS = 1 << 20  # characters per encode_batch call
+_BATCH_DOCS = 2048
+_CHUNK_CHARS = 1 << 16  # long documents are encoded in pieces of about this size
+_SAFE_CUT = re.compile(r"(?<=[!-~])\n(?=[!-~])")
+_FLUSH_TOKENS = 1 << 22  # pending tokens per split before writing to disk
+_WS_CODEPOINTS = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+
+
+# --------------------------------------------------------------------------- tokenizer
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab_size <= 65535), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+
+
+def _wrap(tok):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
+                                   clean_up_tokenization_spaces=False)
+
+
+def _save_tokenizer(tokenizer, out_dir: str | Path) -> None:
+    """save_pretrained into a fresh directory beside ``out_dir``, then move each file in."""
+    out = Path(out_dir)
+    tmp = atomic_dir(out)
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(tmp.iterdir(), key=lambda p: p.name == "tokenizer.json"):  # tokenizer.json last
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
+    """Train a byte-level BPE (full byte alphabet, ``<|endoftext|>`` special) and save it to ``out_dir``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 257:
+        raise UserError(f"vocab_size must be >= 259 for a byte-level BPE, got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(iter(texts), trainer=trainer)
+    wrapped = _wrap(tok)
+    _save_tokenizer(wrapped, out_dir)
+    return wrapped
+
+
+def train_tokenizer_from_inputs(inputs: list[str], vocab_size: int, out_dir: str | Path,
+                                text_field: str = "text", progress: bool = False):
+    """Train one byte-level BPE on all documents of ``inputs`` (to share across several datasets)."""
+    from tqdm.auto import tqdm
+
+    stats: dict = {}
+    docs = iter_documents(inputs, text_field=text_field, stats=stats)
+    bar = tqdm(docs, desc="train tokenizer", unit="doc", disable=not progress)
+    tok = train_tokenizer((text for text, _ in bar), vocab_size, out_dir)
+    if stats["documents"] == 0:
+        raise UserError(f"no documents in {', '.join(inputs)} (all inputs are empty): add text")
+    return tok
+
+
+def load_tokenizer(path: str | Path):
+    """Load a local HF fast tokenizer directory (UserError if missing or unreadable)."""
+    from transformers import PreTrainedTokenizerFast
+
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"tokenizer directory not found: {p} (pass a local HF tokenizer directory, "
+                        "or leave tokenizer unset to train one)")
+    if not (p / "tokenizer.json").is_file():
+        raise UserError(f"{p} holds no tokenizer.json: save a fast tokenizer there with save_pretrained")
+    try:
+        tok = PreTrainedTokenizerFast.from_pretrained(str(p), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for broken files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot read the tokenizer in {p} ({msg}): re-save it with save_pretrained") from None
+    return tok
+
+
+def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
+    """sha256 of the canonical tokenizer.json content (sorted keys; truncation/padding settings ignored)."""
+    p = Path(tokenizer_dir) / "tokenizer.json"
+    try:
+        content = read_json(p)
+    except (OSError, ValueError):
+        raise UserError(f"cannot read {p}: pass a tokenizer directory saved with save_pretrained") from None
+    if isinstance(content, dict):
+        content = {k: v for k, v in content.items() if k not in ("truncation", "padding")}
+    return sha256_json(content)
+
+
+# --------------------------------------------------------------------------- fingerprint
+def dataset_fingerprint(manifest: dict) -> str:
+    """sha256 of the identity fields: what the windows contain, not where the inputs lay."""
+    ident = {
+        "format_version": manifest["format_version"],
+        "seq_len": manifest["seq_len"],
+        "dtype": manifest["dtype"],
+        "vocab_size": manifest["vocab_size"],
+        "eos_id": manifest.get("eos_id"),
+        "tokenizer_fingerprint": manifest["tokenizer_fingerprint"],
+        "splits": {name: {"file": s["file"], "windows": s["windows"], "sha256": s.get("sha256")}
+                   for name, s in sorted(manifest["splits"].items())},
+        "sources": [s["sha256"] for s in manifest["sources"]],
+    }
+    return sha256_json(ident)
+
+
+# --------------------------------------------------------------------------- packing
+def is_validation(text: str, seed: int, val_fraction: float) -> bool:
+    """Seeded hash split: identical documents always land in the same split."""
+    if val_fraction <= 0:
+        return False
+    h = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=f"slm-split-{seed}".encode())
+    return int.from_bytes(h.digest(), "big") / 2.0**64 < val_fraction
+
+
+def char_labels(text: str, spans) -> np.ndarray:
+    lab = np.zeros(len(text), dtype=np.uint8)
+    for start, end, label in spans:
+        lab[start:end] = label
+    return lab
+
+
+def token_labels(text: str, spans, offsets) -> np.ndarray:
+    """Label per token: the label of its first non-whitespace character (else its start character).
+
+    Byte-level BPE tokens usually carry their leading space (" word"); skipping it gives the token
+    the label of the word it spells rather than that of the space before it.
+    """
+    n = len(text)
+    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    if n == 0 or len(offs) == 0:
+        return np.zeros(len(offs), dtype=np.uint8)
+    lab = char_labels(text, spans)
+    cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    idx = np.where(np.isin(cps, _WS_CODEPOINTS), n, np.arange(n))
+    nxt = np.minimum.accumulate(idx[::-1])[::-1]  # next non-whitespace index at or after i
+    start = np.clip(offs[:, 0], 0, n - 1)
+    first = nxt[start]
+    pos = np.where(first < np.maximum(offs[:, 1], offs[:, 0] + 1), first, start)
+    return lab[np.clip(pos, 0, n - 1)]
+
+
+class _SplitWriter:
+    """Streams one split's token stream into complete windows on disk; the tail is dropped."""
+
+    def __init__(self, directory: Path, name: str, dtype: np.dtype, window_len: int):
+        self.name, self.dtype, self.window_len, self.dir = name, dtype, window_len, directory
+        self.file = f"{name}.bin"
+        self.f = open(directory / self.file, "wb")
+        self.sha = hashlib.sha256()
+        self.pending: list[np.ndarray] = []
+        self.pending_prov: list[np.ndarray] | None = None
+        self.prov_f = None
+        self.npending = self.windows = self.documents = 0
+
+    def enable_provenance(self) -> None:
+        self.prov_f = open(self.dir / f"{self.name}.prov.bin", "wb")
+        written = self.windows * self.window_len
+        zeros = np.zeros(min(written, _FLUSH_TOKENS) or 1, dtype=np.uint8)
+        while written > 0:
+            k = min(written, len(zeros))
+            self.prov_f.write(zeros[:k].tobytes())
+            written -= k
+        self.pending_prov = [np.zeros(len(a), dtype=np.uint8) for a in self.pending]
+
+    def add(self, ids: np.ndarray, prov: np.ndarray | None) -> None:
+        self.pending.append(ids)
+        if self.pending_prov is not None:
+            self.pending_prov.append(prov if prov is not None else np.zeros(len(ids), dtype=np.uint8))
+        self.npending += len(ids)
+        if self.npending >= _FLUSH_TOKENS:
+            self.flush()
+
+    def flush(self) -> None:
+        k = (self.npending // self.window_len) * self.window_len
+        if k == 0:
+            return
+        data = np.concatenate(self.pending)
+        buf = np.ascontiguousarray(data[:k]).tobytes()
+        self.f.write(buf)
+        self.sha.update(buf)
+        self.pending, self.npending = [data[k:]], len(data) - k
+        if self.pending_prov is not None:
+            prov = np.concatenate(self.pending_prov)
+            self.prov_f.write(prov[:k].tobytes())
+            self.pending_prov = [prov[k:]]
+        self.windows += k // self.window_len
+
+    def close(self) -> dict:
+        self.flush()
+        self.f.close()
+        if self.prov_f is not None:
+            self.prov_f.close()
+        return {"file": self.file, "windows": self.windows, "tokens": self.windows * self.window_len,
+                "documents": self.documents,
+                "provenance": f"{self.name}.prov.bin" if self.prov_f is not None else None,
+                "sha256": self.sha.hexdigest()}
+
+
+def _encode_batch(backend, texts: list[str], with_offsets: bool):
+    fast = getattr(backend, "encode_batch_fast", None)
+    if with_offsets or fast is None:
+        return backend.encode_batch(texts, add_special_tokens=False)
+    return fast(texts, add_special_tokens=False)
+
+
+def can_chunk(tokenizer) -> bool:
+    """True when cutting a text after "x\\ny" newlines leaves its tokens unchanged.
+
+    Holds for GPT-2-style byte-level BPE (no normalizer, ByteLevel regex pre-tokenizer without
+    prefix space): no pre-token spans such a newline and none looks behind, so long documents can
+    be encoded in pieces, in parallel, with exactly the tokens of the whole.
+    """
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    pre = state.get("pre_tokenizer") or {}
+    return (state.get("normalizer") is None and pre.get("type") == "ByteLevel"
+            and not pre.get("add_prefix_space") and pre.get("use_regex", True))
+
+
+def split_long(text: str, size: int) -> list[str]:
+    """Cut ``text`` into pieces of about ``size`` chars, each cut just after a newline between printable ASCII."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        m = _SAFE_CUT.search(text, start + size)
+        if m is None:
+            break
+        pieces.append(text[start:m.end()])
+        start = m.end()
+    pieces.append(text[start:])
+    return pieces
+
+
+def _pack(docs, tokenizer, writers: dict[str, _SplitWriter], cfg: PrepareConfig, eos_id: int,
+          state: dict) -> None:
+    backend = tokenizer.backend_tokenizer
+    dtype = next(iter(writers.values())).dtype
+    limit = np.iinfo(dtype).max
+    chunk = _CHUNK_CHARS if can_chunk(tokenizer) else 0
+    batch: list[tuple[str, list | None, str, bool]] = []  # (text, spans, split, ends the document)
+    chars = 0
+
+    def run() -> None:
+        with_offsets = any(spans for _, spans, _, _ in batch)
+        encs = _encode_batch(backend, [t for t, _, _, _ in batch], with_offsets)
+        flat: dict[str, list[int]] = {name: [] for name in writers}
+        provs: dict[str, list[np.ndarray]] = {name: [] for name in writers}
+        for (text, spans, split, last), enc in zip(batch, encs):
+            ids = enc.ids
+            flat[split].extend(ids)
+            if last:
+                flat[split].append(eos_id)
+                writers[split].documents += 1
+            if state["provenance"]:
+                if spans:  # spans documents are never cut
+                    lab = token_labels(text, spans, enc.offsets)
+                    provs[split].append(np.append(lab, char_labels(text, spans)[-1]))
+                else:
+                    provs[split].append(np.zeros(len(ids) + last, dtype=np.uint8))
+        for name, toks in flat.items():
+            if toks:
+                arr = np.array(toks, dtype=np.int64)
+                if arr.max() > limit:
+                    raise UserError(f"token id {int(arr.max())} does not fit {dtype}: the tokenizer's "
+                                    "len() is smaller than its largest id; re-save the tokenizer")
+                writers[name].add(arr.astype(dtype), np.concatenate(provs[name]) if state["provenance"] else None)
+        batch.clear()
+
+    for text, spans in docs:
+        if spans and not state["provenance"]:
+            if batch:
+                run()
+            state["provenance"] = True
+            for w in writers.values():
+                w.enable_provenance()
+        split = "validation" if is_validation(text, cfg.seed, cfg.val_fraction) else "train"
+        pieces = split_long(text, chunk) if chunk and not spans and len(text) > chunk else [text]
+        for i, piece in enumerate(pieces):
+            batch.append((piece, spans, split, i == len(pieces) - 1))
+            chars += len(piece)
+            if chars >= _BATCH_CHARS or len(batch) >= _BATCH_DOCS:
+                run()
+                chars = 0
+    if batch:
+        run()
+
+
+# --------------------------------------------------------------------------- prepare
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} is a file: pass a directory for --out")
+    if out.is_dir() and any(out.iterdir()):
+        if (out / "manifest.json").is_file():
+            if not overwrite:
+                raise UserError(f"output directory {out} already holds a dataset: pass --overwrite to replace it")
+        else:
+            raise UserError(f"output directory {out} is not empty and is not a dataset directory: "
+                            "choose a new --out")
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Build the dataset directory ``cfg.out``; returns its manifest."""
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    out = Path(cfg.out)
+    _check_out(out, cfg.overwrite)
+    if cfg.tokenizer is not None:
+        tokenizer = load_tokenizer(cfg.tokenizer)  # fail fast, before reading the corpus
+    names = SPLITS if cfg.val_fraction > 0 else ("train",)  # validation is routed by is_validation
+    tmp = atomic_dir(out)
+    try:
+        tok_dir = tmp / "tokenizer"
+        if cfg.tokenizer is not None:
+            if tokenizer.eos_token_id is None:
+                raise UserError(f"tokenizer {cfg.tokenizer} has no eos_token: set eos_token in its "
+                                "tokenizer_config.json (e.g. \"<|endoftext|>\")")
+            _save_tokenizer(tokenizer, tok_dir)
+        else:
+            docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field)
+            bar = tqdm(docs, desc="train tokenizer", unit="doc", disable=not cfg.progress)
+            # trained on the train split only: validation text stays unseen
+            train_tokenizer((t for t, _ in bar if not is_validation(t, cfg.seed, cfg.val_fraction)),
+                            cfg.vocab_size, tok_dir)
+        tokenizer = load_tokenizer(tok_dir)
+        eos_id = tokenizer.eos_token_id
+        vocab_size = len(tokenizer)
+        dtype = token_dtype(vocab_size)
+        window_len = cfg.seq_len + 1
+
+        stats: dict = {}
+        writers = {name: _SplitWriter(tmp, name, dtype, window_len) for name in names}
+        state = {"provenance": False}
+        docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field, stats=stats)
+        try:
+            _pack(tqdm(docs, desc="prepare", unit="doc", disable=not cfg.progress),
+                  tokenizer, writers, cfg, eos_id, state)
+        finally:
+            splits = {name: w.close() for name, w in writers.items()}
+        dropped = {name: w.npending for name, w in writers.items()}
+        if stats["documents"] == 0:
+            raise UserError(f"no documents in {', '.join(cfg.inputs)} (all inputs are empty): add text")
+        for name in names:
+            s = splits[name]
+            if s["documents"] == 0:
+                raise UserError(
+                    f"the {name} split got no documents ({stats['documents']} documents in all, "
+                    f"val_fraction={cfg.val_fraction}): add more documents"
+                    + (" or pass val_fraction=0 for no validation split" if name == "validation" else
+                       " or lower val_fraction"))
+            if s["windows"] == 0:
+                fix = "raise" if name == "validation" else "lower"
+                raise UserError(
+                    f"the {name} split would get zero complete windows of {window_len} tokens "
+                    f"({dropped[name]} tokens): add more text, lower seq_len or {fix} val_fraction")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "kind": DATASET_KIND,
+            "seq_len": cfg.seq_len,
+            "window_len": window_len,
+            "dtype": dtype.name,
+            "vocab_size": vocab_size,
+            "eos_id": eos_id,
+            "tokenizer": "tokenizer",
+            "tokenizer_fingerprint": tokenizer_fingerprint(tok_dir),
+            "splits": splits,
+            "sources": stats["sources"],
+            "documents": stats["documents"],
+            "empty_documents": stats["empty_documents"],
+            "replaced_bytes": stats["replaced_bytes"],
+            "dropped_tail_tokens": dropped,
+            "provenance_labels": dict(PROVENANCE_LABELS) if state["provenance"] else None,
+            "seed": cfg.seed,
+            "val_fraction": cfg.val_fraction,
+            "text_field": cfg.text_field,
+        }
+        manifest["fingerprint"] = dataset_fingerprint(manifest)
+        write_json(tmp / "manifest.json", manifest)
+        commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+# --------------------------------------------------------------------------- reader
+class TokenDataset:
+    """Read-only view of a dataset directory made by :func:`prepare`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        bad = UserError(f"not a dataset directory: {self.path} (make one with `slm prepare`)")
+        try:
+            manifest = read_json(self.path / "manifest.json")
+        except (OSError, ValueError):
+            raise bad from None
+        if not isinstance(manifest, dict) or manifest.get("kind") != DATASET_KIND:
+            raise bad
+        if manifest.get("format_version", 0) > FORMAT_VERSION:
+            raise UserError(f"dataset {self.path} has format {manifest['format_version']}, newer than this "
+                            f"selective-lm reads ({FORMAT_VERSION}): upgrade selective-lm")
+        self.manifest: dict = manifest
+        self.seq_len: int = int(manifest["seq_len"])
+        self.window_len: int = int(manifest["window_len"])
+        self.vocab_size: int = int(manifest["vocab_size"])
+        self.eos_id: int = int(manifest["eos_id"])
+        self.dtype = np.dtype(manifest["dtype"])
+        self.fingerprint: str = manifest["fingerprint"]
+        self.tokenizer_dir: Path = self.path / manifest["tokenizer"]
+        self._maps: dict[tuple[str, str], np.ndarray] = {}
+        self._tok = None
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={self.num_windows(s)}" for s in self.splits())
+        return f"TokenDataset({str(self.path)!r}, seq_len={self.seq_len}, {sizes})"
+
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def _split(self, split: str) -> dict:
+        if split not in self.manifest["splits"]:
+            raise UserError(f"unknown split '{split}' in {self.path}: available splits are "
+                            f"{', '.join(self.splits())}")
+        return self.manifest["splits"][split]
+
+    def num_windows(self, split: str) -> int:
+        return int(self._split(split)["windows"])
+
+    def _map(self, split: str, file: str, dtype: np.dtype) -> np.ndarray:
+        key = (split, file)
+        if key not in self._maps:
+            n = self.num_windows(split)
+            p = self.path / file
+            expected = n * self.window_len * dtype.itemsize
+            if not p.is_file() or p.stat().st_size != expected:
+                raise UserError(f"{p} is missing or truncated (expected {expected} bytes): "
+                                "re-run `slm prepare --overwrite`")
+            self._maps[key] = np.memmap(p, dtype=dtype, mode="r", shape=(n, self.window_len))
+        return self._maps[key]
+
+    def windows(self, split: str) -> np.ndarray:
+        """Read-only memmap [N, seq_len + 1]."""
+        return self._map(split, self._split(split)["file"], self.dtype)
+
+    def provenance(self, split: str) -> np.ndarray | None:
+        """uint8 memmap [N, seq_len + 1] of provenance labels aligned with windows, or None."""
+        file = self._split(split).get("provenance")
+        return None if not file else self._map(split, file, np.dtype(np.uint8))
+
+    def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), int64 [b, seq_len] each: inputs = w[:, :-1], targets = w[:, 1:]."""
+        w = self.windows(split)
+        if isinstance(indices, slice):
+            arr = np.array(w[indices])
+        else:
+            if isinstance(indices, torch.Tensor):
+                indices = indices.detach().cpu().numpy()
+            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+            arr = w[idx]
+        t = torch.from_numpy(arr.astype(np.int64, copy=False))
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+    def tokenizer(self):
+        if self._tok is None:
+            self._tok = load_tokenizer(self.tokenizer_dir)
+        return self._tok
+

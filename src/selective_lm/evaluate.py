@@ -1,0 +1,182 @@
+"""Evaluation: perplexity (sum of nats / number of tokens), per-token loss dumps, few-shot exact match."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import EvalConfig
+from .data import TokenDataset
+from .files import UserError, write_json
+from .model import autocast_ctx, check_compatible, load_model, model_token_losses, resolve_device
+
+
+@torch.inference_mode()
+def dataset_token_losses(model, ds: TokenDataset, split: str = "validation", max_windows: int = 0,
+                         batch_size: int = 32, device: torch.device | str = "cpu", precision: str = "auto",
+                         progress: bool = False) -> np.ndarray:
+    """Per-token losses [windows, seq_len] (float32) of the first ``max_windows`` windows of a split."""
+    device = torch.device(device)
+    n = ds.num_windows(split)
+    n = min(n, max_windows) if max_windows else n
+    out = np.empty((n, ds.seq_len), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    with autocast_ctx(device, precision):
+        for start in tqdm(range(0, n, batch_size), desc=f"eval {split}", disable=not progress, leave=False):
+            idx = np.arange(start, min(start + batch_size, n))
+            inputs, targets = ds.batch(split, idx)
+            out[start:start + len(idx)] = model_token_losses(model, inputs.to(device), targets.to(device)).float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def loss_summary(losses: np.ndarray) -> dict:
+    """Mean loss and perplexity from per-token losses (sum of nats / tokens)."""
+    total = float(np.asarray(losses, dtype=np.float64).sum())
+    tokens = int(np.asarray(losses).size)
+    loss = total / max(1, tokens)
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": tokens}
+
+
+def dump_token_losses(losses: np.ndarray, path: str | Path, meta: dict | None = None) -> Path:
+    """Write per-token losses as a float16 memmap (aligned with the targets) plus a JSON sidecar."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    mm = np.memmap(tmp, dtype=np.float16, mode="w+", shape=losses.shape)
+    mm[:] = losses.astype(np.float16)
+    mm.flush()
+    del mm
+    os.replace(tmp, path)
+    write_json(path.with_suffix(".json"), {"dtype": "float16", "shape": list(losses.shape), **(meta or {})})
+    return path
+
+
+def load_token_losses(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    return np.memmap(path, dtype=np.float16, mode="r", shape=tuple(meta["shape"]))
+
+
+# --------------------------------------------------------------------------- few-shot exact match
+def read_jsonl(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"file not found: {p}")
+    rows = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{p}:{i} is not valid JSON: fix or remove that line") from None
+    return rows
+
+
+def format_exemplar(ex: dict) -> str:
+    return f"Problem: {ex['question']}\nSolution: {ex['solution']}\nAnswer: {ex['answer']}\n\n"
+
+
+def extract_answer(generated: str) -> str | None:
+    m = re.search(r"Answer:\s*([^\n]*)", generated)
+    if not m:
+        return None
+    return m.group(1).strip().rstrip(".").strip()
+
+
+def normalize_answer(ans: str) -> str:
+    return re.sub(r"\s+", " ", ans.strip().rstrip(".")).strip()
+
+
+@torch.inference_mode()
+def fewshot_accuracy(model, tokenizer, questions: list[dict], exemplars: list[dict], shots: int = 4,
+                     max_new_tokens: int = 48, batch_size: int = 32, device: torch.device | str = "cpu",
+                     max_positions: int | None = None, progress: bool = False) -> dict:
+    """Greedy few-shot exact match: prompts of exemplars + "Problem: q\\nSolution:", answer after "Answer:".
+
+    Exemplars are dropped from the prompt (fewest first) when the prompt would not fit in
+    ``max_positions`` (default: the model's max_position_embeddings) with ``max_new_tokens``.
+    """
+    device = torch.device(device)
+    limit = (max_positions or model.config.max_position_embeddings) - max_new_tokens
+    eos = tokenizer.eos_token_id
+    prompts = []
+    for q in questions:
+        tail = tokenizer.encode(f"Problem: {q['question']}\nSolution:")
+        ids: list[int] = []
+        for ex in exemplars[:shots]:
+            e = tokenizer.encode(format_exemplar(ex))
+            if len(ids) + len(e) + len(tail) > limit:
+                break
+            ids += e
+        prompts.append((ids + tail)[-limit:])
+    was_training = model.training
+    model.eval()
+    correct, records = 0, []
+    per_family: dict[str, list[int]] = {}
+    for start in tqdm(range(0, len(prompts), batch_size), desc="few-shot", disable=not progress, leave=False):
+        chunk = prompts[start:start + batch_size]
+        width = max(len(p) for p in chunk)
+        input_ids = torch.full((len(chunk), width), eos, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, p in enumerate(chunk):  # left padding
+            input_ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=eos, eos_token_id=eos)
+        for i, row in enumerate(gen[:, width:].tolist()):
+            q = questions[start + i]
+            text = tokenizer.decode(row, skip_special_tokens=True).split("\n\n")[0]
+            pred = extract_answer(text)
+            ok = pred is not None and normalize_answer(pred) == normalize_answer(str(q["answer"]))
+            correct += ok
+            per_family.setdefault(q.get("family", "all"), []).append(int(ok))
+            if len(records) < 20:
+                records.append({"question": q["question"], "answer": q["answer"], "prediction": pred, "correct": ok})
+    model.train(was_training)
+    n = len(questions)
+    return {"accuracy": correct / max(1, n), "correct": correct, "n": n, "shots": min(shots, len(exemplars)),
+            "per_family": {k: sum(v) / len(v) for k, v in sorted(per_family.items())}, "examples": records}
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """`slm eval`: perplexity per dataset, optional dumps and few-shot accuracy."""
+    device = resolve_device(cfg.device)
+    datasets = [TokenDataset(d) for d in cfg.data]
+    for ds in datasets:
+        check_compatible(cfg.model, ds)
+    model = load_model(cfg.model, device)
+    results: dict = {"model": str(Path(cfg.model).resolve()), "split": cfg.split, "datasets": {}}
+    for ds in datasets:
+        losses = dataset_token_losses(model, ds, cfg.split, cfg.max_windows, cfg.batch_size, device,
+                                      cfg.precision, cfg.progress)
+        summary = loss_summary(losses)
+        if cfg.dump:
+            name = Path(ds.path).name
+            summary["dump"] = str(dump_token_losses(losses, Path(cfg.dump) / f"{name}.{cfg.split}.losses.bin",
+                                                    {"dataset": str(ds.path), "split": cfg.split,
+                                                     "dataset_fingerprint": ds.fingerprint}))
+        results["datasets"][str(ds.path)] = summary
+    if cfg.fewshot:
+        from transformers import AutoTokenizer
+
+        questions = read_jsonl(cfg.fewshot)
+        if cfg.fewshot_limit:
+            questions = questions[:cfg.fewshot_limit]
+        exemplars = read_jsonl(cfg.exemplars) if cfg.exemplars else []
+        tok_dir = cfg.model if (Path(cfg.model) / "tokenizer.json").is_file() else (datasets[0].tokenizer_dir if datasets else None)
+        if tok_dir is None:
+            raise UserError(f"no tokenizer in {cfg.model}: pass --data DIR so its tokenizer is used")
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        results["fewshot"] = fewshot_accuracy(model, tok, questions, exemplars, cfg.shots, cfg.max_new_tokens,
+                                              cfg.batch_size, device, progress=cfg.progress)
+    if cfg.out:
+        write_json(cfg.out, results)
+    return results

@@ -1,0 +1,188 @@
+"""Models: Hugging Face Llama-architecture causal LMs from named presets or local checkpoints.
+
+A checkpoint is a plain HF directory (config.json + model.safetensors + tokenizer files) that any
+HF tool loads with ``from_pretrained(path)``. A LoRA checkpoint is a PEFT adapter directory
+(adapter_config.json + adapter_model.safetensors) whose ``base_model_name_or_path`` is the absolute
+path of the base checkpoint; :func:`load_model` merges it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import LoraConfig
+from .files import UserError, atomic_dir, commit_dir, write_json
+from .loss import token_losses
+
+# Named shapes. vocab_size and max_position_embeddings come from the dataset at build time.
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~1.3M parameters with a 2k vocabulary: the CPU preset used by tests and the default study.
+    "tiny": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=4),
+    # ~10M parameters with an 8k vocabulary.
+    "small": dict(hidden_size=320, intermediate_size=864, num_hidden_layers=6, num_attention_heads=5,
+                  num_key_value_heads=5),
+    # GPT-2-small-sized Llama (~125M with a 32k vocabulary).
+    "125m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                 num_key_value_heads=12),
+    # The TinyLlama-1.1B shape.
+    "tinyllama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                           num_attention_heads=32, num_key_value_heads=4, rope_theta=10000.0),
+}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and ((p / "config.json").is_file() or (p / "adapter_config.json").is_file())
+
+
+def build_model(preset: str, vocab_size: int, seq_len: int, seed: int = 0, eos_id: int | None = None):
+    """A freshly initialised LlamaForCausalLM of a named preset."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown model '{preset}': use a preset ({', '.join(PRESETS)}) or a checkpoint directory")
+    cfg = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=max(seq_len, 128),
+                      tie_word_embeddings=False, bos_token_id=eos_id, eos_token_id=eos_id,
+                      pad_token_id=eos_id, **PRESETS[preset])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    return model
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda requested but no GPU is available: use device=cpu")
+    return torch.device(name)
+
+
+def autocast_ctx(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on GPU (auto or bf16), fp32 otherwise."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu"):
+    """Load a full checkpoint, or a LoRA adapter merged into its base, for inference or further training."""
+    from transformers import AutoModelForCausalLM
+
+    p = Path(path)
+    if not is_checkpoint(p):
+        raise UserError(f"not a model checkpoint: {p} (expected a directory with config.json or adapter_config.json)")
+    if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
+        from peft import PeftModel
+
+        base = Path(json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"])
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, p).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+    return model.to(device)
+
+
+def apply_lora(model, lora: LoraConfig):
+    """Wrap ``model`` with PEFT LoRA adapters (only adapter weights train)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                         target_modules=list(lora.targets), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None = None,
+                        base_path: str | Path | None = None, meta: dict | None = None,
+                        state: dict | None = None) -> Path:
+    """Write a loadable HF (or PEFT adapter) directory atomically and return its path.
+
+    ``state`` (optimizer, scheduler, RNG, loop position) goes to ``training_state.pt`` in the same
+    directory, so weights and state appear together or not at all.
+    """
+    out = Path(out)
+    tmp = atomic_dir(out)
+    try:
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(tmp, safe_serialization=True)
+            cfg_path = tmp / "adapter_config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg["base_model_name_or_path"] = str(Path(base_path).resolve()) if base_path else cfg.get("base_model_name_or_path")
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer_dir is not None:
+            for f in Path(tokenizer_dir).iterdir():
+                if f.is_file():
+                    shutil.copy2(f, tmp / f.name)
+        if meta is not None:
+            write_json(tmp / "slm_meta.json", meta)
+        if state is not None:
+            torch.save(state, tmp / "training_state.pt")
+        commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """sha256 over a checkpoint's config and weight files (adapter and its base for LoRA)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    names = ("config.json", "adapter_config.json", "adapter_model.safetensors") + WEIGHT_FILES
+    for name in names:
+        f = p / name
+        if f.is_file():
+            h.update(name.encode())
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+    if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
+        base = json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"]
+        h.update(model_fingerprint(base).encode())
+    return h.hexdigest()
+
+
+def checkpoint_vocab(path: str | Path) -> tuple[int, str | None]:
+    """(vocab_size, tokenizer fingerprint or None) of a checkpoint directory."""
+    from .data import tokenizer_fingerprint
+
+    p = Path(path)
+    cfg_dir = p
+    if not (p / "config.json").is_file() and (p / "adapter_config.json").is_file():
+        cfg_dir = Path(json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"])
+    vocab = json.loads((cfg_dir / "config.json").read_text())["vocab_size"]
+    fp = tokenizer_fingerprint(p) if (p / "tokenizer.json").is_file() else None
+    return int(vocab), fp
+
+
+def check_compatible(path: str | Path, dataset, role: str = "model") -> None:
+    """Refuse a checkpoint whose vocabulary differs from the dataset's tokenizer."""
+    vocab, fp = checkpoint_vocab(path)
+    if fp is not None and fp != dataset.manifest["tokenizer_fingerprint"]:
+        raise UserError(f"{role} {path} was trained with a different tokenizer than dataset {dataset.path}: "
+                        "prepare the data with that model's tokenizer (tokenizer=DIR) or use a matching model")
+    if vocab < dataset.vocab_size or (fp is None and vocab != dataset.vocab_size):
+        raise UserError(f"{role} {path} has vocabulary size {vocab} but dataset {dataset.path} has "
+                        f"{dataset.vocab_size}: use a model trained with the dataset's tokenizer")
+
+
+def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token losses [B, T] of a causal LM on aligned (inputs, targets)."""
+    logits = model(input_ids=inputs, use_cache=False).logits
+    return token_losses(logits, targets)
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,288 @@
+"""Input readers for `slm prepare`: text, JSONL, Parquet and HF `datasets` directories.
+
+:func:`iter_documents` expands files, directories and globs into an ordered list of sources and
+yields ``(text, spans)`` per document in a deterministic order. Bytes that are not UTF-8 become
+U+FFFD and are counted; lone surrogates (e.g. from JSON ``\\udc80`` escapes) are replaced too,
+so every yielded text can be encoded by a tokenizer.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from .files import UserError, sha256_file
+
+TEXT_EXTS = (".txt", ".md", ".text")
+JSONL_EXTS = (".jsonl", ".json")
+PARQUET_EXTS = (".parquet",)
+KNOWN_EXTS = TEXT_EXTS + JSONL_EXTS + PARQUET_EXTS
+HF_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
+LABEL_NAMES = {"content": 0, "noise": 1, "offtopic": 2}
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+# --------------------------------------------------------------------------- text cleaning
+def decode_bytes(data: bytes) -> tuple[str, int]:
+    """UTF-8 decode; undecodable bytes become U+FFFD. Returns (text, number of replaced bytes)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="surrogateescape")
+    return clean_text(text)
+
+
+def clean_text(text: str) -> tuple[str, int]:
+    """Replace lone surrogates (one char each, so character offsets are kept) by U+FFFD."""
+    if text.isascii():
+        return text, 0
+    text, n = _SURROGATE.subn("\ufffd", text)
+    return text, n
+
+
+# --------------------------------------------------------------------------- input expansion
+def is_hf_dataset_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / m).is_file() for m in HF_MARKERS)
+
+
+def _is_slm_dataset_dir(path: Path) -> bool:
+    return (path / "manifest.json").is_file() and (path / "tokenizer").is_dir()
+
+
+def _walk(directory: Path) -> list[tuple[str, Path]]:
+    out: list[tuple[str, Path]] = []
+    for entry in sorted(directory.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            if is_hf_dataset_dir(entry):
+                out.append(("hf", entry))
+            elif not _is_slm_dataset_dir(entry):  # never read a prepared dataset back as input
+                out.extend(_walk(entry))
+        elif entry.is_file() and entry.suffix.lower() in KNOWN_EXTS:
+            out.append((_kind(entry), entry))
+    return out
+
+
+def _kind(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext in TEXT_EXTS:
+        return "text"
+    if ext in JSONL_EXTS:
+        return "jsonl"
+    if ext in PARQUET_EXTS:
+        return "parquet"
+    raise UserError(f"unsupported input file type '{ext or path.name}': {path} "
+                    f"(use {', '.join(KNOWN_EXTS)} files or a HF datasets directory)")
+
+
+def expand_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
+    """Files, directories (recursive, sorted) and globs → ordered, de-duplicated (kind, path) list."""
+    if not inputs:
+        raise UserError("no inputs given: pass --inputs FILE_OR_DIR [...]")
+    out: list[tuple[str, Path]] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.exists():
+            matches = [p]
+        elif _GLOB_CHARS.search(item):
+            matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(item), recursive=True))]
+            if not matches:
+                raise UserError(f"input glob matched nothing: {item} (check the pattern and quote it)")
+        else:
+            raise UserError(f"input path does not exist: {item} (check the path)")
+        for m in matches:
+            if m.is_dir():
+                if is_hf_dataset_dir(m):
+                    out.append(("hf", m))
+                else:
+                    found = _walk(m)
+                    if not found and p.exists():
+                        raise UserError(f"input directory {m} holds no {'/'.join(KNOWN_EXTS)} files "
+                                        "or HF datasets: point --inputs at your corpus files")
+                    out.extend(found)
+            elif m.is_file():
+                if p.exists() or m.suffix.lower() in KNOWN_EXTS:
+                    out.append((_kind(m), m))
+    seen: set[str] = set()
+    unique = []
+    for kind, path in out:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append((kind, path))
+    if not unique:
+        raise UserError(f"no input files found in {', '.join(inputs)}: pass {'/'.join(KNOWN_EXTS)} files, "
+                        "directories or a HF datasets directory")
+    return unique
+
+
+# --------------------------------------------------------------------------- spans
+def check_spans(spans, text_len: int, where: str) -> list | None:
+    """Validate ``[[start, end, label], ...]`` (character offsets, end exclusive)."""
+    if spans is None:
+        return None
+    if not isinstance(spans, (list, tuple)):
+        raise UserError(f"{where}: spans must be a list of [start, end, label], got {type(spans).__name__}")
+    out = []
+    for s in spans:
+        if not isinstance(s, (list, tuple)) or len(s) != 3:
+            raise UserError(f"{where}: each span must be [start, end, label], got {s!r}")
+        start, end, label = s
+        if isinstance(label, str):
+            if label not in LABEL_NAMES:
+                raise UserError(f"{where}: unknown span label {label!r}: use an int 0-255 or one of "
+                                f"{', '.join(LABEL_NAMES)}")
+            label = LABEL_NAMES[label]
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end, label))
+        if not ok or not (0 <= start <= end <= text_len) or not (0 <= label <= 255):
+            raise UserError(f"{where}: bad span {list(s)!r}: need ints 0 <= start <= end <= "
+                            f"len(text)={text_len} and 0 <= label <= 255")
+        out.append((start, end, label))
+    return out
+
+
+# --------------------------------------------------------------------------- readers
+def _read_text(path: Path, stats: dict) -> Iterator[tuple[str, list | None]]:
+    text, n = decode_bytes(path.read_bytes())
+    stats["replaced_bytes"] += n
+    yield text, None
+
+
+def _record(text, spans, where: str, stats: dict, text_field: str) -> tuple[str, list | None]:
+    if not isinstance(text, str):
+        raise UserError(f"{where}: field '{text_field}' must be a string, got {type(text).__name__}")
+    text, n = clean_text(text)
+    stats["replaced_bytes"] += n
+    return text, check_spans(spans, len(text), where)
+
+
+def _read_jsonl(path: Path, text_field: str, spans_field: str, stats: dict):
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+        f.seek(0)
+        if head.startswith(b"["):  # a .json file holding one array of objects
+            raw, n = decode_bytes(f.read())
+            stats["replaced_bytes"] += n
+            try:
+                rows = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}): fix the file") from None
+            items = ((f"{path}[{i}]", row) for i, row in enumerate(rows))
+        else:
+            items = _jsonl_lines(f, path, stats)
+        for where, row in items:
+            if not isinstance(row, dict):
+                raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}: "
+                                "write one object per line")
+            if text_field not in row:
+                keys = ", ".join(list(row)[:8])
+                raise UserError(f"{where}: no '{text_field}' field (keys: {keys}): pass text_field=NAME")
+            yield _record(row[text_field], row.get(spans_field), where, stats, text_field)
+
+
+def _jsonl_lines(f, path: Path, stats: dict):
+    for lineno, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        text, n = decode_bytes(line)
+        stats["replaced_bytes"] += n
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}): fix or remove the line") from None
+        yield f"{path}:{lineno}", row
+
+
+def _read_table_batches(batches, columns: list[str], text_field: str, spans_field: str, name: str, stats: dict):
+    if text_field not in columns:
+        raise UserError(f"{name}: no '{text_field}' column (columns: {', '.join(columns)}): pass text_field=NAME")
+    has_spans = spans_field in columns
+    row = 0
+    for batch in batches:
+        texts = batch[text_field]
+        spans = batch[spans_field] if has_spans else [None] * len(texts)
+        for text, sp in zip(texts, spans):
+            where = f"{name} row {row}"
+            row += 1
+            if text is None:
+                raise UserError(f"{where}: '{text_field}' is null: drop empty rows first")
+            yield _record(text, sp, where, stats, text_field)
+
+
+def _read_parquet(path: Path, text_field: str, spans_field: str, stats: dict):
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+        raise UserError(f"{path}: not a readable Parquet file ({e})") from None
+    columns = pf.schema_arrow.names
+    wanted = [c for c in (text_field, spans_field) if c in columns]
+    batches = (b.to_pydict() for b in pf.iter_batches(batch_size=1024, columns=wanted)) if wanted else iter(())
+    yield from _read_table_batches(batches, columns, text_field, spans_field, str(path), stats)
+
+
+def _read_hf(path: Path, text_field: str, spans_field: str, stats: dict):
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{path}: not a readable HF datasets directory ({e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise UserError(f"{path}: dataset has no 'train' split (splits: {', '.join(ds)}): "
+                            "point --inputs at the split directory you want")
+        ds = ds["train"]
+    columns = list(ds.column_names)
+    wanted = [c for c in (text_field, spans_field) if c in columns]
+    batches = ds.select_columns(wanted).iter(batch_size=1024) if wanted else iter(())
+    yield from _read_table_batches(batches, columns, text_field, spans_field, str(path), stats)
+
+
+def source_record(kind: str, path: Path) -> dict:
+    """{"path", "bytes", "sha256"}; a directory hashes its files' relative paths and contents."""
+    if kind != "hf":
+        return {"path": os.path.abspath(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    h, size = hashlib.sha256(), 0
+    for f in sorted(q for q in path.rglob("*") if q.is_file()):
+        size += f.stat().st_size
+        h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+    return {"path": os.path.abspath(path), "bytes": size, "sha256": h.hexdigest()}
+
+
+def iter_documents(inputs: list[str], text_field: str = "text", spans_field: str = "spans",
+                   stats: dict | None = None) -> Iterator[tuple[str, list | None]]:
+    """Yield ``(text, spans)`` per non-empty document of ``inputs`` in a deterministic order.
+
+    ``spans`` is a list of ``(start, end, label)`` character spans or None. When ``stats`` is
+    given it receives ``replaced_bytes``, ``documents``, ``empty_documents`` and ``sources``
+    (one ``{"path", "bytes", "sha256"}`` per source file or HF dataset directory).
+    """
+    sources = expand_inputs(inputs)
+    st = stats if stats is not None else {}
+    st.update(replaced_bytes=0, documents=0, empty_documents=0, sources=[])
+    for kind, path in sources:
+        if stats is not None:
+            st["sources"].append(source_record(kind, path))
+        if kind == "text":
+            docs = _read_text(path, st)
+        elif kind == "jsonl":
+            docs = _read_jsonl(path, text_field, spans_field, st)
+        elif kind == "parquet":
+            docs = _read_parquet(path, text_field, spans_field, st)
+        else:
+            docs = _read_hf(path, text_field, spans_field, st)
+        for text, spans in docs:
+            if not text:
+                st["empty_documents"] += 1
+                continue
+            st["documents"] += 1
+            yield text, spans

@@ -1,0 +1,198 @@
+"""The stages of `slm study`. Each returns whether it is already done and how to run it."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from .checkpoint import checkpoint_dirs, checkpoint_step, is_finished
+from .config import LoraConfig, PrepareConfig, ScoreConfig
+from .files import atomic_dir, commit_dir, read_json, write_json
+from .study import Stage, Study
+
+DATASETS = {"prose": "prose.jsonl", "hq_math": "hq_math.jsonl", "web_math": "web_math.jsonl"}
+
+
+def _train(study: Study, tcfg) -> None:
+    from .train import train
+
+    out = Path(tcfg.out)
+    tcfg.resume = (out / "config.yaml").is_file() and not is_finished(out)
+    summary = train(tcfg, console=False)
+    study.train_rate = _mean_rate(out)  # refines the ETA of the stages still to come
+    print(f"      {out.name}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
+          f"val loss {summary['final_val_loss']:.4f} (ppl {summary['final_val_ppl']:.2f})", flush=True)
+
+
+def _train_rows(out: Path) -> list[dict]:
+    from .checkpoint import read_metrics
+
+    return [r for r in read_metrics(out) if r.get("type") == "train"]
+
+
+def _mean_rate(out: Path) -> float:
+    rates = [r["tokens_per_s"] for r in _train_rows(out) if r.get("tokens_per_s")]
+    return sorted(rates)[len(rates) // 2] if rates else 12_000.0
+
+
+def _steps(tokens: int, study: Study) -> int:
+    return max(1, math.ceil(tokens / (study.cfg.batch_size * study.cfg.seq_len)))
+
+
+def build_stages(study: Study) -> list[Stage]:
+    c = study.cfg
+    p = study.p
+    stages: list[Stage] = []
+    from .model import PRESETS
+
+    # 1. corpora ---------------------------------------------------------------------------
+    def corpora() -> None:
+        from .corpora import build_default_corpora
+
+        build_default_corpora(study.corpora, seed=c.corpora_seed, scale=c.corpora_scale, progress=c.progress)
+
+    corpora_done = c.corpora is not None or _corpora_cached(study)
+    stages.append(Stage("corpora", f"embedded default corpora (scale {c.corpora_scale:g})", 25 * c.corpora_scale,
+                        corpora_done, corpora))
+
+    # 2. tokenizer -------------------------------------------------------------------------
+    tok_dir = p("tokenizer")
+    own_tok = c.tokenizer or (c.model if c.model not in PRESETS and (Path(c.model) / "tokenizer.json").is_file() else None)
+
+    def tokenizer() -> None:
+        tmp = atomic_dir(tok_dir)
+        try:
+            if own_tok:
+                for f in Path(own_tok).iterdir():
+                    if f.is_file() and (f.name.startswith("tokenizer") or f.name.endswith(".json") and "token" in f.name):
+                        shutil.copy2(f, tmp / f.name)
+            else:
+                from .data import train_tokenizer_from_inputs
+
+                train_tokenizer_from_inputs([str(study.corpora / f) for f in DATASETS.values()], c.vocab_size, tmp)
+            commit_dir(tmp, tok_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    stages.append(Stage("tokenizer", "copy the model's tokenizer" if own_tok else f"byte-level BPE, vocab {c.vocab_size}",
+                        10, (tok_dir / "tokenizer.json").is_file(), tokenizer))
+
+    # 3. prepare ---------------------------------------------------------------------------
+    def prepare() -> None:
+        from .data import prepare as do_prepare
+
+        for name, file in DATASETS.items():
+            if not (p("data", name) / "manifest.json").is_file():
+                do_prepare(PrepareConfig(inputs=[str(study.corpora / file)], out=str(p("data", name)),
+                                         tokenizer=str(tok_dir), seq_len=c.seq_len, val_fraction=0.05,
+                                         seed=c.corpora_seed, progress=c.progress, overwrite=True))
+
+    stages.append(Stage("prepare", "tokenize prose, HQ math and web math into fixed windows", 15 * c.corpora_scale,
+                        all((p("data", n) / "manifest.json").is_file() for n in DATASETS), prepare))
+
+    # 4. base ------------------------------------------------------------------------------
+    if c.model in PRESETS:
+        base_cfg = study.train_cfg(data=str(p("data", "prose")), out=str(p("runs", "base")), model=c.model,
+                                   max_tokens=c.base_tokens, lr=c.base_lr, seed=0, data_seed=0)
+        stages.append(Stage("base", f"pretrain the {c.model} preset on prose, {c.base_tokens:,} tokens",
+                            c.base_tokens / study.train_rate, is_finished(base_cfg.out),
+                            lambda: _train(study, base_cfg)))
+
+    # 5. reference -------------------------------------------------------------------------
+    def reference() -> None:
+        from .data import TokenDataset
+
+        n = TokenDataset(p("data", "hq_math")).num_windows("train")
+        tokens = int(c.reference_epochs * n * c.seq_len)
+        _train(study, study.train_cfg(data=str(p("data", "hq_math")), out=str(p("runs", "reference")),
+                                      model=str(study.base_ckpt), max_tokens=tokens, lr=c.reference_lr, seed=0, data_seed=0))
+
+    ref_tokens = c.reference_epochs * 450_000 * c.corpora_scale
+    stages.append(Stage("reference", f"continue the base on HQ math for {c.reference_epochs:g} epochs",
+                        ref_tokens / study.train_rate, is_finished(p("runs", "reference")), reference))
+
+    # 6. score -----------------------------------------------------------------------------
+    def score() -> None:
+        from .scoring import score as do_score
+
+        m = do_score(ScoreConfig(data=str(p("data", "web_math")), model=str(p("runs", "reference", "final")),
+                                 out=str(p("scores", "web_math")), split="train", device=c.device, progress=c.progress,
+                                 overwrite=True))
+        print(f"      mean reference loss {m['mean_loss']:.4f} over {m['windows']} windows", flush=True)
+
+    stages.append(Stage("score", "reference losses of every web-math training token", 1_700_000 * c.corpora_scale / study.fwd_rate,
+                        (p("scores", "web_math") / "manifest.json").is_file(), score))
+
+    # 7. arms ------------------------------------------------------------------------------
+    steps = _steps(c.cpt_tokens, study)
+    ckpt_every = max(1, steps // c.checkpoints)
+    lora = c.lora or LoraConfig(r=0)
+    for arm in study.arms():
+        kw = dict(data=str(p("data", "web_math")), out=arm["run_dir"], model=str(study.base_ckpt), max_tokens=c.cpt_tokens,
+                  lr=c.cpt_lr, seed=arm["seed"], data_seed=arm["seed"], ckpt_every=ckpt_every, lora=lora)
+        if arm["arm"] == "slm":
+            kw.update(objective="slm", strategy=arm["strategy"], ratio=arm["ratio"], temperature=c.temperature,
+                      ref_scores=str(p("scores", "web_math")))
+        tcfg = study.train_cfg(**kw)
+        label = "CLM (all tokens)" if arm["arm"] == "clm" else f"SLM {arm['strategy']} ratio {arm['ratio']:g}"
+        stages.append(Stage(f"arm {arm['name']}", f"{label}, {c.cpt_tokens:,} tokens from the base, seed {arm['seed']}",
+                            c.cpt_tokens / study.train_rate, is_finished(tcfg.out),
+                            (lambda t=tcfg: _train(study, t))))
+
+    # 8. evaluate --------------------------------------------------------------------------
+    todo = _eval_jobs(study)
+    stages.append(Stage("evaluate", f"{len(todo)} checkpoints: target/noisy perplexity, per-token losses, few-shot",
+                        3.0 * len(todo) + 2, not todo and is_finished(p("runs", "reference")),
+                        lambda: _evaluate(study)))
+    return stages
+
+
+def _corpora_cached(study: Study) -> bool:
+    m = study.corpora / "manifest.json"
+    if not m.is_file():
+        return False
+    man = read_json(m)
+    return man.get("seed") == study.cfg.corpora_seed and man.get("scale") == study.cfg.corpora_scale
+
+
+def _eval_jobs(study: Study) -> list[tuple[Path, Path, int, int]]:
+    """(checkpoint dir, eval dir, step, tokens) of every evaluation not yet written."""
+    p = study.p
+    jobs = [(study.base_ckpt, p("evals", "base", "step_000000"), 0, 0),
+            (p("runs", "reference", "final"), p("evals", "reference", "step_final"), -1, -1)]
+    for arm in study.arms():
+        for d in checkpoint_dirs(arm["run_dir"]):
+            meta = read_json(d / "slm_meta.json")
+            jobs.append((d, Path(arm["eval_dir"]) / d.name, checkpoint_step(d), meta["tokens"]))
+    return [j for j in jobs if not (j[1] / "metrics.json").is_file()]
+
+
+def _evaluate(study: Study) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .data import TokenDataset
+    from .evaluate import dataset_token_losses, dump_token_losses, fewshot_accuracy, loss_summary, read_jsonl
+    from .model import load_model, resolve_device
+
+    c = study.cfg
+    device = resolve_device(c.device)
+    target, noisy = TokenDataset(study.p("data", "hq_math")), TokenDataset(study.p("data", "web_math"))
+    tok = target.tokenizer()
+    questions = read_jsonl(study.corpora / "fewshot_eval.jsonl")[:c.fewshot_questions]
+    exemplars = read_jsonl(study.corpora / "fewshot_exemplars.jsonl")
+    jobs = _eval_jobs(study)
+    for ckpt, out, step, tokens in tqdm(jobs, desc="evaluate", unit="ckpt", disable=not c.progress):
+        model = load_model(ckpt, device).eval()
+        result = {"checkpoint": str(ckpt), "step": step, "tokens": tokens}
+        for name, ds, n in (("target", target, c.eval_windows_target), ("noisy", noisy, c.eval_windows_noisy)):
+            losses = dataset_token_losses(model, ds, "validation", n, 32, device)
+            dump_token_losses(losses, out / f"{name}.losses.bin", {"dataset": str(ds.path), "split": "validation",
+                                                                  "dataset_fingerprint": ds.fingerprint})
+            result[name] = loss_summary(losses)
+        with torch.inference_mode():
+            result["fewshot"] = fewshot_accuracy(model, tok, questions, exemplars, c.shots, max_new_tokens=40,
+                                                 batch_size=50, device=device, max_positions=c.seq_len)
+        write_json(out / "metrics.json", result)
+        del model

@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+
+from selective_lm import num_selected, select_tokens
+
+
+@pytest.mark.parametrize("strategy", ["topk", "random", "stochastic"])
+@pytest.mark.parametrize("ratio", [0.01, 0.3, 0.5, 0.6, 1.0])
+def test_exact_k(strategy, ratio):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 33, generator=g)
+    valid = torch.rand(4, 33, generator=g) > 0.2
+    sel = select_tokens(scores, ratio, strategy, valid=valid, generator=g)
+    n = int(valid.sum())
+    assert sel.shape == scores.shape and sel.dtype == torch.bool
+    assert int(sel.sum()) == max(1, math.floor(ratio * n + 0.5))
+    assert not (sel & ~valid).any()
+
+
+def test_num_selected_rounding_and_minimum():
+    assert int(num_selected(10, 0.25)) == 3  # 2.5 rounds half up
+    assert int(num_selected(3, 0.01)) == 1  # at least one
+    assert int(num_selected(0, 0.5)) == 0
+
+
+def test_topk_equals_brute_force():
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        scores = torch.randn(3, 17, generator=g)
+        valid = torch.rand(3, 17, generator=g) > 0.3
+        sel = select_tokens(scores, 0.4, "topk", valid=valid)
+        flat = [(s, i) for i, (s, v) in enumerate(zip(scores.flatten().tolist(), valid.flatten().tolist())) if v]
+        k = max(1, math.floor(0.4 * len(flat) + 0.5))
+        expect = {i for _, i in sorted(flat, reverse=True)[:k]}
+        assert set(torch.nonzero(sel.flatten()).flatten().tolist()) == expect
+
+
+def test_random_is_uniform():
+    g = torch.Generator().manual_seed(2)
+    scores = torch.arange(20, dtype=torch.float32)  # must be ignored
+    counts = torch.zeros(20)
+    trials = 4000
+    for _ in range(trials):
+        counts += select_tokens(scores, 0.25, "random", generator=g).float()
+    expected = trials * 5 / 20
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 43.8  # chi-square, 19 dof, p = 0.001
+
+
+def test_stochastic_single_draw_follows_softmax():
+    # With k = 1 Gumbel-top-k is exactly one draw from softmax(score / tau).
+    g = torch.Generator().manual_seed(3)
+    scores = torch.tensor([0.0, 1.0, 2.0, 0.5, -1.0])
+    tau = 0.7
+    p = torch.softmax(scores / tau, 0)
+    counts = torch.zeros(5)
+    trials = 20000
+    for _ in range(trials):
+        counts += select_tokens(scores, 0.2, "stochastic", temperature=tau, generator=g).float()
+    expected = p * trials
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 18.5  # 4 dof, p = 0.001
+
+
+def test_stochastic_without_replacement_inclusion():
+    # k = 2 of 3 items: P(i included) = 1 - P(i is the one left out), computable exactly.
+    g = torch.Generator().manual_seed(4)
+    scores = torch.tensor([0.0, 1.0, 2.0])
+    w = scores.exp()
+    def p_first(i, rest):
+        return w[i] / w[rest].sum()
+    incl = []
+    for i in range(3):
+        others = [j for j in range(3) if j != i]
+        # i excluded iff both others drawn first
+        p_excl = sum(p_first(a, [0, 1, 2]) * p_first(b, [x for x in range(3) if x != a])
+                     for a in others for b in others if a != b)
+        incl.append(1 - float(p_excl))
+    counts = torch.zeros(3)
+    trials = 20000
+    for _ in range(trials):
+        counts += select_tokens(scores, 2 / 3, "stochastic", generator=g).float()
+    freq = counts / trials
+    assert torch.allclose(freq, torch.tensor(incl), atol=0.015)
+
+
+def test_bad_arguments():
+    s = torch.zeros(2, 3)
+    for ratio in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="ratio"):
+            select_tokens(s, ratio, "topk")
+    with pytest.raises(ValueError, match="strategy"):
+        select_tokens(s, 0.5, "best")
+    with pytest.raises(ValueError, match="shape"):
+        select_tokens(s, 0.5, "topk", valid=torch.ones(3, 2, dtype=torch.bool))
