@@ -3,3 +3,38 @@ import os
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import json
+import random
+
+import pytest
+
+
+def make_corpus(path, n_docs=300, seed=0):
+    """Small JSONL corpus: pseudo-English with numbers, plus noise spans on some documents."""
+    r = random.Random(seed)
+    words = "the of and to in is that it for on with as was at by an be this from or are we sum".split()
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(n_docs):
+            text = " ".join(r.choice(words) for _ in range(r.randint(60, 160)))
+            text += f". {r.randint(0, 99)} + {r.randint(0, 99)} = ?"
+            spans = []
+            if r.random() < 0.5:
+                junk = " ".join("".join(r.choice("abcdef0123456789") for _ in range(8)) for _ in range(10))
+                spans = [[len(text) + 1, len(text) + 1 + len(junk), 1]]
+                text = text + " " + junk
+            f.write(json.dumps({"text": text, "spans": spans}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A prepared dataset (seq_len 32, BPE vocab 320) shared by the tests."""
+    from selective_lm.config import PrepareConfig
+    from selective_lm.data import prepare
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_corpus(root / "corpus.jsonl")
+    prepare(PrepareConfig(inputs=[str(root / "corpus.jsonl")], out=str(root / "ds"), vocab_size=320, seq_len=32,
+                          val_fraction=0.1, progress=False))
+    return root / "ds"

@@ -82,6 +82,20 @@ def test_tokenizer_round_trip_and_fingerprint(tmp_path, shared_tok):
         load_tokenizer(tmp_path / "nope")
 
 
+def test_given_tokenizer_is_copied_verbatim(tmp_path, shared_tok):
+    src = tmp_path / "model"
+    src.mkdir()
+    load_tokenizer(shared_tok).backend_tokenizer.save(str(src / "tokenizer.json"))  # raw tokenizers file
+    (src / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOS_TOKEN}))
+    (src / "model.safetensors").write_bytes(b"weights")
+    corpus = write_txt_dir(tmp_path / "c", make_docs(6))
+    m = prepare(cfg([corpus], tmp_path / "ds", tokenizer=str(src), val_fraction=0.0))
+    assert m["tokenizer_fingerprint"] == tokenizer_fingerprint(src)
+    assert sorted(p.name for p in (tmp_path / "ds" / "tokenizer").iterdir()) == ["tokenizer.json",
+                                                                               "tokenizer_config.json"]
+    assert TokenDataset(tmp_path / "ds").eos_id == load_tokenizer(src).eos_token_id
+
+
 def test_train_tokenizer_from_inputs(tmp_path):
     src = write_txt_dir(tmp_path / "c", make_docs(10))
     tok = train_tokenizer_from_inputs([str(src)], 300, tmp_path / "t")
@@ -174,7 +188,11 @@ def test_long_documents_are_encoded_in_exact_pieces(tmp_path, shared_tok, monkey
 
 
 # --------------------------------------------------------------------------- provenance
-def test_provenance_labels_follow_spans(tmp_path, shared_tok):
+@pytest.mark.parametrize("small_buffers", [False, True])
+def test_provenance_labels_follow_spans(tmp_path, shared_tok, monkeypatch, small_buffers):
+    if small_buffers:  # flush windows to disk before the first spans document turns provenance on
+        monkeypatch.setattr(D, "_FLUSH_TOKENS", 5)
+        monkeypatch.setattr(D, "_BATCH_DOCS", 1)
     target = "Ωnoisyword"
     d1 = "the quick brown fox " + target + " jumps over the lazy dog"
     s1 = d1.index(target)
@@ -205,6 +223,7 @@ def test_provenance_labels_follow_spans(tmp_path, shared_tok):
 
 
 def test_token_labels_skip_leading_space():
+    assert D._label_names({1, 5}) == {"0": "content", "1": "noise", "2": "offtopic", "5": "label5"}
     text = "ab cd"
     labels = D.token_labels(text, [(3, 5, 1)], [(0, 2), (2, 5)])  # tokens "ab", " cd"
     assert labels.tolist() == [0, 1]
@@ -385,3 +404,11 @@ def test_token_dataset_batch_and_errors(tmp_path, shared_tok):
         f.truncate(10)
     with pytest.raises(UserError, match="truncated"):
         TokenDataset(tmp_path / "ds").windows("train")
+
+
+def test_train_tokenizer_from_empty_inputs_saves_nothing(tmp_path):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "a.txt").write_text("")
+    with pytest.raises(UserError, match="no documents"):
+        train_tokenizer_from_inputs([str(tmp_path / "e")], 300, tmp_path / "t")
+    assert not (tmp_path / "t").exists()

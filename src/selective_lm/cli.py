@@ -79,10 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        from transformers.utils import logging as hf_logging
+        from .model import quiet_hf
 
-        hf_logging.disable_progress_bar()  # our own bars only; HF's shard/loading bars are noise here
-        hf_logging.set_verbosity_error()
+        quiet_hf()
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command == "analyze":

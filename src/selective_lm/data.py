@@ -27,7 +27,7 @@ import torch
 
 from .config import PrepareConfig
 from .files import UserError, atomic_dir, commit_dir, read_json, sha256_json, write_json
-from .sources import iter_documents
+from .sources import expand_inputs, iter_documents
 
 __all__ = [
     "EOS_TOKEN", "FORMAT_VERSION", "PROVENANCE_LABELS", "TokenDataset", "dataset_fingerprint",
@@ -75,21 +75,37 @@ def _save_tokenizer(tokenizer, out_dir: str | Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
-    """Train a byte-level BPE (full byte alphabet, ``<|endoftext|>`` special) and save it to ``out_dir``."""
+_TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|chat_template.*|"
+                              r"vocab\.(json|txt)|merges\.txt|.*\.model)$")
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    """Copy a tokenizer directory's own files verbatim (not model weights), so fingerprints match the source."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and _TOKENIZER_FILES.match(f.name):
+            shutil.copyfile(f, dst / f.name)
+
+
+def _train_bpe(texts: Iterable[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 257:
-        raise UserError(f"vocab_size must be >= 259 for a byte-level BPE, got {vocab_size}")
+        raise UserError(f"vocab_size must be >= 257 for a byte-level BPE (256 bytes + EOS), got {vocab_size}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(iter(texts), trainer=trainer)
-    wrapped = _wrap(tok)
-    _save_tokenizer(wrapped, out_dir)
-    return wrapped
+    return _wrap(tok)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
+    """Train a byte-level BPE (full byte alphabet, ``<|endoftext|>`` special) and save it to ``out_dir``."""
+    tok = _train_bpe(texts, vocab_size)
+    _save_tokenizer(tok, out_dir)
+    return tok
 
 
 def train_tokenizer_from_inputs(inputs: list[str], vocab_size: int, out_dir: str | Path,
@@ -99,10 +115,11 @@ def train_tokenizer_from_inputs(inputs: list[str], vocab_size: int, out_dir: str
 
     stats: dict = {}
     docs = iter_documents(inputs, text_field=text_field, stats=stats)
-    bar = tqdm(docs, desc="train tokenizer", unit="doc", disable=not progress)
-    tok = train_tokenizer((text for text, _ in bar), vocab_size, out_dir)
+    bar = tqdm(docs, desc="train tokenizer", unit="doc", disable=not progress, delay=0.5)
+    tok = _train_bpe((text for text, _ in bar), vocab_size)
     if stats["documents"] == 0:
         raise UserError(f"no documents in {', '.join(inputs)} (all inputs are empty): add text")
+    _save_tokenizer(tok, out_dir)
     return tok
 
 
@@ -301,6 +318,7 @@ def _pack(docs, tokenizer, writers: dict[str, _SplitWriter], cfg: PrepareConfig,
                 writers[split].documents += 1
             if state["provenance"]:
                 if spans:  # spans documents are never cut
+                    state["labels"].update(label for _, _, label in spans)
                     lab = token_labels(text, spans, enc.offsets)
                     provs[split].append(np.append(lab, char_labels(text, spans)[-1]))
                 else:
@@ -334,6 +352,12 @@ def _pack(docs, tokenizer, writers: dict[str, _SplitWriter], cfg: PrepareConfig,
 
 
 # --------------------------------------------------------------------------- prepare
+def _label_names(seen: set[int]) -> dict[str, str]:
+    names = dict(PROVENANCE_LABELS)
+    names.update({str(k): f"label{k}" for k in sorted(seen) if str(k) not in names})
+    return names
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file: pass a directory for --out")
@@ -353,6 +377,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     cfg.validate()
     out = Path(cfg.out)
     _check_out(out, cfg.overwrite)
+    expand_inputs(cfg.inputs)  # fail fast on missing paths, before any progress bar
     if cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)  # fail fast, before reading the corpus
     names = SPLITS if cfg.val_fraction > 0 else ("train",)  # validation is routed by is_validation
@@ -363,10 +388,10 @@ def prepare(cfg: PrepareConfig) -> dict:
             if tokenizer.eos_token_id is None:
                 raise UserError(f"tokenizer {cfg.tokenizer} has no eos_token: set eos_token in its "
                                 "tokenizer_config.json (e.g. \"<|endoftext|>\")")
-            _save_tokenizer(tokenizer, tok_dir)
+            _copy_tokenizer(Path(cfg.tokenizer), tok_dir)
         else:
             docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field)
-            bar = tqdm(docs, desc="train tokenizer", unit="doc", disable=not cfg.progress)
+            bar = tqdm(docs, desc="train tokenizer", unit="doc", disable=not cfg.progress, delay=0.5)
             # trained on the train split only: validation text stays unseen
             train_tokenizer((t for t, _ in bar if not is_validation(t, cfg.seed, cfg.val_fraction)),
                             cfg.vocab_size, tok_dir)
@@ -378,10 +403,10 @@ def prepare(cfg: PrepareConfig) -> dict:
 
         stats: dict = {}
         writers = {name: _SplitWriter(tmp, name, dtype, window_len) for name in names}
-        state = {"provenance": False}
+        state = {"provenance": False, "labels": set()}
         docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field, stats=stats)
         try:
-            _pack(tqdm(docs, desc="prepare", unit="doc", disable=not cfg.progress),
+            _pack(tqdm(docs, desc="prepare", unit="doc", disable=not cfg.progress, delay=0.5),
                   tokenizer, writers, cfg, eos_id, state)
         finally:
             splits = {name: w.close() for name, w in writers.items()}
@@ -417,7 +442,7 @@ def prepare(cfg: PrepareConfig) -> dict:
             "empty_documents": stats["empty_documents"],
             "replaced_bytes": stats["replaced_bytes"],
             "dropped_tail_tokens": dropped,
-            "provenance_labels": dict(PROVENANCE_LABELS) if state["provenance"] else None,
+            "provenance_labels": _label_names(state["labels"]) if state["provenance"] else None,
             "seed": cfg.seed,
             "val_fraction": cfg.val_fraction,
             "text_field": cfg.text_field,

@@ -1,17 +1,14 @@
 """Deterministic generator of small arithmetic and pre-algebra problems.
 
-Every problem carries a short, correct worked solution and a short canonical
-answer string (what exact-match evaluation compares). The generator uses only
-``random.Random(seed)``, so the same seed gives the same problems on every
-machine and Python 3.x build.
+Every problem carries a short, correct worked solution and a short canonical answer
+string (what exact-match evaluation compares). Only ``random.Random(seed)`` is used, so
+the same seed gives the same problems on every machine.
 
-The models trained on this data are tiny, so the mix is deliberately easy:
-about 60% of the items of each family are "easy" (one- and two-digit sums,
-times tables, ``x + a = b``), the rest "medium" (multi-digit numbers, two-step
-equations, unlike denominators, word problems with two operations).
-
-Solutions are written so that every ``A = B = C`` chain of plain arithmetic in
-them is literally true; ``tests/test_mathgen.py`` checks this mechanically.
+The models trained on this data are tiny, so the mix is deliberately easy: about 60% of
+each family's items are "easy" (one- and two-digit sums, times tables, ``x + a = b``),
+the rest "medium" (multi-digit numbers, two-step equations, unlike denominators, word
+problems with two operations). Every ``A = B = C`` chain of plain arithmetic in a
+solution is literally true; ``tests/test_mathgen.py`` checks this mechanically.
 """
 from __future__ import annotations
 
@@ -43,47 +40,45 @@ def _easy(rng: random.Random) -> bool:
     return rng.random() < EASY_SHARE
 
 
-def _fmt_frac(f: Fraction) -> str:
+def _frac(f: Fraction) -> str:
     return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
 
 
-def _sum_expr(terms: Sequence[int]) -> str:
-    kept = [t for t in terms if t != 0]
-    return " + ".join(str(t) for t in kept) if kept else "0"
-
-
 def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _pick(rng: random.Random, templates: Sequence[str], **kw: object) -> str:
     return rng.choice(templates).format(**kw)
 
 
+def _binary_q(sym: str, word: str, verb: str, prep: str) -> tuple[str, ...]:
+    """Question templates for ``a <sym> b``; the plain "What is" form is twice as likely."""
+    return (f"What is {{a}} {sym} {{b}}?", f"What is {{a}} {sym} {{b}}?", f"Calculate {{a}} {sym} {{b}}.",
+            f"What is {{a}} {word} {{b}}?", f"{verb} {{a}} {prep} {{b}}.")
+
+
+_ADD_Q = _binary_q("+", "plus", "Add", "and")
+_SUB_Q = _binary_q("-", "minus", "Subtract", "from")[:4] + ("Subtract {b} from {a}.",)
+_MUL_Q = _binary_q("*", "times", "Multiply", "by")
+_DIV_Q = _binary_q("/", "divided by", "Divide", "by")
+
+
 # -------------------------------------------------------------------- families
-_ADD_Q = ("What is {a} + {b}?", "What is {a} + {b}?", "Calculate {a} + {b}.",
-          "What is the sum of {a} and {b}?", "Add {a} and {b}.")
-
-
 def _add(rng: random.Random) -> Problem:
     if _easy(rng):
-        a, b = (rng.randint(1, 9), rng.randint(1, 9)) if rng.random() < 0.5 else (
-            rng.randint(10, 60), rng.randint(1, 30))
+        small = rng.random() < 0.5
+        a, b = (rng.randint(1, 9), rng.randint(1, 9)) if small else (rng.randint(10, 60), rng.randint(1, 30))
     else:
         a, b = rng.randint(10, 999), rng.randint(10, 999)
     s = a + b
     if min(a, b) < 10 or (a % 10 == 0 and b % 10 == 0):
         sol = f"{a} + {b} = {s}."
-    else:
+    else:  # split off the ones digits
         ta, oa, tb, ob = a - a % 10, a % 10, b - b % 10, b % 10
-        sol = f"{a} + {b} = {_sum_expr([ta, tb, oa, ob])} = {_sum_expr([ta + tb, oa + ob])}"
-        sol += "." if 0 in (ta + tb, oa + ob) else f" = {s}."
+        parts = " + ".join(str(t) for t in (ta, tb, oa, ob) if t)
+        sol = f"{a} + {b} = {parts} = {ta + tb} + {oa + ob} = {s}."
     return Problem("add", _pick(rng, _ADD_Q, a=a, b=b), sol, str(s))
-
-
-_SUB_Q = ("What is {a} - {b}?", "What is {a} - {b}?", "Calculate {a} - {b}.",
-          "Subtract {b} from {a}.", "What is {a} minus {b}?")
 
 
 def _sub(rng: random.Random) -> Problem:
@@ -104,32 +99,23 @@ def _sub(rng: random.Random) -> Problem:
     return Problem("sub", _pick(rng, _SUB_Q, a=a, b=b), sol, str(d))
 
 
-_MUL_Q = ("What is {a} * {b}?", "What is {a} * {b}?", "What is {a} times {b}?",
-          "Multiply {a} by {b}.", "Calculate {a} * {b}.")
-
-
 def _mul(rng: random.Random) -> Problem:
     if _easy(rng):
         a, b = rng.randint(2, 10), rng.randint(2, 10)
-        sol = f"{a} * {b} = {a * b}."
+    elif rng.random() < 0.7:
+        a, b = rng.randint(11, 99), rng.randint(2, 9)
     else:
-        if rng.random() < 0.7:
-            a, b = rng.randint(11, 99), rng.randint(2, 9)
-        else:
-            a, b = rng.randint(11, 30), rng.randint(11, 19)
-        if b < 10:
-            ta, oa = a - a % 10, a % 10
-            sol = (f"{a} * {b} = {ta} * {b} + {oa} * {b} = {ta * b} + {oa * b} = {a * b}."
-                   if oa else f"{a} * {b} = {a * b}.")
-        else:
-            tb, ob = b - b % 10, b % 10
-            sol = (f"{a} * {b} = {a} * {tb} + {a} * {ob} = {a * tb} + {a * ob} = {a * b}."
-                   if ob else f"{a} * {b} = {a * b}.")
-    return Problem("mul", _pick(rng, _MUL_Q, a=a, b=b), sol, str(a * b))
-
-
-_DIV_Q = ("What is {a} / {b}?", "What is {a} / {b}?", "What is {a} divided by {b}?",
-          "Divide {a} by {b}.", "Calculate {a} / {b}.")
+        a, b = rng.randint(11, 30), rng.randint(11, 19)
+    p = a * b
+    if a < 11 or (b < 10 and a % 10 == 0) or (b > 10 and b % 10 == 0):
+        sol = f"{a} * {b} = {p}."
+    elif b < 10:  # split the two-digit factor into tens and ones
+        ta, oa = a - a % 10, a % 10
+        sol = f"{a} * {b} = {ta} * {b} + {oa} * {b} = {ta * b} + {oa * b} = {p}."
+    else:
+        tb, ob = b - b % 10, b % 10
+        sol = f"{a} * {b} = {a} * {tb} + {a} * {ob} = {a * tb} + {a * ob} = {p}."
+    return Problem("mul", _pick(rng, _MUL_Q, a=a, b=b), sol, str(p))
 
 
 def _div(rng: random.Random) -> Problem:
@@ -137,52 +123,41 @@ def _div(rng: random.Random) -> Problem:
     if easy or rng.random() < 0.5:
         b = rng.randint(2, 10) if easy else rng.randint(2, 12)
         q = rng.randint(1, 10) if easy else rng.randint(11, 50)
-        a = b * q
-        return Problem("div", _pick(rng, _DIV_Q, a=a, b=b),
-                       f"{b} * {q} = {a}, so {a} / {b} = {q}.", str(q))
+        return Problem("div", _pick(rng, _DIV_Q, a=b * q, b=b), f"{b} * {q} = {b * q}, so {b * q} / {b} = {q}.",
+                       str(q))
     b, q = rng.randint(3, 12), rng.randint(2, 30)
     r = rng.randint(1, b - 1)
     a = b * q + r
     question = _pick(rng, ("What is the remainder when {a} is divided by {b}?",
                            "Find the remainder of {a} divided by {b}."), a=a, b=b)
-    sol = f"{b} * {q} = {b * q} and {a} = {b} * {q} + {r}, so the remainder is {r}."
-    return Problem("div", question, sol, str(r))
+    return Problem("div", question, f"{b} * {q} = {b * q} and {a} = {b} * {q} + {r}, so the remainder is {r}.",
+                   str(r))
 
 
 def _linear(rng: random.Random) -> Problem:
     v = rng.choice("xxxyn")
     if _easy(rng):
-        kind = rng.randrange(3)
-        x = rng.randint(1, 20)
+        kind, x, a = rng.randrange(3), rng.randint(1, 20), rng.randint(1, 20)
         if kind == 0:
-            a = rng.randint(1, 20)
             eq, sol = f"{v} + {a} = {x + a}", f"Subtract {a} from both sides: {v} = {x + a} - {a} = {x}."
         elif kind == 1:
-            a = rng.randint(1, 20)
             eq, sol = f"{v} - {a} = {x - a}", f"Add {a} to both sides: {v} = {x - a} + {a} = {x}."
         else:
             a, x = rng.randint(2, 10), rng.randint(1, 10)
             eq, sol = f"{a}{v} = {a * x}", f"Divide both sides by {a}: {v} = {a * x} / {a} = {x}."
-    else:
-        x = rng.randint(-10, 15)
-        a = rng.randint(2, 9)
-        if rng.random() < 0.6:
-            b = rng.choice([i for i in range(-20, 21) if i != 0])
-            c = a * x + b
-            lhs = f"{a}{v} + {b}" if b > 0 else f"{a}{v} - {-b}"
-            rhs_step = f"{c} - {b}" if b > 0 else f"{c} + {-b}"
-            eq = f"{lhs} = {c}"
-            sol = f"{a}{v} = {rhs_step} = {a * x}, so {v} = {a * x} / {a} = {x}."
-        else:
-            c = rng.randint(1, a - 1)
-            b = rng.randint(1, 20)
-            d = (a - c) * x - b  # a*x - b = c*x + d
-            rhs = f"{c}{v} + {d}" if d >= 0 else f"{c}{v} - {-d}"
-            eq = f"{a}{v} - {b} = {rhs}"
-            k = a - c
-            coef = f"{k}{v}" if k != 1 else v
-            sol = (f"Move the {v} terms to the left: {a}{v} - {c}{v} = {d} + {b}, so {coef} = {d + b}"
-                   + (f" and {v} = {d + b} / {k} = {x}." if k != 1 else "."))
+    elif rng.random() < 0.6:  # a*v + b = c
+        x, a, b = rng.randint(-10, 15), rng.randint(2, 9), rng.choice([i for i in range(-20, 21) if i])
+        c = a * x + b
+        eq = f"{a}{v} + {b} = {c}" if b > 0 else f"{a}{v} - {-b} = {c}"
+        step = f"{c} - {b}" if b > 0 else f"{c} + {-b}"
+        sol = f"{a}{v} = {step} = {a * x}, so {v} = {a * x} / {a} = {x}."
+    else:  # a*v - b = c*v + d
+        x, a = rng.randint(-10, 15), rng.randint(2, 9)
+        c, b = rng.randint(1, a - 1), rng.randint(1, 20)
+        d, k = (a - c) * x - b, a - c
+        eq = f"{a}{v} - {b} = {c}{v} + {d}" if d >= 0 else f"{a}{v} - {b} = {c}{v} - {-d}"
+        sol = f"Move the {v} terms to the left: {a}{v} - {c}{v} = {d} + {b}, so " + (
+            f"{k}{v} = {d + b} and {v} = {d + b} / {k} = {x}." if k != 1 else f"{v} = {d + b}.")
     question = _pick(rng, ("Solve {eq} for {v}.", "Solve {eq}.", "Solve for {v}: {eq}.",
                            "If {eq}, what is {v}?"), eq=eq, v=v)
     return Problem("linear", question, sol, str(x))
@@ -197,25 +172,20 @@ def _fraction(rng: random.Random) -> Problem:
             p, q = rng.randint(1, 7), rng.randint(2, 9)
         k = rng.randint(2, 6)
         n, d = p * k, q * k
-        return Problem("fraction", _pick(rng, ("Simplify {n}/{d}.", "Reduce {n}/{d} to lowest terms."),
-                                         n=n, d=d),
+        return Problem("fraction", _pick(rng, ("Simplify {n}/{d}.", "Reduce {n}/{d} to lowest terms."), n=n, d=d),
                        f"The greatest common divisor of {n} and {d} is {k}, so "
                        f"{n}/{d} = ({n} / {k})/({d} / {k}) = {p}/{q}.", f"{p}/{q}")
     if kind == "same":
         d = rng.randint(3, 12)
         a, b = rng.randint(1, d - 1), rng.randint(1, d - 1)
-        res = Fraction(a + b, d)
+        res, q = Fraction(a + b, d), f"What is {a}/{d} + {b}/{d}?"
         sol = f"{a}/{d} + {b}/{d} = ({a} + {b})/{d} = {a + b}/{d}"
-        q = f"What is {a}/{d} + {b}/{d}?"
     elif kind == "mul":
         a, b, c, d = rng.randint(1, 5), rng.randint(2, 9), rng.randint(1, 5), rng.randint(2, 9)
-        res = Fraction(a * c, b * d)
+        res, q = Fraction(a * c, b * d), f"What is {a}/{b} * {c}/{d}?"
         sol = f"{a}/{b} * {c}/{d} = ({a} * {c})/({b} * {d}) = {a * c}/{b * d}"
-        q = f"What is {a}/{b} * {c}/{d}?"
     else:
-        b, d = rng.randint(2, 10), rng.randint(2, 10)
-        while b == d:
-            d = rng.randint(2, 10)
+        b, d = rng.sample(range(2, 11), 2)
         a, c = rng.randint(1, b - 1), rng.randint(1, d - 1)
         op = "-" if kind == "sub" else "+"
         if op == "-" and Fraction(a, b) < Fraction(c, d):
@@ -223,10 +193,9 @@ def _fraction(rng: random.Random) -> Problem:
         lcm = b * d // math.gcd(b, d)
         na, nc = a * lcm // b, c * lcm // d
         top = na + nc if op == "+" else na - nc
-        res = Fraction(top, lcm)
+        res, q = Fraction(top, lcm), f"What is {a}/{b} {op} {c}/{d}?"
         sol = f"{a}/{b} {op} {c}/{d} = {na}/{lcm} {op} {nc}/{lcm} = {top}/{lcm}"
-        q = f"What is {a}/{b} {op} {c}/{d}?"
-    ans = _fmt_frac(res)
+    ans = _frac(res)
     sol += "." if sol.endswith(f"= {ans}") else f" = {ans}."
     return Problem("fraction", q, sol, ans)
 
@@ -234,45 +203,37 @@ def _fraction(rng: random.Random) -> Problem:
 def _percent(rng: random.Random) -> Problem:
     easy = _easy(rng)
     p = rng.choice([10, 20, 25, 50] if easy else [5, 15, 30, 40, 60, 75, 12, 35, 80, 90])
-    step = 100 // math.gcd(p, 100)
+    step = 100 // math.gcd(p, 100)  # n is a multiple of step, so p% of n is whole
     n = step * rng.randint(1, max(1, (100 if easy else 400) // step))
     part = p * n // 100
     if easy or rng.random() < 0.4:
-        return Problem("percent", f"What is {p}% of {n}?",
-                       f"{p}% of {n} is {p}/100 * {n} = {p * n}/100 = {part}.", str(part))
+        return Problem("percent", f"What is {p}% of {n}?", f"{p}% of {n} is {p}/100 * {n} = {p * n}/100 = {part}.",
+                       str(part))
     if rng.random() < 0.5:
         return Problem("percent", f"What percent of {n} is {part}?",
-                       f"{part} / {n} * 100 = {part * 100} / {n} = {p}, so {part} is {p}% of {n}.",
-                       f"{p}%")
+                       f"{part} / {n} * 100 = {part * 100} / {n} = {p}, so {part} is {p}% of {n}.", f"{p}%")
     verb, sign = rng.choice([("Increase", "+"), ("Decrease", "-")])
     new = n + part if sign == "+" else n - part
     return Problem("percent", f"{verb} {n} by {p}%.",
-                   f"{p}% of {n} is {p}/100 * {n} = {part}, so the new value is {n} {sign} {part} = {new}.",
-                   str(new))
-
-
-def _euclid(a: int, b: int) -> list[str]:
-    x, y = max(a, b), min(a, b)
-    steps = []
-    while y:
-        steps.append(f"{x} = {x // y} * {y} + {x % y}")
-        x, y = y, x % y
-    return steps
+                   f"{p}% of {n} is {p}/100 * {n} = {part}, so the new value is {n} {sign} {part} = {new}.", str(new))
 
 
 def _gcd(rng: random.Random) -> Problem:
     easy = _easy(rng)
     g = rng.randint(1, 6) if easy else rng.randint(2, 15)
     p, q = rng.sample(range(1, 8 if easy else 13), 2)
-    if g * min(p, q) == 1:
-        g = 2
+    g = 2 if g * min(p, q) == 1 else g
     a, b = g * p, g * q
     real_g = math.gcd(a, b)
     if easy or rng.random() < 0.5:
         question = _pick(rng, ("What is the greatest common divisor of {a} and {b}?",
                                "Find the greatest common divisor of {a} and {b}.",
                                "What is the highest common factor of {a} and {b}?"), a=a, b=b)
-        sol = "; ".join(_euclid(a, b)) + f". The last nonzero remainder is {real_g}."
+        x, y, steps = max(a, b), min(a, b), []
+        while y:  # Euclid's algorithm
+            steps.append(f"{x} = {x // y} * {y} + {x % y}")
+            x, y = y, x % y
+        sol = "; ".join(steps) + f". The last nonzero remainder is {real_g}, so the answer is {real_g}."
         return Problem("gcd", question, sol, str(real_g))
     lcm = a * b // real_g
     question = _pick(rng, ("What is the least common multiple of {a} and {b}?",
@@ -283,79 +244,65 @@ def _gcd(rng: random.Random) -> Problem:
 
 
 def _order_ops(rng: random.Random) -> Problem:
-    r = lambda lo=1, hi=9: rng.randint(lo, hi)  # noqa: E731
     if _easy(rng):
-        shape = rng.randrange(4)
-        a, b, c = r(), r(), r()
-        if shape == 0:
-            expr, steps = f"{a} + {b} * {c}", [f"First multiply: {b} * {c} = {b * c}", f"Then add: {a} + {b * c} = {a + b * c}"]
-        elif shape == 1:
-            expr, steps = f"{a} * {b} - {c}", [f"First multiply: {a} * {b} = {a * b}", f"Then subtract: {a * b} - {c} = {a * b - c}"]
-        elif shape == 2:
-            expr, steps = f"({a} + {b}) * {c}", [f"First the parentheses: {a} + {b} = {a + b}", f"Then {a + b} * {c} = {(a + b) * c}"]
-        else:
-            a = r(5, 20)
-            expr, steps = f"{a} - {b} + {c}", [f"Work from left to right: {a} - {b} = {a - b}", f"Then {a - b} + {c} = {a - b + c}"]
+        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+        shapes = [
+            (f"{a} + {b} * {c}", [f"First multiply: {b} * {c} = {b * c}", f"Then add: {a} + {b * c} = {a + b * c}"]),
+            (f"{a} * {b} - {c}",
+             [f"First multiply: {a} * {b} = {a * b}", f"Then subtract: {a * b} - {c} = {a * b - c}"]),
+            (f"({a} + {b}) * {c}",
+             [f"First the parentheses: {a} + {b} = {a + b}", f"Then {a + b} * {c} = {(a + b) * c}"]),
+            (f"{a + 9} - {b} + {c}",
+             [f"Work from left to right: {a + 9} - {b} = {a + 9 - b}", f"Then {a + 9 - b} + {c} = {a + 9 - b + c}"])]
     else:
-        shape = rng.randrange(4)
-        a, b, c, d = r(2, 12), r(2, 12), r(2, 12), r(1, 20)
-        if shape == 0:
-            expr = f"{a} * {b} + {c} * {d}"
-            steps = [f"{a} * {b} = {a * b}", f"{c} * {d} = {c * d}", f"Then {a * b} + {c * d} = {a * b + c * d}"]
-        elif shape == 1:
-            a = b + r(1, 10)
-            expr = f"({a} - {b}) * {c} + {d}"
-            steps = [f"First the parentheses: {a} - {b} = {a - b}", f"Then {a - b} * {c} = {(a - b) * c}",
-                     f"Finally {(a - b) * c} + {d} = {(a - b) * c + d}"]
-        elif shape == 2:
-            expr = f"{d} + {b} * {c} - {a}"
-            steps = [f"First multiply: {b} * {c} = {b * c}", f"Then {d} + {b * c} = {d + b * c}",
-                     f"Finally {d + b * c} - {a} = {d + b * c - a}"]
-        else:
-            a = b * r(2, 9)
-            expr = f"{d} + {a} / {b} * {c}"
-            q = a // b
-            steps = [f"Left to right, divide first: {a} / {b} = {q}", f"Then {q} * {c} = {q * c}",
-                     f"Finally {d} + {q * c} = {d + q * c}"]
-    ans = steps[-1].rsplit("= ", 1)[1]
+        a, b, c, d = rng.randint(2, 12), rng.randint(2, 12), rng.randint(2, 12), rng.randint(1, 20)
+        e, q = b + rng.randint(1, 10), rng.randint(2, 9)
+        shapes = [
+            (f"{a} * {b} + {c} * {d}",
+             [f"{a} * {b} = {a * b}", f"{c} * {d} = {c * d}", f"Then {a * b} + {c * d} = {a * b + c * d}"]),
+            (f"({e} - {b}) * {c} + {d}", [f"First the parentheses: {e} - {b} = {e - b}",
+                                          f"Then {e - b} * {c} = {(e - b) * c}",
+                                          f"Finally {(e - b) * c} + {d} = {(e - b) * c + d}"]),
+            (f"{d} + {b} * {c} - {a}", [f"First multiply: {b} * {c} = {b * c}", f"Then {d} + {b * c} = {d + b * c}",
+                                        f"Finally {d + b * c} - {a} = {d + b * c - a}"]),
+            (f"{d} + {b * q} / {b} * {c}", [f"Left to right, divide first: {b * q} / {b} = {q}",
+                                            f"Then {q} * {c} = {q * c}", f"Finally {d} + {q * c} = {d + q * c}"])]
+    expr, steps = rng.choice(shapes)
     question = _pick(rng, ("What is {e}?", "What is {e}?", "Calculate {e}.", "Evaluate {e}."), e=expr)
-    return Problem("order_ops", question, ". ".join(steps) + ".", ans)
+    return Problem("order_ops", question, ". ".join(steps) + ".", steps[-1].rsplit("= ", 1)[1])
 
 
 def _sequence(rng: random.Random) -> Problem:
-    if _easy(rng):
+    kind = "next" if _easy(rng) else rng.choice(["ratio", "nth"])
+    if kind == "next":
         start, diff = rng.randint(1, 20), rng.randint(1, 10)
         if rng.random() < 0.3:
-            start += 4 * diff
-            diff = -diff
+            start, diff = start + 4 * diff, -diff
         terms = [start + i * diff for i in range(4)]
-        nxt = terms[-1] + diff
-        rel = f"{abs(diff)} more" if diff > 0 else f"{-diff} less"
-        op = "+" if diff > 0 else "-"
+        ans = terms[-1] + diff
+        rel, op = (f"{diff} more", "+") if diff > 0 else (f"{-diff} less", "-")
         sol = (f"Each term is {rel} than the one before: {terms[1]} - {terms[0]} = {diff}. "
-               f"So the next number is {terms[-1]} {op} {abs(diff)} = {nxt}.")
-        q = f"What is the next number in the sequence {', '.join(map(str, terms))}?"
-        return Problem("sequence", q, sol, str(nxt))
-    if rng.random() < 0.5:
+               f"So the next number is {terms[-1]} {op} {abs(diff)} = {ans}.")
+    elif kind == "ratio":
         start, ratio = rng.randint(1, 5), rng.choice([2, 2, 3])
         terms = [start * ratio ** i for i in range(4)]
-        nxt = terms[-1] * ratio
+        ans = terms[-1] * ratio
         sol = (f"Each term is {ratio} times the one before: {terms[1]} / {terms[0]} = {ratio}. "
-               f"So the next number is {terms[-1]} * {ratio} = {nxt}.")
-        q = f"What is the next number in the sequence {', '.join(map(str, terms))}?"
-        return Problem("sequence", q, sol, str(nxt))
-    start, diff, n = rng.randint(1, 20), rng.randint(2, 9), rng.randint(5, 20)
-    terms = [start + i * diff for i in range(3)]
-    val = start + (n - 1) * diff
-    sol = (f"The first term is {start} and the common difference is {terms[1]} - {terms[0]} = {diff}. "
-           f"The {_ordinal(n)} term is {start} + ({n} - 1) * {diff} = {start} + {(n - 1) * diff} = {val}.")
-    q = f"What is the {_ordinal(n)} term of the arithmetic sequence {', '.join(map(str, terms))}, ...?"
-    return Problem("sequence", q, sol, str(val))
+               f"So the next number is {terms[-1]} * {ratio} = {ans}.")
+    else:
+        start, diff, n = rng.randint(1, 20), rng.randint(2, 9), rng.randint(5, 20)
+        ans = start + (n - 1) * diff
+        sol = (f"The first term is {start} and the common difference is {start + diff} - {start} = {diff}. "
+               f"The {_ordinal(n)} term is {start} + ({n} - 1) * {diff} = {start} + {(n - 1) * diff} = {ans}.")
+        q = (f"What is the {_ordinal(n)} term of the arithmetic sequence "
+             f"{start}, {start + diff}, {start + 2 * diff}, ...?")
+        return Problem("sequence", q, sol, str(ans))
+    return Problem("sequence", f"What is the next number in the sequence {', '.join(map(str, terms))}?", sol, str(ans))
 
 
-_NAMES = (("Tom", "he"), ("Anna", "she"), ("Ben", "he"), ("Maria", "she"), ("Sam", "he"),
-          ("Lena", "she"), ("Omar", "he"), ("Priya", "she"), ("Jack", "he"), ("Mia", "she"),
-          ("Leo", "he"), ("Zoe", "she"), ("Ravi", "he"), ("Emma", "she"), ("Noah", "he"), ("Lucy", "she"))
+_NAMES = (("Tom", "he"), ("Anna", "she"), ("Ben", "he"), ("Maria", "she"), ("Sam", "he"), ("Lena", "she"),
+          ("Omar", "he"), ("Priya", "she"), ("Jack", "he"), ("Mia", "she"), ("Leo", "he"), ("Zoe", "she"),
+          ("Ravi", "he"), ("Emma", "she"), ("Noah", "he"), ("Lucy", "she"))
 _ITEMS = ("apples", "pencils", "marbles", "stickers", "books", "cookies", "stamps", "shells", "cards", "eggs")
 _GOODS = (("notebook", "notebooks"), ("pen", "pens"), ("sandwich", "sandwiches"), ("ticket", "tickets"),
           ("ball", "balls"), ("cup of tea", "cups of tea"))
@@ -363,13 +310,12 @@ _GOODS = (("notebook", "notebooks"), ("pen", "pens"), ("sandwich", "sandwiches")
 
 def _word(rng: random.Random) -> Problem:
     (name, he), (other, _) = rng.sample(_NAMES, 2)
-    He, item = he.capitalize(), rng.choice(_ITEMS)
-    easy = _easy(rng)
+    he, item, easy = he.capitalize(), rng.choice(_ITEMS), _easy(rng)
     kind = rng.randrange(4) if easy else rng.randrange(8)
     lo, hi = (2, 20) if easy else (10, 90)
     if kind == 0:
         a, b = rng.randint(lo, hi), rng.randint(2, 10 if easy else 40)
-        q = f"{name} has {a} {item}. {He} buys {b} more. How many {item} does {name} have now?"
+        q = f"{name} has {a} {item}. {he} buys {b} more. How many {item} does {name} have now?"
         sol, ans = f"{a} + {b} = {a + b}. {name} has {a + b} {item}.", a + b
     elif kind == 1:
         a = rng.randint(lo + 2, hi + 10)
@@ -382,16 +328,14 @@ def _word(rng: random.Random) -> Problem:
         sol, ans = f"{a} * {b} = {a * b}. There are {a * b} {item}.", a * b
     elif kind == 3:
         b, each = rng.randint(2, 6 if easy else 12), rng.randint(2, 9 if easy else 25)
-        a = b * each
-        q = f"{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?"
-        sol, ans = f"{a} / {b} = {each}. Each friend gets {each} {item}.", each
+        q = f"{name} shares {b * each} {item} equally among {b} friends. How many {item} does each friend get?"
+        sol, ans = f"{b * each} / {b} = {each}. Each friend gets {each} {item}.", each
     elif kind == 4:
         (one, many), price, k = rng.choice(_GOODS), rng.randint(2, 9), rng.randint(2, 5)
         bill = next(x for x in (10, 20, 50, 100) if x >= price * k)
         q = (f"A {one} costs {price} dollars. {name} buys {k} {many} and pays with a {bill}-dollar bill. "
              f"How much change does {name} get, in dollars?")
-        sol = f"{k} * {price} = {price * k} dollars. {bill} - {price * k} = {bill - price * k}."
-        ans = bill - price * k
+        sol, ans = f"{k} * {price} = {price * k} dollars. {bill} - {price * k} = {bill - price * k}.", bill - price * k
     elif kind == 5:
         v, t = rng.choice([30, 40, 50, 60, 70, 80, 90]), rng.randint(2, 6)
         q = f"A car travels at {v} km per hour for {t} hours. How many km does it travel?"
@@ -399,11 +343,13 @@ def _word(rng: random.Random) -> Problem:
     elif kind == 6:
         a, b, c = rng.randint(5, 15), rng.randint(2, 10), rng.randint(2, 10)
         q = f"{name} is {a} years old. {other} is {b} years older. How old will {other} be in {c} years?"
-        sol = f"{other} is {a} + {b} = {a + b} years old now. In {c} years {other} will be {a + b} + {c} = {a + b + c}."
+        sol = (f"{other} is {a} + {b} = {a + b} years old now. "
+               f"In {c} years {other} will be {a + b} + {c} = {a + b + c}.")
         ans = a + b + c
     else:
         a, k, b = rng.randint(2, 20), rng.randint(2, 6), rng.randint(3, 12)
-        q = f"{name} has {a} {item}. {He} buys {k} packs with {b} {item} in each pack. How many {item} does {name} have now?"
+        q = (f"{name} has {a} {item}. {he} buys {k} packs with {b} {item} in each pack. "
+             f"How many {item} does {name} have now?")
         sol, ans = f"{k} * {b} = {k * b}. {a} + {k * b} = {a + k * b}.", a + k * b
     return Problem("word", q, sol, str(ans))
 
@@ -422,9 +368,9 @@ def _compare(rng: random.Random) -> Problem:
     if kind in ("int", "neg"):
         a, b = rng.sample(range(1, 100) if kind == "int" else range(-30, 30), 2)
         hi, lo = max(a, b), min(a, b)
-        sol = f"{hi} > {lo}, so {hi if big else lo} is {word}."
-        return Problem("compare", f"Which is {word}: {a} or {b}?", sol, str(hi if big else lo))
-    if kind == "dec":
+        return Problem("compare", f"Which is {word}: {a} or {b}?", f"{hi} > {lo}, so {hi if big else lo} is {word}.",
+                       str(hi if big else lo))
+    if kind == "dec":  # hundredths x and y; 0.6 vs 0.65 is the classic trap
         x = rng.randint(1, 99)
         y = rng.choice([(x // 10) * 10, x + 1, x - 1, x + 10, rng.randint(1, 99)])
         while y == x or not 0 < y < 100:
@@ -435,7 +381,7 @@ def _compare(rng: random.Random) -> Problem:
         sol = (f"{' and '.join(pad)}. " if pad else "") + (
             f"Since 0.{max(x, y):02d} > 0.{min(x, y):02d}, {hi if big else lo} is {word}.")
         return Problem("compare", f"Which is {word}: {s[0]} or {s[1]}?", sol, hi if big else lo)
-    while True:
+    while True:  # two distinct reduced proper fractions with different denominators
         b, d = rng.randint(2, 9), rng.randint(2, 9)
         a, c = rng.randint(1, b - 1), rng.randint(1, d - 1)
         f1, f2 = Fraction(a, b), Fraction(c, d)
@@ -451,10 +397,9 @@ def _compare(rng: random.Random) -> Problem:
 
 _UNITS = (("meter", "meters", "centimeters", 100), ("kilometer", "kilometers", "meters", 1000),
           ("hour", "hours", "minutes", 60), ("minute", "minutes", "seconds", 60),
-          ("kilogram", "kilograms", "grams", 1000), ("day", "days", "hours", 24),
-          ("week", "weeks", "days", 7), ("foot", "feet", "inches", 12),
-          ("liter", "liters", "milliliters", 1000), ("dollar", "dollars", "cents", 100),
-          ("year", "years", "months", 12), ("dozen", "dozens", "items", 12))
+          ("kilogram", "kilograms", "grams", 1000), ("day", "days", "hours", 24), ("week", "weeks", "days", 7),
+          ("foot", "feet", "inches", 12), ("liter", "liters", "milliliters", 1000),
+          ("dollar", "dollars", "cents", 100), ("year", "years", "months", 12), ("dozen", "dozens", "items", 12))
 
 
 def _units(rng: random.Random) -> Problem:
@@ -469,10 +414,9 @@ def _units(rng: random.Random) -> Problem:
         return Problem("units", f"How many {many} are in {n * f} {small}?",
                        f"{fact}, so {n * f} {small} = {n * f} / {f} = {n} {many}.", str(n))
     extra = rng.randint(1, f - 1)
-    total = n * f + extra
     return Problem("units", f"How many {small} are in {n} {many} and {extra} {small}?",
                    f"{fact}, so {n} {many} = {n} * {f} = {n * f} {small}. "
-                   f"Adding {extra} gives {n * f} + {extra} = {total} {small}.", str(total))
+                   f"Adding {extra} gives {n * f} + {extra} = {n * f + extra} {small}.", str(n * f + extra))
 
 
 _GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
@@ -495,7 +439,7 @@ def iter_problems(seed: int, families: Sequence[str] | None = None) -> Iterator[
 
 
 def generate_problems(n: int, seed: int, families: Sequence[str] | None = None) -> list[Problem]:
-    """``n`` problems from :func:`iter_problems` (duplicates possible for easy items)."""
+    """``n`` problems from :func:`iter_problems` (easy items may repeat)."""
     if n < 0:
         raise ValueError("n must be >= 0")
     return list(islice(iter_problems(seed, families), n))

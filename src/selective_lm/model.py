@@ -38,6 +38,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
+def quiet_hf() -> None:
+    """Silence HF's own shard/loading progress bars and info logs; our bars report progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def is_checkpoint(path: str | Path) -> bool:
     p = Path(path)
     return p.is_dir() and ((p / "config.json").is_file() or (p / "adapter_config.json").is_file())
@@ -78,6 +86,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu"):
     """Load a full checkpoint, or a LoRA adapter merged into its base, for inference or further training."""
     from transformers import AutoModelForCausalLM
 
+    quiet_hf()
     p = Path(path)
     if not is_checkpoint(p):
         raise UserError(f"not a model checkpoint: {p} (expected a directory with config.json or adapter_config.json)")
@@ -110,6 +119,7 @@ def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None
     ``state`` (optimizer, scheduler, RNG, loop position) goes to ``training_state.pt`` in the same
     directory, so weights and state appear together or not at all.
     """
+    quiet_hf()
     out = Path(out)
     tmp = atomic_dir(out)
     try:

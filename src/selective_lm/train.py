@@ -136,6 +136,7 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
     order = WindowOrder(n_train, cfg.data_seed)
     prov = ds.provenance("train")
     slm = cfg.objective == "slm"
+    has_val = "validation" in ds.splits() and ds.num_windows("validation") > 0
     per_step = cfg.batch_size * cfg.grad_accum
     tokens_per_step = per_step * world * ds.seq_len
     meta = {"dataset": str(Path(cfg.data).resolve()), "dataset_fingerprint": ds.fingerprint,
@@ -247,7 +248,7 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
                       f"frac {row['selected_fraction']:.2f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s", flush=True)
             acc = {k: zero() for k in acc}
             t_log, step_log = time.perf_counter(), step
-        if (cfg.eval_every and step % cfg.eval_every == 0) or last:
+        if has_val and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
             last_eval = run_eval(step)
             if console and dist.is_main():
                 bar.write(f"step {step}: val loss {last_eval['loss']:.4f} ppl {last_eval['ppl']:.2f}")

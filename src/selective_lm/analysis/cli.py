@@ -1,0 +1,244 @@
+"""`slm analyze NAME`: each analysis of the report on its own, on a study directory or on arbitrary runs.
+
+Every subcommand prints its result as JSON (``--out FILE`` also writes it atomically). Bad input raises
+:class:`~selective_lm.files.UserError` (the CLI prints one line and exits with code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..files import UserError, write_json
+
+NAMES = {
+    "report": "the whole report of a study: results.json, plots, selection.html, report.md",
+    "perplexity": "final target/noisy perplexity per run and group (or loss/ppl of per-token loss dumps)",
+    "efficiency": "tokens an SLM run needs to reach the CLM baseline's final loss (speedup)",
+    "dynamics": "token loss dynamics H→H / L→H / H→L / L→L over checkpoints (paper §2.1)",
+    "buckets": "high/low loss bucket transitions between two models",
+    "selected-loss": "loss of selected vs unselected tokens over training (paper Fig. 6/7)",
+    "cosine": "cosine similarity of update directions (full Δθ or LoRA B·A·α/r)",
+    "selection": "what SLM selects: noise share during training, provenance and tokens on validation",
+}
+_ALONE = {
+    "report": None,
+    "perplexity": "--losses FILE.bin [...]",
+    "efficiency": "--baseline RUN_DIR --runs RUN_DIR [...]",
+    "dynamics": "--losses A.bin B.bin [...] (checkpoint order)",
+    "buckets": "--before X.bin --after Y.bin --baseline Z.bin",
+    "selected-loss": "--base X.bin --reference R.bin --losses A.bin [...]",
+    "cosine": "--runs DIR [...] (and --base DIR for full checkpoints)",
+    "selection": "--runs RUN_DIR [...]",
+}
+
+
+def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `analyze` and its subcommands on the `slm` subparsers."""
+    p = subparsers.add_parser("analyze", help="analyses of a finished study or of arbitrary runs",
+                              description="Analyses of a finished study (--study DIR) or of arbitrary runs. "
+                                          "Each prints JSON. Names: " + ", ".join(NAMES))
+    sub = p.add_subparsers(dest="analysis", required=True, metavar="NAME", title="analyses")
+    for name, text in NAMES.items():
+        q = sub.add_parser(name, help=text, description=text + (
+            f". Works on --study DIR or on {_ALONE[name]}." if _ALONE[name] else ". Needs --study DIR."))
+        q.add_argument("--study", help="study directory written by `slm study`")
+        q.add_argument("--out", help="also write the JSON result to this file")
+        if name in ("perplexity", "dynamics", "selected-loss"):
+            q.add_argument("--losses", nargs="+", metavar="FILE", help="per-token loss dumps (.bin with .json sidecar)")
+        if name in ("efficiency", "cosine", "selection"):
+            q.add_argument("--runs", nargs="+", metavar="DIR",
+                           help="checkpoint dirs (cosine) or run dirs with metrics.jsonl")
+        if name == "efficiency":
+            q.add_argument("--baseline", metavar="RUN_DIR", help="the CLM baseline's run dir")
+        if name == "dynamics":
+            q.add_argument("--threshold", type=float, default=0.2, help="|ΔL| margin (default 0.2)")
+            q.add_argument("--data", help="dataset dir of the dumped windows, to show example tokens")
+            q.add_argument("--split", default="validation", help="split of --data (default validation)")
+        if name == "buckets":
+            q.add_argument("--before", metavar="FILE", help="losses of the first model")
+            q.add_argument("--after", metavar="FILE", help="losses of the second model")
+            q.add_argument("--baseline", metavar="FILE", help="losses whose quantile sets the threshold")
+            q.add_argument("--quantile", type=float, default=0.7, help="threshold quantile (default 0.7)")
+        if name == "selected-loss":
+            q.add_argument("--base", metavar="FILE", help="losses of the model whose excess defines the mask")
+            q.add_argument("--reference", metavar="FILE", help="reference-model losses on the same tokens")
+            q.add_argument("--ratio", type=float, nargs="+", default=[0.6], help="selection ratios (default 0.6)")
+        if name == "cosine":
+            q.add_argument("--base", metavar="DIR", help="base checkpoint (needed for full checkpoints)")
+    return p
+
+
+def _need(args, *names: str) -> None:
+    missing = [n for n in names if not getattr(args, n.replace("-", "_"), None)]
+    if missing:
+        alone = _ALONE[args.analysis]
+        raise UserError(f"analyze {args.analysis}: missing --{', --'.join(missing)}: pass --study DIR"
+                        + (f" or {alone}" if alone else ""))
+
+
+def _losses(files) -> list[np.ndarray]:
+    from .collect import load_losses
+
+    out = [load_losses(f) for f in files]
+    if len({a.size for a in out}) > 1:
+        raise UserError("the loss dumps hold different numbers of tokens ("
+                        + ", ".join(f"{f}: {a.size}" for f, a in zip(files, out)) + "): pass dumps of the same windows")
+    return out
+
+
+def _eval_curve(run_dir) -> tuple:
+    from ..checkpoint import read_metrics
+
+    f = Path(run_dir) / "metrics.jsonl"
+    if not f.is_file():
+        raise UserError(f"{f} not found: pass a run directory written by `slm train`")
+    rows = sorted((r["tokens"], r["loss"]) for r in read_metrics(run_dir)
+                  if r.get("type") == "eval" and r.get("tokens") is not None and r.get("loss") is not None)
+    if not rows:
+        raise UserError(f"{f} has no eval rows: train with eval_every > 0 so the run has a loss curve")
+    return tuple(zip(*rows))
+
+
+def _report(args, st) -> dict:
+    from ..report import write_report
+
+    path = write_report(st.dir)
+    return {"report": path, "results": path.parent / "results.json",
+            "plots": sorted(str(p) for p in (path.parent / "plots").glob("*.png")),
+            "selection_html": path.parent / "selection.html" if (path.parent / "selection.html").is_file() else None}
+
+
+def _perplexity(args, st) -> dict:
+    from ..evaluate import loss_summary
+    from .collect import section_groups, section_runs
+
+    if st is None:
+        _need(args, "losses")
+        return {str(f): loss_summary(a) for f, a in zip(args.losses, _losses(args.losses))}
+    runs = section_runs(st)
+    return {"base": {k: v for k, v in st.base_point().items() if k not in ("dir", "is_base")},
+            "runs": {n: {"group": r["group"], **r["final"]} for n, r in runs.items()},
+            "groups": {g: {k: v[k] for k in ("runs", "target_ppl", "noisy_ppl", "accuracy")}
+                       for g, v in section_groups(runs).items()}}
+
+
+def _efficiency(args, st) -> dict:
+    from .collect import section_efficiency, section_runs
+    from .efficiency import data_efficiency
+
+    if st is not None:
+        return section_efficiency(section_runs(st))
+    _need(args, "baseline", "runs")
+    base = _eval_curve(args.baseline)
+    return {"baseline": args.baseline, "definition": "curves from the eval rows of metrics.jsonl (tokens, loss)",
+            "runs": {r: data_efficiency(*base, *_eval_curve(r)) for r in args.runs}}
+
+
+def _dynamics(args, st) -> dict:
+    from .collect import section_dynamics
+    from .dynamics import classify_dynamics, dynamics_examples
+
+    if st is not None:
+        return section_dynamics(st, threshold=args.threshold)
+    _need(args, "losses")
+    if len(args.losses) < 2:
+        raise UserError("analyze dynamics needs at least 2 loss dumps (--losses A.bin B.bin ...) in checkpoint order")
+    res = classify_dynamics(np.stack(_losses(args.losses)), args.threshold)
+    out = {"files": args.losses, "n_tokens": res.categories.size, "threshold": res.threshold, "shares": res.shares,
+           "counts": res.counts, "last_mean": res.last_mean}
+    if args.data:
+        from ..data import TokenDataset
+
+        ds = TokenDataset(args.data)
+        n, win = res.categories.size, ds.windows(args.split)
+        if n % ds.seq_len or n // ds.seq_len > win.shape[0]:
+            raise UserError(f"{n} losses are not whole windows of {ds.path} (seq_len {ds.seq_len}, "
+                            f"{win.shape[0]} windows): pass the dataset the dumps were made on")
+        tok = ds.tokenizer()
+        out["examples"] = dynamics_examples(res, [tok.decode([int(i)]) for i in win[:n // ds.seq_len, 1:].reshape(-1)])
+    return out
+
+
+def _buckets(args, st) -> dict:
+    from .buckets import bucket_transitions, high_low_threshold
+    from .collect import section_buckets
+
+    if st is not None:
+        return section_buckets(st, args.quantile)
+    _need(args, "before", "after", "baseline")
+    before, after, baseline = _losses([args.before, args.after, args.baseline])
+    thr = high_low_threshold(baseline, args.quantile)
+    return {"quantile": args.quantile, **bucket_transitions(before, after, thr)}
+
+
+def _selected(args, st) -> dict:
+    import torch
+
+    from ..selection import select_tokens
+    from .collect import MASK_DEFINITION, section_selected
+    from .selection_diag import split_losses
+
+    if st is not None:
+        return section_selected(st)
+    _need(args, "base", "reference", "losses")
+    base, ref, *rest = _losses([args.base, args.reference, *args.losses])
+    out = {"definition": MASK_DEFINITION.replace("(ref_val_losses)", "(--reference)"), "ratios": {}}
+    for r in args.ratio:
+        mask = select_tokens(torch.from_numpy(base - ref), r, "topk").numpy()
+        out["ratios"][f"{r:g}"] = {str(f): split_losses(a, mask) for f, a in zip(args.losses, rest)}
+    return out
+
+
+def _cosine(args, st) -> dict:
+    from .collect import checkpoint_delta, read_state, section_cosine
+    from .cosine import cosine_matrix
+
+    if st is not None:
+        return section_cosine(st)
+    _need(args, "runs")
+    base_state, vecs, kinds = None, {}, {}
+    for d in args.runs:
+        if base_state is None and args.base and not (Path(d) / "adapter_model.safetensors").is_file():
+            if not Path(args.base).is_dir():
+                raise UserError(f"base checkpoint directory not found: {args.base}: pass the run's starting point")
+            base_state = read_state(args.base)
+        vecs[d], kinds[d] = checkpoint_delta(d, base_state)
+    names, mat = cosine_matrix(vecs)
+    return {"names": names, "kinds": kinds, "matrix": mat}
+
+
+def _selection(args, st) -> dict:
+    from .collect import section_selection, training_shares
+
+    if st is not None:
+        return section_selection(st)
+    _need(args, "runs")
+    missing = [d for d in args.runs if not (Path(d) / "metrics.jsonl").is_file()]
+    if missing:
+        raise UserError(f"{Path(missing[0]) / 'metrics.jsonl'} not found: pass run directories written by `slm train`")
+    return {"runs": {d: training_shares(d) for d in args.runs}}
+
+
+_HANDLERS = {"report": _report, "perplexity": _perplexity, "efficiency": _efficiency, "dynamics": _dynamics,
+             "buckets": _buckets, "selected-loss": _selected, "cosine": _cosine, "selection": _selection}
+
+
+def run_analyze(args: argparse.Namespace) -> dict:
+    """Run ``args.analysis``; print the JSON result (and write it to ``args.out``); return it."""
+    from .collect import Study, clean
+
+    name = args.analysis
+    if name == "report" and not args.study:
+        raise UserError("analyze report needs --study DIR (the out directory of `slm study`)")
+    st = Study(args.study) if args.study else None
+    try:
+        result = clean(_HANDLERS[name](args, st))
+    except ValueError as e:  # bad shapes or values in the given files
+        raise UserError(f"analyze {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    if args.out:
+        write_json(args.out, result)
+    return result
