@@ -68,12 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, help_text) in _commands().items():
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
         add_arguments(p, cls)
-    try:  # TEMP until analysis.cli lands
-        from .analysis.cli import add_analyze_parser
+    from .analysis.cli import add_analyze_parser
 
-        add_analyze_parser(sub)
-    except ModuleNotFoundError:
-        pass
+    add_analyze_parser(sub)
     return parser
 
 

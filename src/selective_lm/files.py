@@ -19,8 +19,15 @@ class UserError(Exception):
     """Bad input from the user. The CLI prints it as one line and exits with code 2."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_path(path: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; final files get the usual mode
     os.close(fd)
     return Path(name)
 
@@ -60,7 +67,9 @@ def atomic_dir(final: str | os.PathLike) -> Path:
     """Return a fresh temporary directory beside ``final``; pass it to :func:`commit_dir`."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
 
 
 def commit_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:

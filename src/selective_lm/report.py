@@ -253,6 +253,12 @@ def render(res: dict, images: dict, html_link: str | None) -> str:
                      [["paper (Rho-1 §2.1)", "", *(_pct(PAPER_DYNAMICS[c]) for c in CATEGORIES)]]
                      + [[n, d["checkpoints"], *(_pct(d["shares"][c]) for c in CATEGORIES)]
                         for n, d in dyn["runs"].items()])
+        within = {n: d["in_training"] for n, d in dyn["runs"].items() if d.get("in_training")}
+        if within:
+            md += ["Within training — " + dyn.get("in_training_definition", "") + ":", ""]
+            md += _table(["run", "checkpoints", *CATEGORIES],
+                         [[n, w["checkpoints"], *(_pct(w["shares"][c]) for c in CATEGORIES)]
+                          for n, w in within.items()])
         md += _img(images, "dynamics", "token loss dynamics shares")
         name, d = next(((n, d) for n, d in dyn["runs"].items() if d["arm"] == "clm" and d.get("examples")),
                        (None, None))

@@ -126,7 +126,7 @@ def build_stages(study: Study) -> list[Stage]:
 
     # 7. arms ------------------------------------------------------------------------------
     steps = _steps(c.cpt_tokens, study)
-    ckpt_every = max(1, steps // c.checkpoints)
+    ckpt_every = max(1, math.ceil(steps / c.checkpoints))  # the last checkpoint is the final step
     lora = c.lora or LoraConfig(r=0)
     for arm in study.arms():
         kw = dict(data=str(p("data", "web_math")), out=arm["run_dir"], model=str(study.base_ckpt), max_tokens=c.cpt_tokens,
@@ -141,10 +141,12 @@ def build_stages(study: Study) -> list[Stage]:
                             (lambda t=tcfg: _train(study, t))))
 
     # 8. evaluate --------------------------------------------------------------------------
-    todo = _eval_jobs(study)
-    stages.append(Stage("evaluate", f"{len(todo)} checkpoints: target/noisy perplexity, per-token losses, few-shot",
-                        3.0 * len(todo) + 2, not todo and is_finished(p("runs", "reference")),
-                        lambda: _evaluate(study)))
+    per_arm = steps // ckpt_every + (steps % ckpt_every != 0)
+    expected = 2 + per_arm * len(study.arms())
+    done = sum(1 for _ in p("evals").glob("*/*/metrics.json")) if p("evals").is_dir() else 0
+    todo = max(0, expected - done)
+    stages.append(Stage("evaluate", f"{todo} checkpoints: target/noisy perplexity, per-token losses, few-shot",
+                        3.0 * todo + 2, todo == 0 and not _eval_jobs(study), lambda: _evaluate(study)))
     return stages
 
 
@@ -168,6 +170,20 @@ def _eval_jobs(study: Study) -> list[tuple[Path, Path, int, int]]:
     return [j for j in jobs if not (j[1] / "metrics.json").is_file()]
 
 
+def stratified(rows: list[dict], n: int) -> list[dict]:
+    """The first ``n`` rows taken round-robin over their "family" (file order within a family)."""
+    by_family: dict[str, list[dict]] = {}
+    for r in rows:
+        by_family.setdefault(r.get("family", ""), []).append(r)
+    out: list[dict] = []
+    queues = list(by_family.values())
+    i = 0
+    while len(out) < n and any(i < len(q) for q in queues):
+        out += [q[i] for q in queues if i < len(q)][: n - len(out)]
+        i += 1
+    return out
+
+
 def _evaluate(study: Study) -> None:
     import torch
     from tqdm.auto import tqdm
@@ -180,7 +196,7 @@ def _evaluate(study: Study) -> None:
     device = resolve_device(c.device)
     target, noisy = TokenDataset(study.p("data", "hq_math")), TokenDataset(study.p("data", "web_math"))
     tok = target.tokenizer()
-    questions = read_jsonl(study.corpora / "fewshot_eval.jsonl")[:c.fewshot_questions]
+    questions = stratified(read_jsonl(study.corpora / "fewshot_eval.jsonl"), c.fewshot_questions)
     exemplars = read_jsonl(study.corpora / "fewshot_exemplars.jsonl")
     jobs = _eval_jobs(study)
     for ckpt, out, step, tokens in tqdm(jobs, desc="evaluate", unit="ckpt", disable=not c.progress):
@@ -193,6 +209,6 @@ def _evaluate(study: Study) -> None:
             result[name] = loss_summary(losses)
         with torch.inference_mode():
             result["fewshot"] = fewshot_accuracy(model, tok, questions, exemplars, c.shots, max_new_tokens=40,
-                                                 batch_size=50, device=device, max_positions=c.seq_len)
+                                                 batch_size=100, device=device, max_positions=c.seq_len)
         write_json(out / "metrics.json", result)
         del model

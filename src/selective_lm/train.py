@@ -173,7 +173,7 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
     grad_norm = zero()
     bar = tqdm(total=steps, initial=step, desc=f"train {cfg.objective}{'-' + cfg.strategy if slm else ''}",
                unit="step", disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)
-    t_log, step_log, last_eval = time.perf_counter(), step, None
+    t_log, step_log, last_eval, paused = time.perf_counter(), step, None, 0.0
     fwd_model.train()
     while step < steps:
         base_pos = step * per_step * world + rank * per_step
@@ -228,7 +228,7 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
         last = step == steps
         if step % cfg.log_every == 0 or last:
             vals = {k: float(dist.all_reduce_sum(v.clone())) for k, v in acc.items()}  # the loop's only host sync
-            dt = time.perf_counter() - t_log
+            dt = time.perf_counter() - t_log - paused  # eval and checkpoint time excluded
             n_all, n_sel = max(vals["n_all"], 1.0), max(vals["n_sel"], 1.0)
             row = {"type": "train", "step": step, "tokens": step * tokens_per_step,
                    "loss": vals["loss_all"] / n_all, "loss_selected": vals["loss_sel"] / n_sel,
@@ -247,15 +247,15 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
                 print(f"step {step}/{steps} loss {row['loss']:.4f} sel {row['loss_selected']:.4f} "
                       f"frac {row['selected_fraction']:.2f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s", flush=True)
             acc = {k: zero() for k in acc}
-            t_log, step_log = time.perf_counter(), step
+            t_log, step_log, paused = time.perf_counter(), step, 0.0
+        t_pause = time.perf_counter()
         if has_val and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
             last_eval = run_eval(step)
             if console and dist.is_main():
                 bar.write(f"step {step}: val loss {last_eval['loss']:.4f} ppl {last_eval['ppl']:.2f}")
-            t_log = time.perf_counter()
         if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last:
             save(step, final=last)
-            t_log = time.perf_counter()
+        paused += time.perf_counter() - t_pause
     bar.close()
     summary = {"status": "complete", "steps": steps, "tokens": steps * tokens_per_step,
                "parameters": count_parameters(raw_model), "trainable_parameters": count_parameters(raw_model, True),

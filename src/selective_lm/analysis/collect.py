@@ -257,12 +257,22 @@ def section_dynamics(st: Study, k: int = 5, threshold: float = 0.2) -> dict:
                 strings = list(map(st.decoder(ds), ids.reshape(-1).tolist()))
             except _ERRORS as e:
                 strings, out["examples_error"] = [], str(e)
+        own = [p for p in pts if not p.get("is_base")]  # the run's own checkpoints, as in the paper
+        within = classify_dynamics(np.stack([st.noisy(p) for p in own]), threshold) if len(own) >= 2 else None
         out["runs"][run["name"]] = {
             "arm": run.get("arm"), "checkpoints": len(pts), "tokens": [p["tokens"] for p in pts],
             "n_tokens": int(res.categories.size), "shares": res.shares, "counts": res.counts,
-            "last_mean": res.last_mean, "examples": dynamics_examples(res, strings, k=k) if strings else None}
-    clm = [r["shares"] for r in out["runs"].values() if r["arm"] == "clm"]
-    out["clm_mean_shares"] = {c: float(np.mean([s[c] for s in clm])) for c in CATEGORIES} if clm else None
+            "last_mean": res.last_mean, "examples": dynamics_examples(res, strings, k=k) if strings else None,
+            "in_training": {"checkpoints": len(own), "shares": within.shares, "counts": within.counts}
+            if within else None}
+    clm = [r for r in out["runs"].values() if r["arm"] == "clm"]
+    out["clm_mean_shares"] = {c: float(np.mean([r["shares"][c] for r in clm])) for c in CATEGORIES} if clm else None
+    within = [r["in_training"]["shares"] for r in clm if r["in_training"]]
+    out["clm_mean_shares_in_training"] = ({c: float(np.mean([s[c] for s in within])) for c in CATEGORIES}
+                                          if within else None)
+    out["in_training_definition"] = ("the same rule over the run's own checkpoints only (the base excluded): the "
+                                     "paper's checkpoints start 1B tokens into training on the domain, after the "
+                                     "first large drop that the base point adds here")
     return out
 
 
@@ -395,13 +405,19 @@ def claims(res: dict) -> list[dict]:
         c3["evidence"] = "; ".join(c[2] + (" → top-k better" if c[0] else " → top-k not better") for c in per)
     c4 = {"claim": "token loss dynamics shares resemble the paper's 11/12/26/51%", "holds": None,
           "evidence": "no token loss dynamics for a CLM run"}
-    sh = (res.get("dynamics") or {}).get("clm_mean_shares")
-    if sh:
-        dev = max(abs(sh[c] - PAPER_DYNAMICS[c]) for c in CATEGORIES)
-        c4["holds"] = bool(dev <= DYNAMICS_TOLERANCE)
-        c4["evidence"] = ("CLM shares " + ", ".join(f"{c} {sh[c]:.1%} (paper {PAPER_DYNAMICS[c]:.0%})"
-                                                     for c in CATEGORIES)
-                          + f"; largest deviation {dev:.1%}, tolerance {DYNAMICS_TOLERANCE:.0%}")
+    dyn = res.get("dynamics") or {}
+    variants = [(label, sh) for label, sh in (("from the base", dyn.get("clm_mean_shares")),
+                                              ("within training", dyn.get("clm_mean_shares_in_training"))) if sh]
+    if variants:
+        parts, holds = [], []
+        for label, sh in variants:
+            dev = max(abs(sh[c] - PAPER_DYNAMICS[c]) for c in CATEGORIES)
+            holds.append(dev <= DYNAMICS_TOLERANCE)
+            parts.append(f"CLM shares {label}: " + ", ".join(f"{c} {sh[c]:.1%} (paper {PAPER_DYNAMICS[c]:.0%})"
+                                                              for c in CATEGORIES)
+                         + f"; largest deviation {dev:.1%}")
+        c4["holds"] = bool(all(holds))
+        c4["evidence"] = "; ".join(parts) + f" (tolerance {DYNAMICS_TOLERANCE:.0%}; must hold for both)"
     return [c1, c2, c3, c4]
 
 

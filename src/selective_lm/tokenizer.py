@@ -1,0 +1,118 @@
+"""Tokenizers: train a byte-level BPE (HF `tokenizers`) or load a local HF tokenizer; fingerprints."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .files import UserError, atomic_dir, read_json, sha256_json
+from .sources import iter_documents
+
+EOS_TOKEN = "<|endoftext|>"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab_size <= 65535), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+
+
+def _wrap(tok):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
+                                   clean_up_tokenization_spaces=False)
+
+
+def _save_tokenizer(tokenizer, out_dir: str | Path) -> None:
+    """save_pretrained into a fresh directory beside ``out_dir``, then move each file in."""
+    out = Path(out_dir)
+    tmp = atomic_dir(out)
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(tmp.iterdir(), key=lambda p: p.name == "tokenizer.json"):  # tokenizer.json last
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|chat_template.*|"
+                              r"vocab\.(json|txt)|merges\.txt|.*\.model)$")
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    """Copy a tokenizer directory's own files verbatim (not model weights), so fingerprints match the source."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and _TOKENIZER_FILES.match(f.name):
+            shutil.copyfile(f, dst / f.name)
+
+
+def _train_bpe(texts: Iterable[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 257:
+        raise UserError(f"vocab_size must be >= 257 for a byte-level BPE (256 bytes + EOS), got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(iter(texts), trainer=trainer)
+    return _wrap(tok)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
+    """Train a byte-level BPE (full byte alphabet, ``<|endoftext|>`` special) and save it to ``out_dir``."""
+    tok = _train_bpe(texts, vocab_size)
+    _save_tokenizer(tok, out_dir)
+    return tok
+
+
+def train_tokenizer_from_inputs(inputs: list[str], vocab_size: int, out_dir: str | Path,
+                                text_field: str = "text", progress: bool = False):
+    """Train one byte-level BPE on all documents of ``inputs`` (to share across several datasets)."""
+    from tqdm.auto import tqdm
+
+    stats: dict = {}
+    docs = iter_documents(inputs, text_field=text_field, stats=stats)
+    bar = tqdm(docs, desc="train tokenizer", unit="doc", disable=not progress, delay=0.5)
+    tok = _train_bpe((text for text, _ in bar), vocab_size)
+    if stats["documents"] == 0:
+        raise UserError(f"no documents in {', '.join(inputs)} (all inputs are empty): add text")
+    _save_tokenizer(tok, out_dir)
+    return tok
+
+
+def load_tokenizer(path: str | Path):
+    """Load a local HF fast tokenizer directory (UserError if missing or unreadable)."""
+    from transformers import PreTrainedTokenizerFast
+
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"tokenizer directory not found: {p} (pass a local HF tokenizer directory, "
+                        "or leave tokenizer unset to train one)")
+    if not (p / "tokenizer.json").is_file():
+        raise UserError(f"{p} holds no tokenizer.json: save a fast tokenizer there with save_pretrained")
+    try:
+        tok = PreTrainedTokenizerFast.from_pretrained(str(p), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for broken files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot read the tokenizer in {p} ({msg}): re-save it with save_pretrained") from None
+    return tok
+
+
+def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
+    """sha256 of the canonical tokenizer.json content (sorted keys; truncation/padding settings ignored)."""
+    p = Path(tokenizer_dir) / "tokenizer.json"
+    try:
+        content = read_json(p)
+    except (OSError, ValueError):
+        raise UserError(f"cannot read {p}: pass a tokenizer directory saved with save_pretrained") from None
+    if isinstance(content, dict):
+        content = {k: v for k, v in content.items() if k not in ("truncation", "padding")}
+    return sha256_json(content)

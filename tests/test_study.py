@@ -1,0 +1,85 @@
+"""`slm study`: bad configs refused before any stage, the quick study end to end, and resume."""
+import json
+import math
+
+import pytest
+
+from selective_lm.cli import main
+
+SECTIONS = ("## Paper's claims", "## Perplexity", "## Downstream accuracy", "## Data efficiency",
+            "## Token loss dynamics", "## Bucket transitions", "## Selected vs unselected token loss",
+            "## Update-direction cosine similarity", "## Selection diagnostics")
+KEYS = ("config", "runs", "groups", "data_efficiency", "dynamics", "buckets", "selected_vs_unselected", "cosine",
+        "selection", "claims")
+
+
+def refused(args, capsys, needle, out):
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert needle in err, err
+    assert not out.exists(), "a stage started"
+
+
+def test_bad_configs_refused_before_any_stage(tmp_path, capsys, tiny_data):
+    out = tmp_path / "s"
+    refused(["study", "--out", out, "ratoi=0.5"], capsys, "ratoi", out)
+    refused(["study", "--out", out, "--corpora", tmp_path / "nope"], capsys, "hq_math.jsonl", out)
+    refused(["study", "--out", out, "ratios=[0.6,1.2]"], capsys, "ratios", out)
+    refused(["study", "--out", out, "lora={r: 0, alpha: 32}"], capsys, "lora.r", out)
+    yaml_file = tmp_path / "study.yaml"
+    yaml_file.write_text("lora:\n  r: -4\n")
+    refused(["study", "--out", out, "--config", yaml_file], capsys, "lora.r", out)
+    # a checkpoint whose vocabulary differs from the tokenizer
+    from selective_lm.config import TrainConfig
+    from selective_lm.train import train
+    train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "ck"), max_steps=1, batch_size=2, progress=False),
+          console=False)
+    from conftest import make_corpus
+    from selective_lm.data import train_tokenizer_from_inputs
+    make_corpus(tmp_path / "c.jsonl", n_docs=40)
+    train_tokenizer_from_inputs([str(tmp_path / "c.jsonl")], 300, tmp_path / "tok")
+    refused(["study", "--out", out, "--model", tmp_path / "ck" / "final", "--tokenizer", tmp_path / "tok"],
+            capsys, "vocabulary", out)
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "quick"
+    assert main(["study", "--quick", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_quick_study_end_to_end(quick_study):
+    md = (quick_study / "report" / "report.md").read_text()
+    for s in SECTIONS:
+        assert s in md, s
+    res = json.loads((quick_study / "report" / "results.json").read_text())
+    for k in KEYS:
+        assert k in res, k
+    names = {r["name"] for r in res["runs"]} if isinstance(res["runs"], list) else set(res["runs"])
+    assert {"clm-s0", "topk-r0.6-s0", "random-r0.6-s0", "stochastic-r0.6-s0"} <= names
+
+    def finite(x):
+        if isinstance(x, float):
+            assert math.isfinite(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                finite(v)
+        elif isinstance(x, list):
+            for v in x:
+                finite(v)
+    finite(res)
+    assert (quick_study / "report" / "selection.html").is_file()
+
+
+def test_resumed_study_skips_finished_stages(quick_study, capsys):
+    before = json.loads((quick_study / "report" / "results.json").read_text())
+    assert main(["study", "--quick", "--out", str(quick_study), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    stage_lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert stage_lines and all(line.endswith(": cached") for line in stage_lines), out
+    after = json.loads((quick_study / "report" / "results.json").read_text())
+    before["config"].pop("timings", None)
+    after["config"].pop("timings", None)
+    assert before == after
