@@ -1,4 +1,4 @@
-"""Learning-rate sweep for the study's continual-pretraining stage, on VALIDATION data only.
+"""Learning-rate sweep for the study's continual-pretraining (or reference) stage, on VALIDATION data only.
 
 Uses a finished study directory (its base, datasets and reference scores) and trains the CLM
 baseline (and optionally SLM top-k) at several peak learning rates with the study's budget, then
@@ -22,6 +22,8 @@ def main() -> None:
     ap.add_argument("--study", required=True)
     ap.add_argument("--lrs", default="1e-3,2e-3,4e-3")
     ap.add_argument("--arms", default="clm")
+    ap.add_argument("--stage", choices=("cpt", "reference"), default="cpt",
+                    help="cpt: continual pretraining on web math; reference: the base continued on HQ math")
     ap.add_argument("--ratio", type=float, default=0.6)
     ap.add_argument("--windows", type=int, default=96, help="validation windows per dataset")
     ap.add_argument("--tokens", type=int, default=0, help="token budget (default: the study's cpt_tokens)")
@@ -43,7 +45,8 @@ def main() -> None:
                 kw = dict(objective="slm", strategy="topk", ratio=args.ratio, ref_scores=str(study / "scores" / "web_math")) \
                     if arm != "clm" else {}
                 out = Path(tmp) / f"{arm}-{lr:g}"
-                train(TrainConfig(data=str(noisy.path), out=str(out), model=str(study / "runs" / "base" / "final"),
+                data = noisy.path if args.stage == "cpt" else target.path
+                train(TrainConfig(data=str(data), out=str(out), model=str(study / "runs" / "base" / "final"),
                                   max_tokens=args.tokens or cfg["cpt_tokens"], lr=lr, batch_size=cfg["batch_size"],
                                   warmup_steps=cfg["warmup_steps"], seed=0, data_seed=0, progress=False,
                                   eval_windows=8, **kw), console=False)

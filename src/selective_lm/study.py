@@ -50,17 +50,17 @@ class StudyConfig:
     """Window length in tokens (few-shot prompts must fit in it)."""
     batch_size: int = 16
     """Windows per optimizer step in every training stage."""
-    base_tokens: int = 1_600_000
+    base_tokens: int = 1_200_000
     """Base pretraining budget on general prose (tokens)."""
     base_lr: float = 3e-3
     """Base pretraining peak learning rate."""
-    reference_epochs: float = 2.0
+    reference_epochs: float = 2.5
     """Reference training epochs over the high-quality math corpus (continued from the base)."""
-    reference_lr: float = 2e-3
+    reference_lr: float = 4e-3
     """Reference peak learning rate."""
-    cpt_tokens: int = 600_000
+    cpt_tokens: int = 450_000
     """Continual-pretraining budget of every arm (tokens seen, selected or not)."""
-    cpt_lr: float = 2e-3
+    cpt_lr: float = 6e-3
     """Continual-pretraining peak learning rate (the same for every arm)."""
     warmup_steps: int = 10
     """Warmup steps of every training stage."""
@@ -76,9 +76,9 @@ class StudyConfig:
     """Train every arm with LoRA, e.g. {r: 16, alpha: 32}; unset = full-parameter."""
     checkpoints: int = 4
     """Evaluated checkpoints per arm (evenly spaced; the base is checkpoint 0)."""
-    eval_windows_target: int = 96
+    eval_windows_target: int = 64
     """Target-domain (HQ math) validation windows evaluated at every checkpoint."""
-    eval_windows_noisy: int = 96
+    eval_windows_noisy: int = 64
     """Noisy web-math validation windows evaluated at every checkpoint (token dynamics, selection analyses)."""
     fewshot_questions: int = 200
     """Held-out math questions for few-shot exact match (greedy)."""
