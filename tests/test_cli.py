@@ -26,6 +26,7 @@ def assert_user_error(args, capsys, *needles):
 def other_data(tmp_path_factory):
     """A dataset with another tokenizer (vocab 300) and the same seq_len."""
     from conftest import make_corpus
+
     from selective_lm.data import prepare
 
     root = tmp_path_factory.mktemp("other")

@@ -3,8 +3,19 @@ from pathlib import Path
 
 import pytest
 
-from selective_lm.config import (EvalConfig, LoraConfig, PrepareConfig, ScoreConfig, TrainConfig, apply_overrides,
-                                 field_docs, from_dict, load_yaml, resolve, to_dict)
+from selective_lm.config import (
+    EvalConfig,
+    LoraConfig,
+    PrepareConfig,
+    ScoreConfig,
+    TrainConfig,
+    apply_overrides,
+    field_docs,
+    from_dict,
+    load_yaml,
+    resolve,
+    to_dict,
+)
 from selective_lm.files import UserError
 from selective_lm.study import StudyConfig
 

@@ -11,8 +11,15 @@ from pathlib import Path
 import pytest
 
 from selective_lm import corpora
-from selective_lm.corpora import (FILE_NAMES, OFFTOPIC_MODULES, PROSE_MODULES, PROVENANCE, CorporaPaths,
-                                  build_default_corpora, render_module_doc)
+from selective_lm.corpora import (
+    FILE_NAMES,
+    OFFTOPIC_MODULES,
+    PROSE_MODULES,
+    PROVENANCE,
+    CorporaPaths,
+    build_default_corpora,
+    render_module_doc,
+)
 from selective_lm.files import UserError, read_json, sha256_file
 from selective_lm.mathgen import FAMILIES
 

@@ -12,9 +12,18 @@ import torch
 
 from selective_lm import data as D
 from selective_lm.config import PrepareConfig
-from selective_lm.data import (EOS_TOKEN, TokenDataset, dataset_fingerprint, iter_documents, load_tokenizer,
-                               prepare, token_dtype, tokenizer_fingerprint, train_tokenizer,
-                               train_tokenizer_from_inputs)
+from selective_lm.data import (
+    EOS_TOKEN,
+    TokenDataset,
+    dataset_fingerprint,
+    iter_documents,
+    load_tokenizer,
+    prepare,
+    token_dtype,
+    tokenizer_fingerprint,
+    train_tokenizer,
+    train_tokenizer_from_inputs,
+)
 from selective_lm.files import UserError
 
 WORDS = ("the quick brown fox jumps over a lazy dog while naïve café owners in Zürich sip "

@@ -2,25 +2,19 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_study import build_study
 
 from selective_lm.analysis.cli import NAMES, add_analyze_parser, run_analyze
 from selective_lm.analysis.collect import collect
 from selective_lm.evaluate import dump_token_losses
 from selective_lm.files import UserError
 from selective_lm.report import render, write_report
-
-_spec = importlib.util.spec_from_file_location("_slm_synthetic_study",
-                                               Path(__file__).parent / "analysis" / "test_collect.py")
-_fixture = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixture)
-build_study = _fixture.build_study
 
 SECTIONS = ("## Configuration", "## Results", "## Paper's claims", "## Perplexity", "## Downstream accuracy",
             "## Data efficiency", "## Token loss dynamics", "## Bucket transitions",

@@ -36,6 +36,7 @@ def test_bad_configs_refused_before_any_stage(tmp_path, capsys, tiny_data):
     train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "ck"), max_steps=1, batch_size=2, progress=False),
           console=False)
     from conftest import make_corpus
+
     from selective_lm.data import train_tokenizer_from_inputs
     make_corpus(tmp_path / "c.jsonl", n_docs=40)
     train_tokenizer_from_inputs([str(tmp_path / "c.jsonl")], 300, tmp_path / "tok")

@@ -11,6 +11,7 @@ One readable loop. Per optimizer step:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -187,28 +188,28 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
         denom = torch.stack([num_selected(c, cfg.ratio) if slm else c for c in counts]).sum().to(torch.float32)
         denom = dist.all_reduce_sum(denom).clamp(min=1.0) / world  # DDP averages gradients over ranks
         for m, (idx, inputs, targets) in enumerate(micro):
-            valid = targets != -100
-            sync_ctx = fwd_model.no_sync() if (world > 1 and m < cfg.grad_accum - 1) else torch.enable_grad()
-            with sync_ctx, autocast_ctx(device, cfg.precision):
-                tl = model_token_losses(fwd_model, inputs, targets)
-            if slm:
-                if scores is not None:
-                    ref = torch.from_numpy(np.asarray(scores[idx], dtype=np.float32)).to(device)
+            # DDP: reduce gradients only on the step's last micro-batch (one context for forward + backward).
+            sync = fwd_model.no_sync() if (world > 1 and m < cfg.grad_accum - 1) else contextlib.nullcontext()
+            with sync:
+                valid = targets != -100
+                with autocast_ctx(device, cfg.precision):
+                    tl = model_token_losses(fwd_model, inputs, targets)
+                if slm:
+                    if scores is not None:
+                        ref = torch.from_numpy(np.asarray(scores[idx], dtype=np.float32)).to(device)
+                    else:
+                        with torch.no_grad(), autocast_ctx(device, cfg.precision):
+                            ref = model_token_losses(ref_model, inputs, targets)
+                    excess = tl.detach() - ref
+                    sel = select_tokens(excess, cfg.ratio, cfg.strategy, valid=valid, temperature=cfg.temperature,
+                                        generator=generator)
+                    acc["ex_sum"] += excess[valid].sum()
+                    acc["ex_sq"] += (excess[valid] ** 2).sum()
+                    acc["ex_sel"] += excess[sel].sum()
                 else:
-                    with torch.no_grad(), autocast_ctx(device, cfg.precision):
-                        ref = model_token_losses(ref_model, inputs, targets)
-                excess = tl.detach() - ref
-                sel = select_tokens(excess, cfg.ratio, cfg.strategy, valid=valid, temperature=cfg.temperature,
-                                    generator=generator)
-                acc["ex_sum"] += excess[valid].sum()
-                acc["ex_sq"] += (excess[valid] ** 2).sum()
-                acc["ex_sel"] += excess[sel].sum()
-            else:
-                sel = valid
-            w = sel.to(tl.dtype)
-            loss = (tl * w).sum() / denom
-            with sync_ctx:
-                loss.backward()
+                    sel = valid
+                w = sel.to(tl.dtype)
+                ((tl * w).sum() / denom).backward()
             tld = tl.detach()
             acc["loss_all"] += tld[valid].sum()
             acc["n_all"] += valid.sum()

@@ -3,7 +3,11 @@ import numpy as np
 import pytest
 
 from selective_lm.analysis.selection_diag import (
-    most_least_selected, provenance_shares, selection_html, split_losses, token_selection_rates,
+    most_least_selected,
+    provenance_shares,
+    selection_html,
+    split_losses,
+    token_selection_rates,
 )
 
 
