@@ -55,3 +55,19 @@ def test_shape_errors():
         selective_loss(torch.zeros(2, 3), torch.zeros(3, 2), 0.5)
     with pytest.raises(ValueError):
         token_losses(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_chunked_scoring_path_equals_full_logits(monkeypatch):
+    import selective_lm.model as model_mod
+    from selective_lm.model import model_token_losses
+
+    model = tiny_llama()
+    ids = torch.randint(0, 64, (3, 21), generator=torch.Generator().manual_seed(5))
+    targets = ids[:, 1:].clone()
+    targets[1, 3] = -100
+    monkeypatch.setattr(model_mod, "HEAD_CHUNK", 7)  # chunks that do not divide B·T
+    with torch.no_grad():
+        chunked = model_token_losses(model, ids[:, :-1], targets)
+    full = model_token_losses(model, ids[:, :-1], targets).detach()  # grad enabled: the plain path
+    torch.testing.assert_close(chunked, full, atol=1e-6, rtol=1e-6)
+    assert chunked[1, 3] == 0

@@ -188,8 +188,29 @@ def check_compatible(path: str | Path, dataset, role: str = "model") -> None:
                         f"{dataset.vocab_size}: use a model trained with the dataset's tokenizer")
 
 
+# Architectures whose logits are exactly lm_head(last hidden state): no softcapping or scaling.
+CHUNKED_HEAD_TYPES = {"llama", "mistral", "qwen2"}
+HEAD_CHUNK = 512
+
+
 def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token losses [B, T] of a causal LM on aligned (inputs, targets)."""
+    """Per-token losses [B, T] of a causal LM on aligned (inputs, targets).
+
+    Without autograd (scoring, evaluation) the output head and cross-entropy run in chunks of
+    ``HEAD_CHUNK`` positions, so the [B·T, vocab] logits are never materialised at once: the same
+    numbers, faster (cache-resident) and with far less memory for large vocabularies.
+    """
+    from transformers import PreTrainedModel
+
+    plain = isinstance(model, PreTrainedModel) and getattr(model.config, "model_type", "") in CHUNKED_HEAD_TYPES
+    if not torch.is_grad_enabled() and plain:  # (a PEFT wrapper or DDP module takes the plain path)
+        head, trunk = model.get_output_embeddings(), model.model
+        hidden = trunk(input_ids=inputs, use_cache=False).last_hidden_state
+        h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(1, -1)
+        out = torch.empty(t.shape[1], dtype=torch.float32, device=h.device)
+        for i in range(0, h.shape[0], HEAD_CHUNK):
+            out[i:i + HEAD_CHUNK] = token_losses(head(h[i:i + HEAD_CHUNK]).unsqueeze(0), t[:, i:i + HEAD_CHUNK])[0]
+        return out.view(targets.shape)
     logits = model(input_ids=inputs, use_cache=False).logits
     return token_losses(logits, targets)
 
