@@ -6,7 +6,6 @@ process exits with code 2, no traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 
@@ -99,10 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slm: interrupted", file=sys.stderr)
         return 130
-
-
-def print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from .files import UserError, atomic_write_text, read_json, sha256_file, write_json
 from .mathgen import FAMILIES, Problem, format_problem, iter_problems

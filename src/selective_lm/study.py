@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import LoraConfig, PrepareConfig, ScoreConfig, TrainConfig, check_ratio, to_dict
+from .config import LoraConfig, TrainConfig, check_ratio, to_dict
 from .files import UserError, read_json, write_json
 
 STRATEGY_NAMES = ("topk", "random", "stochastic")
@@ -273,4 +273,4 @@ def run_study(cfg: StudyConfig) -> Path:
     return Study(cfg).run()
 
 
-__all__ = ["StudyConfig", "Study", "run_study", "PrepareConfig", "ScoreConfig"]
+__all__ = ["Stage", "Study", "StudyConfig", "run_study"]
