@@ -26,7 +26,7 @@ import torch
 from .config import PrepareConfig
 from .files import UserError, atomic_dir, commit_dir, read_json, sha256_json, write_json
 from .sources import expand_inputs, iter_documents
-from .tokenizer import (EOS_TOKEN, _copy_tokenizer, load_tokenizer, token_dtype,
+from .tokenizer import (EOS_TOKEN, copy_tokenizer, load_tokenizer, token_dtype,
                         tokenizer_fingerprint, train_tokenizer, train_tokenizer_from_inputs)
 
 __all__ = [
@@ -283,7 +283,7 @@ def prepare(cfg: PrepareConfig) -> dict:
             if tokenizer.eos_token_id is None:
                 raise UserError(f"tokenizer {cfg.tokenizer} has no eos_token: set eos_token in its "
                                 "tokenizer_config.json (e.g. \"<|endoftext|>\")")
-            _copy_tokenizer(Path(cfg.tokenizer), tok_dir)
+            copy_tokenizer(Path(cfg.tokenizer), tok_dir)
         else:
             docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field)
             bar = tqdm(docs, desc="train tokenizer", unit="doc", disable=not cfg.progress, delay=0.5)

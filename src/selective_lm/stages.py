@@ -63,9 +63,9 @@ def build_stages(study: Study) -> list[Stage]:
         tmp = atomic_dir(tok_dir)
         try:
             if own_tok:
-                for f in Path(own_tok).iterdir():
-                    if f.is_file() and (f.name.startswith("tokenizer") or f.name.endswith(".json") and "token" in f.name):
-                        shutil.copy2(f, tmp / f.name)
+                from .tokenizer import copy_tokenizer
+
+                copy_tokenizer(Path(own_tok), tmp)
             else:
                 from .data import train_tokenizer_from_inputs
 

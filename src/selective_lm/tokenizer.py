@@ -44,7 +44,7 @@ _TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tok
                               r"vocab\.(json|txt)|merges\.txt|.*\.model)$")
 
 
-def _copy_tokenizer(src: Path, dst: Path) -> None:
+def copy_tokenizer(src: Path, dst: Path) -> None:
     """Copy a tokenizer directory's own files verbatim (not model weights), so fingerprints match the source."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
