@@ -192,6 +192,7 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
             sync = fwd_model.no_sync() if (world > 1 and m < cfg.grad_accum - 1) else contextlib.nullcontext()
             with sync:
                 valid = targets != -100
+                vf = valid.to(torch.float32)  # masks multiply: boolean indexing would sync with the host
                 with autocast_ctx(device, cfg.precision):
                     tl = model_token_losses(fwd_model, inputs, targets)
                 if slm:
@@ -203,15 +204,15 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
                     excess = tl.detach() - ref
                     sel = select_tokens(excess, cfg.ratio, cfg.strategy, valid=valid, temperature=cfg.temperature,
                                         generator=generator)
-                    acc["ex_sum"] += excess[valid].sum()
-                    acc["ex_sq"] += (excess[valid] ** 2).sum()
-                    acc["ex_sel"] += excess[sel].sum()
+                    acc["ex_sum"] += (excess * vf).sum()
+                    acc["ex_sq"] += (excess.square() * vf).sum()
+                    acc["ex_sel"] += (excess * sel).sum()
                 else:
                     sel = valid
                 w = sel.to(tl.dtype)
                 ((tl * w).sum() / denom).backward()
             tld = tl.detach()
-            acc["loss_all"] += tld[valid].sum()
+            acc["loss_all"] += (tld * vf).sum()
             acc["n_all"] += valid.sum()
             acc["loss_sel"] += (tld * w).sum()
             acc["n_sel"] += sel.sum()
