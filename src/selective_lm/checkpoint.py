@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from .config import TrainConfig, from_dict, to_dict
+from .config import TrainConfig, first_change
 from .files import UserError, atomic_write_text, read_json
 
 # Options that may differ between an interrupted run and its resumption.
@@ -68,12 +67,9 @@ def prepare_run_dir(cfg: TrainConfig) -> Path | None:
         return None
     if not saved_cfg.is_file():
         raise UserError(f"nothing to resume in {out}: no config.yaml there (drop --resume to start a new run)")
-    saved = to_dict(from_dict(TrainConfig, yaml.safe_load(saved_cfg.read_text()) or {}))
-    now = to_dict(cfg)
-    changed = [k for k in now if k not in RESUME_FREE_KEYS and now[k] != saved.get(k)]
-    if changed:
-        k = changed[0]
-        raise UserError(f"cannot resume {out} with a changed config: {k} was {saved.get(k)!r}, now {now[k]!r} "
+    if change := first_change(cfg, saved_cfg, RESUME_FREE_KEYS):
+        k, was, now = change
+        raise UserError(f"cannot resume {out} with a changed config: {k} was {was!r}, now {now!r} "
                         "(use the original settings or start a new run with --overwrite)")
     return ckpts[-1] if ckpts else None
 

@@ -364,7 +364,9 @@ def _eval_set(seed: int) -> list[Problem]:
                 return sorted(out.values(), key=lambda q: FAMILIES.index(q.family))
     raise AssertionError("unreachable")
 
-def _cached(paths: CorporaPaths, seed: int, scale: float) -> bool:
+def is_cached(out_dir: str | Path, seed: int, scale: float) -> bool:
+    """Whether ``out_dir`` holds complete corpora for this seed, scale, format and Python version."""
+    paths = CorporaPaths.at(out_dir)
     try:
         m = read_json(paths.manifest)
         same = (m["format_version"], m["seed"], m["scale"], m["python_version"].split(".")[:2]) == (
@@ -384,7 +386,7 @@ def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 
         raise UserError(f"scale must be a number in (0, 100], got {scale!r}")
     scale, seed = float(scale), int(seed)
     paths = CorporaPaths.at(out_dir)
-    if not overwrite and _cached(paths, seed, scale):
+    if not overwrite and is_cached(out_dir, seed, scale):
         return paths
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.manifest.unlink(missing_ok=True)  # the files below are stale until the new manifest lands

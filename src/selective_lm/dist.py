@@ -56,8 +56,10 @@ def barrier() -> None:
 
 
 def parallelize(model, device: torch.device, compile: bool = False):
-    """Apply compile and data parallelism. Returns (wrapped model for forward, raw model for saving)."""
-    raw = model
+    """Apply compile and data parallelism; returns the module to run forward through.
+
+    The model passed in stays the one to save, evaluate and count.
+    """
     if compile:
         model = torch.compile(model)
     if dist.is_initialized():
@@ -65,7 +67,7 @@ def parallelize(model, device: torch.device, compile: bool = False):
 
         ids = [device.index] if device.type == "cuda" else None
         model = DDP(model, device_ids=ids)
-    return model, raw
+    return model
 
 
 def print0(*args, **kwargs) -> None:

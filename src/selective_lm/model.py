@@ -132,9 +132,9 @@ def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer_dir is not None:
-            for f in Path(tokenizer_dir).iterdir():
-                if f.is_file():
-                    shutil.copy2(f, tmp / f.name)
+            from .tokenizer import copy_tokenizer
+
+            copy_tokenizer(Path(tokenizer_dir), tmp)
         if meta is not None:
             write_json(tmp / "slm_meta.json", meta)
         if state is not None:

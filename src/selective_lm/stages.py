@@ -51,7 +51,9 @@ def build_stages(study: Study) -> list[Stage]:
 
         build_default_corpora(study.corpora, seed=c.corpora_seed, scale=c.corpora_scale, progress=c.progress)
 
-    corpora_done = c.corpora is not None or _corpora_cached(study)
+    from .corpora import is_cached
+
+    corpora_done = c.corpora is not None or is_cached(study.corpora, c.corpora_seed, float(c.corpora_scale))
     stages.append(Stage("corpora", f"embedded default corpora (scale {c.corpora_scale:g})", 25 * c.corpora_scale,
                         corpora_done, corpora))
 
@@ -148,14 +150,6 @@ def build_stages(study: Study) -> list[Stage]:
     stages.append(Stage("evaluate", f"{todo} checkpoints: target/noisy perplexity, per-token losses, few-shot",
                         3.0 * todo + 2, todo == 0 and not _eval_jobs(study), lambda: _evaluate(study)))
     return stages
-
-
-def _corpora_cached(study: Study) -> bool:
-    m = study.corpora / "manifest.json"
-    if not m.is_file():
-        return False
-    man = read_json(m)
-    return man.get("seed") == study.cfg.corpora_seed and man.get("scale") == study.cfg.corpora_scale
 
 
 def _eval_jobs(study: Study) -> list[tuple[Path, Path, int, int]]:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import LoraConfig, TrainConfig, check_ratio, to_dict
+from .config import LoraConfig, TrainConfig, check_ratio, first_change
 from .files import UserError, read_json, write_json
 
 STRATEGY_NAMES = ("topk", "random", "stochastic")
@@ -193,16 +193,10 @@ class Study:
             for name in ("index.json", "report", "evals", "runs", "scores", "data", "tokenizer", "study.yaml"):
                 t = self.p(name)
                 shutil.rmtree(t) if t.is_dir() else t.unlink(missing_ok=True)
-        elif saved.is_file():
-            import yaml
-
-            old = yaml.safe_load(saved.read_text()) or {}
-            now = to_dict(self.cfg)
-            changed = [k for k in now if k not in FREE_KEYS and now[k] != old.get(k)]
-            if changed:
-                k = changed[0]
-                raise UserError(f"{self.root} was made with {k}={old.get(k)!r}, now {now[k]!r}: "
-                                "use another --out or pass --overwrite to start over")
+        elif saved.is_file() and (change := first_change(self.cfg, saved, FREE_KEYS)):
+            k, was, now = change
+            raise UserError(f"{self.root} was made with {k}={was!r}, now {now!r}: "
+                            "use another --out or pass --overwrite to start over")
         from .config import save_config
 
         self.root.mkdir(parents=True, exist_ok=True)

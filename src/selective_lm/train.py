@@ -133,7 +133,7 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
         step = restore_state(resume_from, model, optimizer, scheduler, generator)["step"]
         if dist.is_main():
             truncate_metrics(out / "metrics.jsonl", step)
-    fwd_model, raw_model = dist.parallelize(model, device, cfg.compile)
+    fwd_model = dist.parallelize(model, device, cfg.compile)
     order = WindowOrder(n_train, cfg.data_seed)
     prov = ds.provenance("train")
     slm = cfg.objective == "slm"
@@ -149,10 +149,10 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
             return
         state = capture_state(step, optimizer, scheduler, generator, {"tokens": step * tokens_per_step})
         d = out / "checkpoints" / f"step_{step:06d}"
-        save_checkpoint_dir(raw_model, d, ds.tokenizer_dir, base_path, {**meta, "step": step,
+        save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, {**meta, "step": step,
                                                                         "tokens": step * tokens_per_step}, state)
         if final:
-            save_checkpoint_dir(raw_model, out / "final", ds.tokenizer_dir, base_path,
+            save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path,
                                 {**meta, "step": step, "tokens": step * tokens_per_step})
 
     def log(row: dict) -> None:
@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
                 f.write(json.dumps(row) + "\n")
 
     def run_eval(step: int) -> dict:
-        losses = dataset_token_losses(raw_model, ds, "validation", cfg.eval_windows, cfg.batch_size * 2,
+        losses = dataset_token_losses(model, ds, "validation", cfg.eval_windows, cfg.batch_size * 2,
                                       device, cfg.precision)
         summary = loss_summary(losses)
         row = {"type": "eval", "step": step, "tokens": step * tokens_per_step, "loss": summary["loss"],
@@ -260,7 +260,7 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
         paused += time.perf_counter() - t_pause
     bar.close()
     summary = {"status": "complete", "steps": steps, "tokens": steps * tokens_per_step,
-               "parameters": count_parameters(raw_model), "trainable_parameters": count_parameters(raw_model, True),
+               "parameters": count_parameters(model), "trainable_parameters": count_parameters(model, True),
                "final_val_loss": last_eval["loss"] if last_eval else None,
                "final_val_ppl": last_eval["ppl"] if last_eval else None,
                "checkpoints": [checkpoint_step(d) for d in checkpoint_dirs(out)], **meta}
