@@ -38,3 +38,31 @@ def tiny_data(tmp_path_factory):
     prepare(PrepareConfig(inputs=[str(root / "corpus.jsonl")], out=str(root / "ds"), vocab_size=320, seq_len=32,
                           val_fraction=0.1, progress=False))
     return root / "ds"
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_data, tmp_path_factory):
+    """A briefly trained reference model (root/ref/final) and its scores of tiny_data's train split (root/scores)."""
+    from selective_lm.config import ScoreConfig, TrainConfig
+    from selective_lm.scoring import score
+    from selective_lm.train import train
+
+    root = tmp_path_factory.mktemp("ref")
+    train(TrainConfig(data=str(tiny_data), out=str(root / "ref"), model="tiny", batch_size=4, max_steps=30, lr=3e-3,
+                      warmup_steps=2, log_every=10, eval_windows=8, progress=False), console=False)
+    score(ScoreConfig(data=str(tiny_data), model=str(root / "ref" / "final"), out=str(root / "scores"), progress=False))
+    return root
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dist_env(rank: int, world: int, port: int) -> None:
+    """What torchrun sets for a worker."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

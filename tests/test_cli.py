@@ -114,3 +114,20 @@ def test_resume_with_changed_config(tiny_data, tmp_path, capsys):
     save_config(cfg, out / "config.yaml")  # an interrupted run's saved config
     assert_user_error(base + ["--max-steps", "6", "--lr", "0.01", "--resume"], capsys, "lr")
     assert_user_error(base + ["--max-steps", "6"], capsys, "--resume")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["selection_scope=batch"], "selection_scope"),
+    (["--parallel", "zero3"], "parallel"),
+    (["--parallel", "fsdp"], "torchrun"),  # not launched by torchrun
+    (["--parallel", "fsdp", "lora.r=4"], "LoRA"),
+])
+def test_scale_out_options_refused_before_anything_is_written(tiny_data, tmp_path, capsys, args, needle):
+    assert_user_error(["train", "--data", tiny_data, "--out", tmp_path / "r", "--max-steps", "2", "--no-progress"]
+                      + args, capsys, needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_prepare_refuses_torchrun(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert_user_error(["prepare", "--inputs", tmp_path, "--out", tmp_path / "ds"], capsys, "one process")

@@ -55,3 +55,13 @@ def test_type_errors_and_lists():
     assert apply_overrides({}, ["a.b=3"]) == {"a": {"b": 3}}
     with pytest.raises(UserError, match="key=value"):
         apply_overrides({}, ["ratio"])
+
+
+def test_numbers_parse_as_written():
+    from selective_lm.cli import build_parser
+    from selective_lm.config import from_args
+
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--lr", "5e-5", "--max-tokens", "1e9",
+                                      "max_steps=1_000"])
+    cfg = from_args(TrainConfig, args)
+    assert cfg.lr == 5e-5 and cfg.max_tokens == 10**9 and cfg.max_steps == 1000

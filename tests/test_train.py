@@ -6,10 +6,10 @@ import torch
 from safetensors.torch import load_file
 
 import selective_lm.train as train_mod
-from selective_lm.config import ScoreConfig, TrainConfig
+from selective_lm.config import TrainConfig
 from selective_lm.data import TokenDataset
 from selective_lm.model import load_model, model_token_losses
-from selective_lm.scoring import load_scores, score
+from selective_lm.scoring import load_scores
 from selective_lm.train import train
 
 
@@ -18,14 +18,6 @@ def cfg(data, out, **kw):
                 log_every=4, eval_windows=8, progress=False)
     base.update(kw)
     return TrainConfig(**base)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ref")
-    train(cfg(tiny_data, root / "ref", max_steps=30), console=False)
-    score(ScoreConfig(data=str(tiny_data), model=str(root / "ref" / "final"), out=str(root / "scores"), progress=False))
-    return root
 
 
 def weights(run):

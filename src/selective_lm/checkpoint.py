@@ -20,11 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import dist
 from .config import TrainConfig, first_change
 from .files import UserError, atomic_write_text, read_json
 
 # Options that may differ between an interrupted run and its resumption.
-RESUME_FREE_KEYS = {"resume", "overwrite", "progress", "log_every", "device"}
+# A checkpoint holds full, name-keyed tensors, so the parallelism may change between the two.
+RESUME_FREE_KEYS = {"resume", "overwrite", "progress", "log_every", "device", "parallel",
+                    "activation_checkpointing", "compile"}
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
@@ -74,12 +77,14 @@ def prepare_run_dir(cfg: TrainConfig) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def capture_state(step: int, optimizer, scheduler, generator: torch.Generator, extra: dict | None = None) -> dict:
+def capture_state(step: int, optimizer_state: dict, scheduler, extra: dict | None = None) -> dict:
+    """Training state for ``training_state.pt``: the optimizer state (full and keyed by parameter name,
+    see :func:`selective_lm.dist.full_state_dict`), scheduler, RNG and loop position. Selection draws
+    need no saved state: their generator is seeded by (seed, step)."""
     state: dict[str, Any] = {
         "step": step,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
-        "selection_rng": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": np.random.get_state(),
         "python_rng": random.getstate(),
@@ -90,24 +95,37 @@ def capture_state(step: int, optimizer, scheduler, generator: torch.Generator, e
     return state
 
 
-def restore_state(ckpt: Path, model, optimizer, scheduler, generator: torch.Generator) -> dict:
-    """Load weights and training state from a checkpoint directory in place; returns the state dict."""
+def _weights(ckpt: Path, model) -> dict:
+    """The checkpoint's weights as a state dict keyed like ``model.state_dict()``."""
     from safetensors.torch import load_file
 
     if hasattr(model, "peft_config"):
+        return load_file(ckpt / "adapter_model.safetensors")
+    weights = load_file(ckpt / "model.safetensors")
+    expected = set(model.state_dict())
+    bad = sorted((expected - set(weights)) - {k for k in expected if k.endswith("lm_head.weight")}) + \
+        sorted(set(weights) - expected)
+    if bad:
+        raise UserError(f"checkpoint {ckpt} does not match the model ({bad[0]}): start over with --overwrite")
+    return weights
+
+
+def restore_state(ckpt: Path, model, optimizer, scheduler) -> dict:
+    """Load weights and training state from a checkpoint directory in place (sharded or not); returns the state."""
+    state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
+    weights = _weights(ckpt, model)
+    osd = state["optimizer"]
+    if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
+        set_peft_model_state_dict(model, weights)
+        weights = None
+    if osd.get("state") and all(isinstance(k, int) for k in osd["state"]):  # checkpoints of version 0.1 (by index)
+        dist.load_full_state_dict(model, weights)
+        optimizer.load_state_dict(osd)
     else:
-        weights = load_file(ckpt / "model.safetensors")
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        bad = [k for k in missing if not k.endswith("lm_head.weight")] + list(unexpected)
-        if bad:
-            raise UserError(f"checkpoint {ckpt} does not match the model ({bad[0]}): start over with --overwrite")
-    state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+        dist.load_full_state_dict(model, weights, optimizer, osd)
     scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["selection_rng"])
     torch.set_rng_state(state["torch_rng"])
     np.random.set_state(state["numpy_rng"])
     random.setstate(state["python_rng"])

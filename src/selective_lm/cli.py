@@ -10,12 +10,16 @@ import sys
 from collections.abc import Callable
 
 from .config import EvalConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arguments, dump_yaml, from_args
+from . import dist
 from .files import UserError
 
 
 def _prepare(cfg: PrepareConfig) -> None:
     from .data import prepare
 
+    if dist.world_size() > 1:
+        raise UserError("`slm prepare` runs in one process: start it without torchrun (it is I/O bound), "
+                        "then launch train/score/eval with torchrun")
     m = prepare(cfg)
     print(f"prepared {cfg.out}: " + ", ".join(f"{s} {v['windows']} windows" for s, v in m["splits"].items())
           + f", vocab {m['vocab_size']}, seq_len {m['seq_len']}, replaced bytes {m['replaced_bytes']}")
@@ -25,7 +29,7 @@ def _score(cfg: ScoreConfig) -> None:
     from .scoring import score
 
     m = score(cfg)
-    print(f"scored {m['windows']} windows of {cfg.split}: mean reference loss {m['mean_loss']:.4f} "
+    dist.print0(f"scored {m['windows']} windows of {cfg.split}: mean reference loss {m['mean_loss']:.4f} "
           f"({m['windows'] * m['seq_len'] / max(m['seconds'], 1e-9):.0f} tok/s) -> {cfg.out}")
 
 
@@ -33,7 +37,7 @@ def _train(cfg: TrainConfig) -> None:
     from .train import train
 
     s = train(cfg)
-    print(f"finished {s['steps']} steps ({s['tokens']} tokens): val loss {s['final_val_loss']:.4f} "
+    dist.print0(f"finished {s['steps']} steps ({s['tokens']} tokens): val loss {s['final_val_loss']:.4f} "
           f"ppl {s['final_val_ppl']:.2f} -> {cfg.out}/final")
 
 
@@ -41,6 +45,8 @@ def _eval(cfg: EvalConfig) -> None:
     from .evaluate import evaluate
 
     r = evaluate(cfg)
+    if not dist.is_main():
+        return
     for name, v in r["datasets"].items():
         print(f"{name}: loss {v['loss']:.4f} ppl {v['ppl']:.2f} ({v['tokens']} tokens)")
     if "fewshot" in r:
@@ -93,11 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         fn(cfg)
         return 0
     except UserError as e:
-        print(f"slm: error: {e}", file=sys.stderr)
+        if dist.is_main():  # under torchrun every rank raises the same error (dist.agree); rank 0 says it
+            print(f"slm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slm: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not dist.peer_failure(e):
+            raise
+        print(f"slm: error: rank {dist.rank()} lost another rank mid-run ({dist.first_line(e)}): see that rank's "
+              "error above, fix it and re-run with --resume", file=sys.stderr)
+        return 2
+    finally:
+        dist.cleanup()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -25,6 +26,8 @@ from .files import UserError, atomic_write_text
 
 STRATEGIES = ("topk", "random", "stochastic")
 OBJECTIVES = ("clm", "slm")
+SCOPES = ("microstep", "step")
+PARALLEL = ("ddp", "fsdp")
 
 
 # --------------------------------------------------------------------------- configs
@@ -139,6 +142,8 @@ class TrainConfig:
     """Fraction of the batch's valid tokens selected by SLM, in (0, 1]."""
     temperature: float = 1.0
     """Temperature of stochastic selection."""
+    selection_scope: str = "microstep"
+    """Tokens SLM ranks together: microstep (each micro-batch step, jointly over all ranks: N ranks × batch B select as 1 rank × N·B) or step (every micro-batch and rank of the optimizer step, as in one big batch; costs one extra no-grad forward)."""
     ref_scores: str | None = None
     """Directory made by `slm score` on this dataset's train split (offline reference losses, the default for SLM)."""
     ref_model: str | None = None
@@ -177,6 +182,10 @@ class TrainConfig:
     """fp32, bf16, or auto (bf16 autocast on GPU, fp32 on CPU)."""
     compile: bool = False
     """torch.compile the model."""
+    parallel: str = "ddp"
+    """Under torchrun: ddp (a replica per rank; models that fit on one device) or fsdp (FSDP2: each decoder block, then the root, sharded over the ranks; bf16 parameters on GPU)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder block's activations in backward: less memory for about one more forward of compute."""
     log_every: int = 10
     """Steps between metric lines (the only host syncs of the loop)."""
     eval_every: int = 0
@@ -199,6 +208,11 @@ class TrainConfig:
             raise UserError("missing --out: pass a run directory")
         _check_choice("objective", self.objective, OBJECTIVES)
         _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("selection_scope", self.selection_scope, SCOPES)
+        _check_choice("parallel", self.parallel, PARALLEL)
+        if self.parallel == "fsdp" and self.lora.r > 0:
+            raise UserError("parallel=fsdp with LoRA is not supported: use parallel=ddp (the adapters are small "
+                            "enough to replicate)")
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
         check_ratio(self.ratio)
@@ -325,6 +339,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, str):  # YAML 1.1 reads 5e-5 and 1e9 as strings
+        try:
+            value = float(value.replace("_", ""))
+        except ValueError:
+            pass
+    if tp in (int, float) and isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise UserError(f"config key '{key}' must be an integer, got {value!r}")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import dist
 from .config import EvalConfig
 from .data import TokenDataset
 from .files import UserError, write_json
@@ -21,20 +22,32 @@ from .model import autocast_ctx, check_compatible, load_model, model_token_losse
 def dataset_token_losses(model, ds: TokenDataset, split: str = "validation", max_windows: int = 0,
                          batch_size: int = 32, device: torch.device | str = "cpu", precision: str = "auto",
                          progress: bool = False) -> np.ndarray:
-    """Per-token losses [windows, seq_len] (float32) of the first ``max_windows`` windows of a split."""
+    """Per-token losses [windows, seq_len] (float32) of the first ``max_windows`` windows of a split.
+
+    Under torchrun the batches are dealt round-robin to the ranks (every rank runs the same number of
+    forwards, as FSDP needs) and the rows are summed across ranks: every rank returns the array a
+    single process computes, batch for batch.
+    """
     device = torch.device(device)
     n = ds.num_windows(split)
     n = min(n, max_windows) if max_windows else n
-    out = np.empty((n, ds.seq_len), dtype=np.float32)
+    world, rank = dist.world_size(), dist.rank()
+    starts = list(range(0, n, batch_size))
+    rounds = -(-len(starts) // world)
+    out = torch.zeros((n, ds.seq_len), dtype=torch.float32, device=device if world > 1 else "cpu")
     was_training = model.training
     model.eval()
     with autocast_ctx(device, precision):
-        for start in tqdm(range(0, n, batch_size), desc=f"eval {split}", disable=not progress, leave=False):
+        for r in tqdm(range(rounds), desc=f"eval {split}", disable=not progress, leave=False):
+            b = r * world + rank
+            start = starts[min(b, len(starts) - 1)]  # a rank without a batch this round repeats the last one
             idx = np.arange(start, min(start + batch_size, n))
             inputs, targets = ds.batch(split, idx)
-            out[start:start + len(idx)] = model_token_losses(model, inputs.to(device), targets.to(device)).float().cpu().numpy()
+            losses = model_token_losses(model, inputs.to(device), targets.to(device)).float()
+            if b < len(starts):
+                out[start:start + len(idx)] = losses.to(out.device)
     model.train(was_training)
-    return out
+    return dist.all_reduce_sum(out).cpu().numpy()
 
 
 def loss_summary(losses: np.ndarray) -> dict:
@@ -119,9 +132,9 @@ def fewshot_accuracy(model, tokenizer, questions: list[dict], exemplars: list[di
         prompts.append((ids + tail)[-limit:])
     was_training = model.training
     model.eval()
-    correct, records = 0, []
-    per_family: dict[str, list[int]] = {}
-    for start in tqdm(range(0, len(prompts), batch_size), desc="few-shot", disable=not progress, leave=False):
+    outcomes: dict[int, tuple[bool, str | None]] = {}
+    starts = list(range(0, len(prompts), batch_size))[dist.rank()::dist.world_size()]  # torchrun: a share per rank
+    for start in tqdm(starts, desc="few-shot", disable=not progress, leave=False):
         chunk = prompts[start:start + batch_size]
         width = max(len(p) for p in chunk)
         input_ids = torch.full((len(chunk), width), eos, dtype=torch.long)
@@ -135,30 +148,50 @@ def fewshot_accuracy(model, tokenizer, questions: list[dict], exemplars: list[di
             q = questions[start + i]
             text = tokenizer.decode(row, skip_special_tokens=True).split("\n\n")[0]
             pred = extract_answer(text)
-            ok = pred is not None and normalize_answer(pred) == normalize_answer(str(q["answer"]))
-            correct += ok
-            per_family.setdefault(q.get("family", "all"), []).append(int(ok))
-            if len(records) < 20:
-                records.append({"question": q["question"], "answer": q["answer"], "prediction": pred, "correct": ok})
+            outcomes[start + i] = (pred is not None and normalize_answer(pred) == normalize_answer(str(q["answer"])), pred)
     model.train(was_training)
+    if dist.world_size() > 1:
+        import torch.distributed as tdist
+
+        parts: list = [None] * dist.world_size()
+        tdist.all_gather_object(parts, outcomes)
+        outcomes = {k: v for p in parts for k, v in p.items()}
+    correct, records = 0, []
+    per_family: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+        ok, pred = outcomes[i]
+        correct += ok
+        per_family.setdefault(q.get("family", "all"), []).append(int(ok))
+        if len(records) < 20:
+            records.append({"question": q["question"], "answer": q["answer"], "prediction": pred, "correct": ok})
     n = len(questions)
     return {"accuracy": correct / max(1, n), "correct": correct, "n": n, "shots": min(shots, len(exemplars)),
             "per_family": {k: sum(v) / len(v) for k, v in sorted(per_family.items())}, "examples": records}
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """`slm eval`: perplexity per dataset, optional dumps and few-shot accuracy."""
-    device = resolve_device(cfg.device)
-    datasets = [TokenDataset(d) for d in cfg.data]
-    for ds in datasets:
-        check_compatible(cfg.model, ds)
+    """`slm eval`: perplexity per dataset, optional dumps and few-shot accuracy.
+
+    Under torchrun every rank loads the model and evaluates a share of the windows and questions;
+    sums of nats and token counts are reduced across ranks, and rank 0 writes the files.
+    """
+    device = dist.local_device(resolve_device(cfg.device))
+    dist.init(device)
+
+    def open_all():
+        datasets = [TokenDataset(d) for d in cfg.data]
+        for ds in datasets:
+            check_compatible(cfg.model, ds)
+        return datasets
+
+    datasets = dist.agree(open_all)
     model = load_model(cfg.model, device)
     results: dict = {"model": str(Path(cfg.model).resolve()), "split": cfg.split, "datasets": {}}
     for ds in datasets:
         losses = dataset_token_losses(model, ds, cfg.split, cfg.max_windows, cfg.batch_size, device,
                                       cfg.precision, cfg.progress)
         summary = loss_summary(losses)
-        if cfg.dump:
+        if cfg.dump and dist.is_main():
             name = Path(ds.path).name
             summary["dump"] = str(dump_token_losses(losses, Path(cfg.dump) / f"{name}.{cfg.split}.losses.bin",
                                                     {"dataset": str(ds.path), "split": cfg.split,
@@ -177,6 +210,6 @@ def evaluate(cfg: EvalConfig) -> dict:
         tok = AutoTokenizer.from_pretrained(tok_dir)
         results["fewshot"] = fewshot_accuracy(model, tok, questions, exemplars, cfg.shots, cfg.max_new_tokens,
                                               cfg.batch_size, device, progress=cfg.progress)
-    if cfg.out:
+    if cfg.out and dist.is_main():
         write_json(cfg.out, results)
     return results

@@ -2,6 +2,11 @@
 
 One function computes per-token next-token cross-entropy; perplexity, reference scoring, CLM and
 SLM all build on it. Selection is masking: unselected tokens contribute nothing and get no gradient.
+
+:func:`head_token_losses` is the memory-lean form used in training and scoring: it takes the last
+hidden states and the output-head weight and never materialises the [positions, vocab] logits at
+once (chunks of positions, logits recomputed in backward). Its backward skips the positions whose
+upstream gradient is zero (SLM's unselected tokens), so the head's backward costs ~ratio × the plain one.
 """
 from __future__ import annotations
 
@@ -43,3 +48,88 @@ def selective_loss(token_losses: torch.Tensor, ref_losses: torch.Tensor, ratio: 
     weight = selected.to(token_losses.dtype)
     loss = (token_losses * weight).sum() / weight.sum().clamp(min=1.0)
     return loss, selected
+
+
+# Elements of one chunk's [positions, vocab] logits: small enough to stay cache-resident on CPU,
+# large enough to keep a GPU's matmul units busy.
+CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 26}
+
+
+def _chunk_positions(n: int, vocab: int, device: torch.device, chunk: int) -> int:
+    if chunk > 0:
+        return chunk
+    return max(64, min(n, CHUNK_ELEMENTS.get(device.type, 1 << 24) // max(vocab, 1)))
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    dev = t.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return t.dtype
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """Per-position CE of ``hidden @ weight.T`` computed chunk by chunk; logits recomputed in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk, dtype):
+        n = hidden.shape[0]
+        losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        w = weight.to(dtype)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for i in range(0, n, chunk):
+                t = targets[i:i + chunk]
+                logits = F.linear(hidden[i:i + chunk].to(dtype), w).float()
+                loss = F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="none")
+                losses[i:i + chunk] = loss
+                # log-sum-exp for the backward: loss + target logit (ignored targets get no gradient)
+                lse[i:i + chunk] = loss + logits.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk, ctx.dtype = chunk, dtype
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        chunk, dtype = ctx.chunk, ctx.dtype
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        g = grad_losses.float() * (targets != IGNORE_INDEX)
+        # Only positions with a non-zero upstream gradient (SLM's selected tokens) need any work:
+        # one nonzero() per micro-batch (a host sync on GPU) buys skipping (1 - ratio) of the head's backward.
+        rows = g.nonzero().squeeze(1)
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        w = weight.to(dtype)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for i in range(0, rows.numel(), chunk):
+                r = rows[i:i + chunk]
+                h = hidden.index_select(0, r).to(dtype)
+                t = targets.index_select(0, r)
+                p = torch.exp(F.linear(h, w).float() - lse.index_select(0, r).unsqueeze(1))
+                p.scatter_add_(1, t.unsqueeze(1), torch.full_like(p[:, :1], -1.0))
+                p.mul_(g.index_select(0, r).unsqueeze(1))
+                p = p.to(dtype)
+                if need_h:
+                    grad_h.index_copy_(0, r, (p @ w).to(hidden.dtype))
+                if need_w:
+                    grad_w += (p.t() @ h).float()
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
+
+
+def head_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                      chunk: int = 0) -> torch.Tensor:
+    """Per-token losses [B, T] of ``logits = hidden @ weight.T`` without materialising the logits.
+
+    ``hidden`` is [B, T, H] (the model's last hidden states), ``weight`` the output head [V, H],
+    ``targets`` [B, T] aligned with ``hidden`` (-100 ignored). Values and gradients equal
+    ``token_losses(hidden @ weight.T, targets)`` to floating-point tolerance; under autocast the
+    matmuls run in the autocast dtype and the softmax in float32. ``chunk`` = positions per chunk
+    (0: about 2M logits per chunk on CPU, 64M on GPU).
+    """
+    if hidden.dim() != 3 or targets.shape != hidden.shape[:2]:
+        raise ValueError(f"hidden must be [B, T, H] and targets [B, T]; got {tuple(hidden.shape)} and {tuple(targets.shape)}")
+    B, T, H = hidden.shape
+    c = _chunk_positions(B * T, weight.shape[0], hidden.device, chunk)
+    out = _HeadCrossEntropy.apply(hidden.reshape(B * T, H), weight, targets.reshape(B * T), c, _compute_dtype(hidden))
+    return out.view(B, T)

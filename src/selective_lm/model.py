@@ -113,24 +113,26 @@ def apply_lora(model, lora: LoraConfig):
 
 def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None = None,
                         base_path: str | Path | None = None, meta: dict | None = None,
-                        state: dict | None = None) -> Path:
+                        state: dict | None = None, state_dict: dict | None = None) -> Path:
     """Write a loadable HF (or PEFT adapter) directory atomically and return its path.
 
     ``state`` (optimizer, scheduler, RNG, loop position) goes to ``training_state.pt`` in the same
-    directory, so weights and state appear together or not at all.
+    directory, so weights and state appear together or not at all. ``state_dict`` (full tensors,
+    e.g. gathered from an FSDP-sharded model) replaces the model's own parameters when given.
     """
     quiet_hf()
     out = Path(out)
     tmp = atomic_dir(out)
+    kw = {"state_dict": dict(state_dict)} if state_dict is not None else {}  # HF pops from the dict it is given
     try:
         if hasattr(model, "peft_config"):
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, **kw)
             cfg_path = tmp / "adapter_config.json"
             cfg = json.loads(cfg_path.read_text())
             cfg["base_model_name_or_path"] = str(Path(base_path).resolve()) if base_path else cfg.get("base_model_name_or_path")
             cfg_path.write_text(json.dumps(cfg, indent=2))
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, **kw)
         if tokenizer_dir is not None:
             from .tokenizer import copy_tokenizer
 
@@ -189,28 +191,52 @@ def check_compatible(path: str | Path, dataset, role: str = "model") -> None:
 
 
 # Architectures whose logits are exactly lm_head(last hidden state): no softcapping or scaling.
-CHUNKED_HEAD_TYPES = {"llama", "mistral", "qwen2"}
-HEAD_CHUNK = 512
+CHUNKED_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3"}
 
 
-def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token losses [B, T] of a causal LM on aligned (inputs, targets).
+def _identity(x):
+    return x
 
-    Without autograd (scoring, evaluation) the output head and cross-entropy run in chunks of
-    ``HEAD_CHUNK`` positions, so the [B·T, vocab] logits are never materialised at once: the same
-    numbers, faster (cache-resident) and with far less memory for large vocabularies.
+
+@contextlib.contextmanager
+def _head_bypassed(hf_model):
+    """Inside, the model's forward returns its last hidden states where the logits would be.
+
+    The output head is skipped, not removed, so DDP, FSDP2 (whose root keeps the head's parameters
+    gathered through backward), torch.compile and PEFT wrappers run unchanged around it.
     """
-    from transformers import PreTrainedModel
+    head = hf_model.get_output_embeddings()
+    head.forward = _identity
+    try:
+        yield head
+    finally:
+        del head.forward
 
-    plain = isinstance(model, PreTrainedModel) and getattr(model.config, "model_type", "") in CHUNKED_HEAD_TYPES
-    if not torch.is_grad_enabled() and plain:  # (a PEFT wrapper or DDP module takes the plain path)
-        head, trunk = model.get_output_embeddings(), model.model
-        hidden = trunk(input_ids=inputs, use_cache=False).last_hidden_state
-        h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(1, -1)
-        out = torch.empty(t.shape[1], dtype=torch.float32, device=h.device)
-        for i in range(0, h.shape[0], HEAD_CHUNK):
-            out[i:i + HEAD_CHUNK] = token_losses(head(h[i:i + HEAD_CHUNK]).unsqueeze(0), t[:, i:i + HEAD_CHUNK])[0]
-        return out.view(targets.shape)
+
+def supports_chunked_head(model) -> bool:
+    from .dist import unwrap_hf
+
+    hf = unwrap_hf(model)
+    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+    return (getattr(getattr(hf, "config", None), "model_type", "") in CHUNKED_HEAD_TYPES
+            and isinstance(head, torch.nn.Linear) and head.bias is None)
+
+
+def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunked: bool = True) -> torch.Tensor:
+    """Per-token losses [B, T] of a causal LM on aligned (inputs, targets); ``model`` may be wrapped
+    (DDP, FSDP2, torch.compile, PEFT).
+
+    For architectures whose logits are ``lm_head(hidden)`` the loss comes from
+    :func:`~selective_lm.loss.head_token_losses`: the [B·T, vocab] logits are never materialised,
+    with or without autograd. Other architectures (or ``chunked=False``) take the plain path.
+    """
+    from .dist import unwrap_hf
+    from .loss import head_token_losses
+
+    if chunked and supports_chunked_head(model):
+        with _head_bypassed(unwrap_hf(model)) as head:
+            hidden = model(input_ids=inputs, use_cache=False).logits
+        return head_token_losses(hidden, head.weight, targets)
     logits = model(input_ids=inputs, use_cache=False).logits
     return token_losses(logits, targets)
 

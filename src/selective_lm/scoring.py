@@ -5,8 +5,9 @@ Output directory::
     ref_losses.bin   float16 memmap [windows, seq_len], row i = losses of window i's targets
     manifest.json    binds the file to the dataset (fingerprint) and the reference model (hash); written last
 
-While running, ``ref_losses.bin.partial`` and ``progress.json`` make the job resumable; a partial
-file never carries the final name, so it never looks complete.
+While running, ``ref_losses.bin.partial``, the per-window bitmap ``done.bin`` and ``progress.json``
+(the job's identity) make it resumable, also under another world size; a partial file never carries
+the final name, so it never looks complete.
 """
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import dist
 from .config import ScoreConfig
 from .data import TokenDataset
 from .files import UserError, read_json, write_json
 from .model import autocast_ctx, check_compatible, load_model, model_fingerprint, model_token_losses, resolve_device
 
 SCORES_FILE = "ref_losses.bin"
+DONE_FILE = "done.bin"
 KIND = "selective-lm-ref-scores"
 FLUSH_EVERY_S = 10.0
 
@@ -39,55 +42,105 @@ def _identity(ds: TokenDataset, split: str, model_path: str) -> dict:
     }
 
 
-def score(cfg: ScoreConfig) -> dict:
-    """Run the reference model over every window of ``cfg.split`` and write the scores; returns the manifest."""
-    ds = TokenDataset(cfg.data)
-    n = ds.num_windows(cfg.split)
-    check_compatible(cfg.model, ds, role="reference model")
+def _open_partial(cfg: ScoreConfig, ds: TokenDataset, ident: dict) -> int:
+    """Rank 0: create or reuse ``ref_losses.bin.partial`` and its per-window ``done`` bitmap; returns
+    the windows already done (a resumed job skips them)."""
     out = Path(cfg.out)
+    n = ds.num_windows(cfg.split)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         if not cfg.overwrite:
             raise UserError(f"{out} already holds finished scores: pass --overwrite to recompute them")
         manifest_path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    ident = _identity(ds, cfg.split, cfg.model)
-    partial, progress_path, final = out / (SCORES_FILE + ".partial"), out / "progress.json", out / SCORES_FILE
-    final.unlink(missing_ok=True)
+    partial, done_path, progress_path = out / (SCORES_FILE + ".partial"), out / DONE_FILE, out / "progress.json"
+    (out / SCORES_FILE).unlink(missing_ok=True)
+    resumable = (partial.is_file() and done_path.is_file() and progress_path.is_file()
+                 and read_json(progress_path).get("identity") == ident and done_path.stat().st_size == n)
+    if not resumable:
+        for f in (partial, done_path, progress_path):
+            f.unlink(missing_ok=True)
+        np.memmap(partial, dtype=np.float16, mode="w+", shape=(n, ds.seq_len)).flush()
+        np.memmap(done_path, dtype=np.uint8, mode="w+", shape=(n,)).flush()
+        write_json(progress_path, {"identity": ident})
+    return int(np.count_nonzero(np.memmap(done_path, dtype=np.uint8, mode="r", shape=(n,))))
 
-    done = 0
-    if partial.is_file() and progress_path.is_file():
-        prog = read_json(progress_path)
-        if prog.get("identity") == ident:
-            done = int(prog["done_windows"])
-    if done == 0:
-        partial.unlink(missing_ok=True)
-    scores = np.memmap(partial, dtype=np.float16, mode="r+" if done else "w+", shape=(n, ds.seq_len))
 
-    device = resolve_device(cfg.device)
+def score(cfg: ScoreConfig) -> dict:
+    """Run the reference model over every window of ``cfg.split`` and write the scores; returns the manifest.
+
+    Under torchrun the batches are dealt round-robin to the ranks, each writes its rows into the one
+    shared memmap, and rank 0 finishes the file: the result equals a single-process run, byte for
+    byte. A killed job resumes (under any world size) from the per-window ``done`` bitmap.
+    """
+    device = dist.local_device(resolve_device(cfg.device))
+    dist.init(device)
+    world, rank = dist.world_size(), dist.rank()
+
+    def check() -> tuple[TokenDataset, dict]:
+        ds = TokenDataset(cfg.data)
+        check_compatible(cfg.model, ds, role="reference model")
+        return ds, _identity(ds, cfg.split, cfg.model)
+
+    ds, ident = dist.agree(check)
+    n = ds.num_windows(cfg.split)
+    out = Path(cfg.out)
+    already = dist.agree(_open_partial, cfg, ds, ident, main_only=True)
+    partial, done_path = out / (SCORES_FILE + ".partial"), out / DONE_FILE
+    scores = np.memmap(partial, dtype=np.float16, mode="r+", shape=(n, ds.seq_len))
+    done = np.memmap(done_path, dtype=np.uint8, mode="r+", shape=(n,))
+
     model = load_model(cfg.model, device).eval()
     t0 = last_flush = time.perf_counter()
-    bar = tqdm(total=n * ds.seq_len, initial=done * ds.seq_len, unit="tok", unit_scale=True,
-               desc="score", disable=not cfg.progress)
+    mine = [s for b, s in enumerate(range(0, n, cfg.batch_size)) if b % world == rank]
+    bar = tqdm(total=n * ds.seq_len, initial=already * ds.seq_len, unit="tok", unit_scale=True,
+               desc=f"score {Path(cfg.data).name}", disable=not (cfg.progress and dist.is_main()))
+    pending: list[tuple[int, int]] = []
     with torch.inference_mode(), autocast_ctx(device, cfg.precision):
-        for start in range(done, n, cfg.batch_size):
-            idx = np.arange(start, min(start + cfg.batch_size, n))
-            inputs, targets = ds.batch(cfg.split, idx)
+        for start in mine:
+            stop = min(start + cfg.batch_size, n)
+            if done[start:stop].all():
+                continue
+            inputs, targets = ds.batch(cfg.split, np.arange(start, stop))
             losses = model_token_losses(model, inputs.to(device), targets.to(device))
-            scores[start:start + len(idx)] = losses.to("cpu", torch.float16).numpy()
-            done = start + len(idx)
-            bar.update(len(idx) * ds.seq_len)
+            scores[start:stop] = losses.to("cpu", torch.float16).numpy()
+            pending.append((start, stop))
+            bar.update((stop - start) * ds.seq_len * world)
             if time.perf_counter() - last_flush > FLUSH_EVERY_S:
-                scores.flush()
-                write_json(progress_path, {"identity": ident, "done_windows": done})
+                _mark_done(scores, done, pending)
                 last_flush = time.perf_counter()
+    _mark_done(scores, done, pending)
     bar.close()
-    scores.flush()
-    total_nats = float(np.asarray(scores, dtype=np.float64).sum())
     elapsed = time.perf_counter() - t0
-    del scores
+    del scores, done
+    dist.barrier()
+    manifest = dist.agree(_finish, cfg, ds, ident, elapsed, main_only=True)
+    dist.barrier()
+    return manifest
+
+
+def _mark_done(scores: np.memmap, done: np.memmap, pending: list[tuple[int, int]]) -> None:
+    """Rows reach the disk before their windows are marked done, so a kill never marks unwritten rows."""
+    scores.flush()
+    for start, stop in pending:
+        done[start:stop] = 1
+    done.flush()
+    pending.clear()
+
+
+def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float) -> dict:
+    """Rank 0, after every rank is done: check completeness, move the file into place, write the manifest."""
+    out = Path(cfg.out)
+    n = ds.num_windows(cfg.split)
+    partial, done_path, final = out / (SCORES_FILE + ".partial"), out / DONE_FILE, out / SCORES_FILE
+    missing = n - int(np.count_nonzero(np.memmap(done_path, dtype=np.uint8, mode="r", shape=(n,))))
+    if missing:
+        raise UserError(f"{missing} windows of {out} were not scored (a rank stopped early?): run the same "
+                        "`slm score` command again to finish them")
+    total_nats = float(np.memmap(partial, dtype=np.float16, mode="r", shape=(n, ds.seq_len)).astype(np.float64).sum())
     os.replace(partial, final)
-    progress_path.unlink(missing_ok=True)
+    done_path.unlink(missing_ok=True)
+    (out / "progress.json").unlink(missing_ok=True)
     manifest = {
         "format_version": 1,
         "kind": KIND,
@@ -100,7 +153,7 @@ def score(cfg: ScoreConfig) -> dict:
         "mean_loss": total_nats / max(1, n * ds.seq_len),
         "seconds": round(elapsed, 3),
     }
-    write_json(manifest_path, manifest)
+    write_json(out / "manifest.json", manifest)
     return manifest
 
 

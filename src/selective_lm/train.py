@@ -1,17 +1,19 @@
 """`slm train`: causal LM (CLM) or Selective Language Modeling (SLM) training.
 
-One readable loop. Per optimizer step:
+One readable loop around :func:`train_step`, one optimizer step:
 
-1. the step's micro-batches are fixed windows in a seeded order (same order for every arm);
-2. per micro-batch: per-token losses; for SLM, excess = loss − reference loss ranks the tokens and
-   exactly k = round(ratio × valid) of the micro-batch are kept (selection is masking);
-3. loss = Σ kept token losses / (kept tokens of the whole step, all micro-batches and ranks), so
-   gradient accumulation and data parallelism give the same gradient as one big batch;
+1. the step's windows come in a seeded order (the same for every arm), laid out micro-batch major
+   then rank, so a micro-batch step over N ranks holds the windows of one process with N× the batch;
+2. the objective (:mod:`selective_lm.objective`) knows the step's denominator before any forward;
+   per micro-batch: per-token losses; for SLM, excess = loss − reference loss ranks the tokens over
+   the selection scope (the micro-step over all ranks, or the whole step after a no-grad pre-pass);
+3. loss = Σ selected token losses / (selected tokens of the whole step, all micro-batches and ranks),
+   so accumulation and data parallelism give the gradient of one big batch;
 4. metrics accumulate on device; the host syncs only every ``log_every`` steps.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -29,8 +31,8 @@ from .evaluate import dataset_token_losses, loss_summary
 from .files import UserError, write_json
 from .model import (PRESETS, apply_lora, autocast_ctx, build_model, check_compatible, count_parameters,
                     is_checkpoint, load_model, model_token_losses, resolve_device, save_checkpoint_dir)
+from .objective import Objective
 from .scoring import load_scores
-from .selection import num_selected, select_tokens
 
 
 class WindowOrder:
@@ -98,62 +100,183 @@ def _init_model(cfg: TrainConfig, ds: TokenDataset, out: Path, device: torch.dev
     return model.to(device), base_path
 
 
-def _ref_source(cfg: TrainConfig, ds: TokenDataset, device: torch.device):
-    if cfg.objective != "slm":
-        return None, None
-    if cfg.ref_scores:
-        return load_scores(cfg.ref_scores, ds, "train"), None
-    check_compatible(cfg.ref_model, ds, role="reference model")
-    ref = load_model(cfg.ref_model, device).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return None, ref
+def step_windows(order: WindowOrder, step: int, batch_size: int, grad_accum: int, world: int, rank: int
+                 ) -> list[np.ndarray]:
+    """This rank's window indices for each micro-batch of optimizer step ``step``.
+
+    Global position = step · (accum · world · B) + micro · (world · B) + rank · B + j: a micro-batch step
+    over all ranks is a contiguous block of the order, as one process with batch world·B would read it.
+    """
+    per_micro = batch_size * world
+    base = step * grad_accum * per_micro + rank * batch_size
+    return [order.indices(base + m * per_micro, batch_size) for m in range(grad_accum)]
+
+
+class RefLosses:
+    """Reference losses of a micro-batch: rows of the offline score memmap, or an online no-grad forward."""
+
+    def __init__(self, cfg: TrainConfig, ds: TokenDataset, device: torch.device):
+        self.scores, self.model, self.device, self.precision = None, None, device, cfg.precision
+        if cfg.ref_scores:
+            self.scores = load_scores(cfg.ref_scores, ds, "train")
+        else:
+            check_compatible(cfg.ref_model, ds, role="reference model")
+            self.model = dist.shard_frozen(load_model(cfg.ref_model, device), device, cfg.parallel, cfg.precision)
+
+    def __call__(self, idx: np.ndarray, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.scores is not None:
+            return torch.from_numpy(np.asarray(self.scores[idx], dtype=np.float32)).to(self.device, non_blocking=True)
+        with torch.no_grad(), autocast_ctx(self.device, self.precision):
+            return model_token_losses(self.model, inputs, targets).float()
+
+
+class StepMetrics:
+    """Running sums of the logged quantities, on the device; reduced over ranks only at log time."""
+
+    KEYS = ("loss_all", "n_all", "loss_sel", "n_sel", "ex_sum", "ex_sq", "ex_sel", "noise_sel", "noise_all")
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.acc = {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in self.KEYS}
+
+    def add(self, tl: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, excess: torch.Tensor | None,
+            noise: torch.Tensor | None) -> None:
+        vf, w = valid.to(torch.float32), mask.to(torch.float32)  # masks multiply: indexing would sync the host
+        a = self.acc
+        a["loss_all"] += (tl * vf).sum()
+        a["n_all"] += vf.sum()
+        a["loss_sel"] += (tl * w).sum()
+        a["n_sel"] += w.sum()
+        if excess is not None:
+            a["ex_sum"] += (excess * vf).sum()
+            a["ex_sq"] += (excess.square() * vf).sum()
+            a["ex_sel"] += (excess * w).sum()
+        if noise is not None:
+            a["noise_sel"] += (noise & mask).sum()
+            a["noise_all"] += (noise & valid).sum()
+
+    def reduce(self) -> dict[str, float]:
+        """Sum over ranks and move to the host (the loop's only host sync), then reset."""
+        vals = {k: float(v) for k, v in zip(self.KEYS, dist.all_reduce_sum(torch.stack(list(self.acc.values()))))}
+        self.reset()
+        return vals
+
+
+@dataclasses.dataclass
+class Trainer:
+    """What one optimizer step needs; ``model`` is the module to save and evaluate, ``fwd_model`` the
+    one to run forward through (DDP / compile wrapper; the same sharded module under FSDP)."""
+
+    cfg: TrainConfig
+    ds: TokenDataset
+    model: torch.nn.Module
+    fwd_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: Objective
+    ref: RefLosses | None
+    metrics: StepMetrics
+    device: torch.device
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        inputs, targets = self.ds.batch("train", idx)
+        return idx, inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+    def losses(self, model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with autocast_ctx(self.device, self.cfg.precision):
+            return model_token_losses(model, inputs, targets)
+
+
+def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]],
+               provenance: np.ndarray | None = None) -> torch.Tensor:
+    """One optimizer step over this rank's micro-batches; returns the gradient norm (a device tensor)."""
+    obj, cfg = t.objective, t.cfg
+    valids = [targets != -100 for _, _, targets in micro]
+    denom = obj.denominator(valids)  # the step's selected count over all ranks, known before any forward
+    gen = obj.generator(step)
+    refs: list[torch.Tensor | None] = [None] * len(micro)
+    excess: list[torch.Tensor | None] = [None] * len(micro)
+    masks = None
+    if obj.selective and obj.scope == "step":
+        if obj.needs_prepass:  # rank the whole step's tokens before any backward
+            with torch.no_grad():
+                for m, (idx, inputs, targets) in enumerate(micro):
+                    refs[m] = t.ref(idx, inputs, targets)
+                    excess[m] = t.losses(t.model, inputs, targets).float() - refs[m]
+        masks = obj.select([e if e is not None else v.float() for e, v in zip(excess, valids)], valids, gen)
+    for m, (idx, inputs, targets) in enumerate(micro):
+        with dist.grad_sync(t.fwd_model, m == len(micro) - 1):  # reduce gradients on the last micro-batch only
+            tl = t.losses(t.fwd_model, inputs, targets)
+            if obj.selective and excess[m] is None:
+                refs[m] = t.ref(idx, inputs, targets) if refs[m] is None else refs[m]
+                excess[m] = tl.detach() - refs[m]
+            mask = masks[m] if masks is not None else obj.select([excess[m]], [valids[m]], gen)[0]
+            obj.loss(tl, mask, denom).backward()
+        noise = None
+        if provenance is not None:
+            noise = torch.from_numpy(np.asarray(provenance[idx, 1:]) != 0).to(t.device, non_blocking=True)
+        t.metrics.add(tl.detach(), valids[m], mask, excess[m], noise)
+    grad_norm = torch.zeros((), device=t.device)
+    if cfg.grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in t.model.parameters() if p.requires_grad], cfg.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def train(cfg: TrainConfig, console: bool = True) -> dict:
     """Run training as configured; returns the run summary (also written to run.json)."""
-    ds = TokenDataset(cfg.data)
-    n_train = ds.num_windows("train")
-    out = Path(cfg.out)
     device = dist.local_device(resolve_device(cfg.device))
     dist.init(device)
     world, rank = dist.world_size(), dist.rank()
-    resume_from = prepare_run_dir(cfg)
-    scores, ref_model = _ref_source(cfg, ds, device)
-    model, base_path = _init_model(cfg, ds, out, device)
+    dist.agree(dist.check_parallel, cfg.parallel)
+    ds = dist.agree(TokenDataset, cfg.data)
+    n_train = ds.num_windows("train")
+    out = Path(cfg.out)
+    resume_from = dist.agree(prepare_run_dir, cfg, main_only=True)
+    ref = dist.agree(RefLosses, cfg, ds, device) if cfg.objective == "slm" else None
+    model, base_path = dist.agree(_init_model, cfg, ds, out, device)
+    fwd_model = dist.agree(dist.parallelize, model, device, cfg.parallel, cfg.compile, cfg.precision,
+                           cfg.activation_checkpointing)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     steps = total_steps(cfg, n_train, ds.seq_len, world)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + 1000003 * rank)
     step = 0
     if resume_from is not None:
-        step = restore_state(resume_from, model, optimizer, scheduler, generator)["step"]
+        step = restore_state(resume_from, model, optimizer, scheduler)["step"]
         if dist.is_main():
             truncate_metrics(out / "metrics.jsonl", step)
-    fwd_model = dist.parallelize(model, device, cfg.compile)
+    t = Trainer(cfg, ds, model, fwd_model, optimizer, scheduler, Objective.from_config(cfg, device), ref,
+                StepMetrics(device), device)
     order = WindowOrder(n_train, cfg.data_seed)
     prov = ds.provenance("train")
     slm = cfg.objective == "slm"
     has_val = "validation" in ds.splits() and ds.num_windows("validation") > 0
-    per_step = cfg.batch_size * cfg.grad_accum
-    tokens_per_step = per_step * world * ds.seq_len
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * world * ds.seq_len
     meta = {"dataset": str(Path(cfg.data).resolve()), "dataset_fingerprint": ds.fingerprint,
             "objective": cfg.objective, "strategy": cfg.strategy if slm else None, "ratio": cfg.ratio if slm else 1.0,
+            "selection_scope": cfg.selection_scope if slm else None,
             "lora": cfg.lora.r > 0, "base": str(Path(base_path).resolve()) if base_path else None}
 
     def save(step: int, final: bool = False) -> None:
+        sd, osd = dist.full_state_dict(model, optimizer)  # a collective under FSDP: every rank takes part
         if not dist.is_main():
             return
-        state = capture_state(step, optimizer, scheduler, generator, {"tokens": step * tokens_per_step})
+        state = capture_state(step, osd, scheduler, {"tokens": step * tokens_per_step})
+        info = {**meta, "step": step, "tokens": step * tokens_per_step}
         d = out / "checkpoints" / f"step_{step:06d}"
-        save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, {**meta, "step": step,
-                                                                        "tokens": step * tokens_per_step}, state)
+        sd = sd if dist.is_sharded(model) else None  # unsharded: the model saves its own parameters
+        save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, info, state, state_dict=sd)
         if final:
-            save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path,
-                                {**meta, "step": step, "tokens": step * tokens_per_step})
+            save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path, info, state_dict=sd)
 
     def log(row: dict) -> None:
         if dist.is_main():
@@ -169,67 +292,19 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
         log(row)
         return row
 
-    zero = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
-    acc = {k: zero() for k in ("loss_all", "n_all", "loss_sel", "n_sel", "ex_sum", "ex_sq", "ex_sel", "noise_sel", "noise_all")}
-    grad_norm = zero()
+    grad_norm = torch.zeros((), device=device)
     bar = tqdm(total=steps, initial=step, desc=f"train {cfg.objective}{'-' + cfg.strategy if slm else ''}",
                unit="step", disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)
     t_log, step_log, last_eval, paused = time.perf_counter(), step, None, 0.0
     fwd_model.train()
     while step < steps:
-        base_pos = step * per_step * world + rank * per_step
-        micro = []
-        for m in range(cfg.grad_accum):
-            idx = order.indices(base_pos + m * cfg.batch_size, cfg.batch_size)
-            inputs, targets = ds.batch("train", idx)
-            micro.append((idx, inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)))
-        # Denominator of the whole step (all micro-batches, all ranks), known before any forward.
-        counts = [(t != -100).sum() for _, _, t in micro]
-        denom = torch.stack([num_selected(c, cfg.ratio) if slm else c for c in counts]).sum().to(torch.float32)
-        denom = dist.all_reduce_sum(denom).clamp(min=1.0) / world  # DDP averages gradients over ranks
-        for m, (idx, inputs, targets) in enumerate(micro):
-            # DDP: reduce gradients only on the step's last micro-batch (one context for forward + backward).
-            sync = fwd_model.no_sync() if (world > 1 and m < cfg.grad_accum - 1) else contextlib.nullcontext()
-            with sync:
-                valid = targets != -100
-                vf = valid.to(torch.float32)  # masks multiply: boolean indexing would sync with the host
-                with autocast_ctx(device, cfg.precision):
-                    tl = model_token_losses(fwd_model, inputs, targets)
-                if slm:
-                    if scores is not None:
-                        ref = torch.from_numpy(np.asarray(scores[idx], dtype=np.float32)).to(device)
-                    else:
-                        with torch.no_grad(), autocast_ctx(device, cfg.precision):
-                            ref = model_token_losses(ref_model, inputs, targets)
-                    excess = tl.detach() - ref
-                    sel = select_tokens(excess, cfg.ratio, cfg.strategy, valid=valid, temperature=cfg.temperature,
-                                        generator=generator)
-                    acc["ex_sum"] += (excess * vf).sum()
-                    acc["ex_sq"] += (excess.square() * vf).sum()
-                    acc["ex_sel"] += (excess * sel).sum()
-                else:
-                    sel = valid
-                w = sel.to(tl.dtype)
-                ((tl * w).sum() / denom).backward()
-            tld = tl.detach()
-            acc["loss_all"] += (tld * vf).sum()
-            acc["n_all"] += valid.sum()
-            acc["loss_sel"] += (tld * w).sum()
-            acc["n_sel"] += sel.sum()
-            if prov is not None:
-                noise = torch.from_numpy(np.asarray(prov[idx, 1:]) != 0).to(device)
-                acc["noise_sel"] += (noise & sel).sum()
-                acc["noise_all"] += (noise & valid).sum()
-        if cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        idxs = step_windows(order, step, cfg.batch_size, cfg.grad_accum, world, rank)
+        grad_norm = train_step(t, step, [t.batch(i) for i in idxs], prov)
         step += 1
         bar.update(1)
         last = step == steps
         if step % cfg.log_every == 0 or last:
-            vals = {k: float(dist.all_reduce_sum(v.clone())) for k, v in acc.items()}  # the loop's only host sync
+            vals = t.metrics.reduce()
             dt = time.perf_counter() - t_log - paused  # eval and checkpoint time excluded
             n_all, n_sel = max(vals["n_all"], 1.0), max(vals["n_sel"], 1.0)
             row = {"type": "train", "step": step, "tokens": step * tokens_per_step,
@@ -248,7 +323,6 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
             if console and not cfg.progress and dist.is_main():
                 print(f"step {step}/{steps} loss {row['loss']:.4f} sel {row['loss_selected']:.4f} "
                       f"frac {row['selected_fraction']:.2f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s", flush=True)
-            acc = {k: zero() for k in acc}
             t_log, step_log, paused = time.perf_counter(), step, 0.0
         t_pause = time.perf_counter()
         if has_val and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
