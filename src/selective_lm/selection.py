@@ -1,7 +1,7 @@
 """Token selection for Selective Language Modeling.
 
 ``select_tokens`` picks exactly k = round(ratio × n_valid) positions (round half up, at least 1
-when any position is valid) among the valid ones of a whole batch:
+when any position is valid) among the valid ones of the tensor it is given:
 
 - ``topk``: the k highest scores (excess losses);
 - ``random``: k positions uniformly at random (the control);
@@ -48,7 +48,8 @@ def select_tokens(scores: torch.Tensor, ratio: float, strategy: str = "topk", *,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Boolean mask of the selected positions, same shape as ``scores``.
 
-    Selection runs over all valid positions of the tensor (the whole batch), as in the paper.
+    Selection runs over all valid positions of ``scores``. To select over a batch split across
+    micro-batches or ranks (as the paper's "tokens in a batch"), use :class:`selective_lm.objective.Objective`.
     """
     _check(scores, ratio, strategy, valid, temperature)
     flat = scores.detach().reshape(-1).float()
