@@ -90,3 +90,14 @@ def test_microstep_scope_with_accumulation_selects_per_micro_batch(tiny_data, re
                       ref_scores=str(reference / "scores"), batch_size=2, grad_accum=3, max_steps=2, log_every=1,
                       eval_windows=4, progress=False), console=False)
     assert len(calls) == 6 and all(int(c.sum()) == round(0.3 * c.numel()) for c in calls)
+
+
+def test_activation_checkpointing_gives_the_same_run(tiny_data, reference, tmp_path):
+    common = dict(data=str(tiny_data), model="tiny", objective="slm", ratio=0.5, ref_scores=str(reference / "scores"),
+                  batch_size=4, max_steps=3, warmup_steps=1, log_every=1, eval_windows=4, progress=False)
+    train(TrainConfig(out=str(tmp_path / "a"), **common), console=False)
+    train(TrainConfig(out=str(tmp_path / "b"), activation_checkpointing=True, **common), console=False)
+    wa = load_file(str(tmp_path / "a" / "final" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "final" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-5, msg=k)
