@@ -360,7 +360,7 @@ def test_bad_input_raises_user_error(tmp_path, shared_tok, case):
         prepare(c)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out" / "manifest.json").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary dirs left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.") and p.name != ".out.lock"]  # no temporaries
 
 
 def test_overwrite_and_interrupted_prepare(tmp_path, shared_tok, monkeypatch):
@@ -385,7 +385,7 @@ def test_overwrite_and_interrupted_prepare(tmp_path, shared_tok, monkeypatch):
     with pytest.raises(RuntimeError):
         prepare(cfg([src], tmp_path / "fresh", tokenizer=str(shared_tok), val_fraction=0.0))
     assert not (tmp_path / "fresh").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "ds"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["c", "ds"]
 
 
 # --------------------------------------------------------------------------- reader

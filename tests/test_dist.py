@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 import selective_lm.objective as objective_mod
 from selective_lm.config import EvalConfig, ScoreConfig, TrainConfig
 from selective_lm.evaluate import evaluate, load_token_losses
+from selective_lm.files import UserError
 from selective_lm.scoring import score
 from selective_lm.train import train
 
@@ -247,3 +248,23 @@ def test_torchrun_launch_of_python_m_selective_lm(tiny_data, tmp_path):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["tokens"] == 2 * 2 * 2 * 32
     bad = subprocess.run(cmd[:-1] + ["selection_scope=batch"], capture_output=True, text=True, timeout=300, env=env)
     assert bad.returncode != 0 and bad.stderr.count("slm: error: unknown selection_scope 'batch'") == 1
+
+
+def test_resume_under_another_world_size_with_the_same_global_batch(runs, tmp_path):
+    """A 2-rank FSDP run cut after its step-2 checkpoint and resumed by one DDP process with batch 2B."""
+    root, _, _ = runs
+    cut = tmp_path / "moved-run"  # a moved run directory resumes too
+    shutil.copytree(root / "multi" / "fsdp-topk-uncut", cut)
+    for p in (cut / "final", cut / "checkpoints" / "step_000004"):
+        shutil.rmtree(p)
+    (cut / "run.json").unlink()
+    from selective_lm.config import from_dict, load_yaml
+
+    saved = from_dict(TrainConfig, load_yaml(cut / "config.yaml"))
+    saved.out, saved.resume, saved.parallel = str(cut), True, "ddp"
+    saved.batch_size = 1  # 1 × 2 × 1 rank: not the 2 × 2 × 2 windows per step it ran with
+    with pytest.raises(UserError, match="windows per step"):
+        train(saved, console=False)
+    saved.batch_size = 4  # 4 × 2 × 1 rank = 2 × 2 × 2 ranks
+    train(saved, console=False)
+    _assert_close_weights(cut, root / "multi" / "fsdp-topk-uncut")

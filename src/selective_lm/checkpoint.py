@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,13 @@ import torch
 
 from . import dist
 from .config import TrainConfig, first_change
-from .files import UserError, atomic_write_text, read_json
+from .files import UserError, atomic_write_text, read_json, remove_stale_temporaries
 
 # Options that may differ between an interrupted run and its resumption.
-# A checkpoint holds full, name-keyed tensors, so the parallelism may change between the two.
+# A checkpoint holds full, name-keyed tensors, so the parallelism and the world size may change
+# between the two, as long as batch_size × grad_accum × ranks (the windows of a step) stays the same.
 RESUME_FREE_KEYS = {"resume", "overwrite", "progress", "log_every", "device", "parallel",
-                    "activation_checkpointing", "compile"}
+                    "activation_checkpointing", "compile", "batch_size", "grad_accum", "out"}
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
@@ -42,23 +44,42 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name.split("_")[1])
 
 
+def drop_auto_checkpoints(run_dir: str | Path, keep: Path) -> None:
+    """Delete the time-based checkpoints (``auto`` in their slm_meta.json) older than ``keep``."""
+    for d in checkpoint_dirs(run_dir):
+        meta = d / "slm_meta.json"
+        if d != keep and checkpoint_step(d) < checkpoint_step(keep) and meta.is_file() and read_json(meta).get("auto"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def is_finished(run_dir: str | Path) -> bool:
     f = Path(run_dir) / "run.json"
     return f.is_file() and read_json(f).get("status") == "complete"
 
 
-def prepare_run_dir(cfg: TrainConfig) -> Path | None:
-    """Apply the overwrite/resume rules; returns the checkpoint to resume from (or None)."""
+def latest_intact(ckpts: list[Path]) -> Path | None:
+    """The newest checkpoint whose files match its index; a damaged one is skipped with a warning."""
+    from .model import damaged_files
+
+    for d in reversed(ckpts):
+        bad = damaged_files(d)
+        if not bad:
+            return d
+        print(f"slm: warning: checkpoint {d} is damaged ({', '.join(bad[:3])} differ from its index.json): "
+              "using the previous one", file=sys.stderr, flush=True)
+    return None
+
+
+def prepare_run_dir(cfg: TrainConfig, dataset_fingerprint: str) -> Path | None:
+    """Apply the resume rules (rank 0, holding the run's lock); returns the checkpoint to resume from (or None).
+
+    Temporaries of a killed writer are removed first. ``--overwrite`` is handled by the caller
+    (:func:`selective_lm.files.replacing`): the old run is moved aside, so ``out`` starts empty.
+    """
     out = Path(cfg.out)
+    for d in (out, out / "checkpoints"):
+        remove_stale_temporaries(d)
     saved_cfg = out / "config.yaml"
-    if cfg.overwrite and out.exists() and not cfg.resume:
-        for name in ("run.json", "checkpoints", "final", "base", "metrics.jsonl", "config.yaml", "eval"):
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-        return None
     if is_finished(out):
         if cfg.resume:
             raise UserError(f"{out} holds a finished run: nothing to resume (pass --overwrite to train again)")
@@ -74,7 +95,14 @@ def prepare_run_dir(cfg: TrainConfig) -> Path | None:
         k, was, now = change
         raise UserError(f"cannot resume {out} with a changed config: {k} was {was!r}, now {now!r} "
                         "(use the original settings or start a new run with --overwrite)")
-    return ckpts[-1] if ckpts else None
+    ckpt = latest_intact(ckpts)
+    if ckpt is not None and (ckpt / "slm_meta.json").is_file():
+        fp = read_json(ckpt / "slm_meta.json").get("dataset_fingerprint")
+        if fp is not None and fp != dataset_fingerprint:
+            raise UserError(f"cannot resume {out}: dataset {cfg.data} was prepared again with other content since "
+                            "the run started (its fingerprint differs): re-prepare the original data or start over "
+                            "with --overwrite")
+    return ckpt
 
 
 def capture_state(step: int, optimizer_state: dict, scheduler, extra: dict | None = None) -> dict:
@@ -111,20 +139,35 @@ def _weights(ckpt: Path, model) -> dict:
 
 
 def restore_state(ckpt: Path, model, optimizer, scheduler) -> dict:
-    """Load weights and training state from a checkpoint directory in place (sharded or not); returns the state."""
-    state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
-    weights = _weights(ckpt, model)
+    """Load weights and training state from a checkpoint directory in place (sharded or not); returns the state.
+
+    Under FSDP only rank 0 reads the tensors and broadcasts them while they are sharded, so a node's
+    memory holds one copy, not one per rank (``training_state.pt`` is memory-mapped everywhere).
+    """
+    state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False, mmap=True)
+    sharded = dist.is_sharded(model)
+    reader = dist.is_main() or not sharded
     osd = state["optimizer"]
-    if hasattr(model, "peft_config"):
+    if osd.get("state") and all(isinstance(k, int) for k in osd["state"]):  # checkpoints of version 0.1 (by index)
+        if sharded:
+            raise UserError(f"checkpoint {ckpt} was written by selective-lm 0.1 (optimizer state by index): resume "
+                            "it with parallel=ddp")
+        weights = _weights(ckpt, model)
+        if hasattr(model, "peft_config"):
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, weights)
+        else:
+            dist.load_full_state_dict(model, weights)
+        optimizer.load_state_dict(osd)
+    elif hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, weights)
-        weights = None
-    if osd.get("state") and all(isinstance(k, int) for k in osd["state"]):  # checkpoints of version 0.1 (by index)
-        dist.load_full_state_dict(model, weights)
-        optimizer.load_state_dict(osd)
+        set_peft_model_state_dict(model, _weights(ckpt, model))
+        dist.load_full_state_dict(model, None, optimizer, osd)
     else:
-        dist.load_full_state_dict(model, weights, optimizer, osd)
+        dist.load_full_state_dict(model, _weights(ckpt, model) if reader else {}, optimizer, osd if reader else {},
+                                  from_rank0=sharded)
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     np.random.set_state(state["numpy_rng"])

@@ -6,6 +6,7 @@ process exits with code 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ from .files import UserError
 def _prepare(cfg: PrepareConfig) -> None:
     from .data import prepare
 
-    if dist.world_size() > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("`slm prepare` runs in one process: start it without torchrun (it is I/O bound), "
                         "then launch train/score/eval with torchrun")
     m = prepare(cfg)
@@ -37,8 +38,9 @@ def _train(cfg: TrainConfig) -> None:
     from .train import train
 
     s = train(cfg)
-    dist.print0(f"finished {s['steps']} steps ({s['tokens']} tokens): val loss {s['final_val_loss']:.4f} "
-          f"ppl {s['final_val_ppl']:.2f} -> {cfg.out}/final")
+    val = (f"val loss {s['final_val_loss']:.4f} ppl {s['final_val_ppl']:.2f}" if s["final_val_loss"] is not None
+           else "no validation split")
+    dist.print0(f"finished {s['steps']} steps ({s['tokens']} tokens): {val} -> {cfg.out}/final")
 
 
 def _eval(cfg: EvalConfig) -> None:
@@ -99,12 +101,19 @@ def main(argv: list[str] | None = None) -> int:
         fn(cfg)
         return 0
     except UserError as e:
-        if dist.is_main():  # under torchrun every rank raises the same error (dist.agree); rank 0 says it
-            print(f"slm: error: {e}", file=sys.stderr)
+        if dist.is_main() or not getattr(e, "agreed", False):  # an agreed error is raised by every rank: rank 0 says it
+            prefix = "" if dist.world_size() == 1 or dist.is_main() else f"rank {dist.rank()}: "
+            print(f"slm: error: {prefix}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slm: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, read-only or missing directories, permissions: the path and the problem
+        if dist.is_main():
+            where = f" {e.filename}" if e.filename else ""
+            print(f"slm: error:{where}: {e.strerror or e} (free space, fix the permissions or choose another "
+                  "output path, then run the same command again)", file=sys.stderr)
+        return 2
     except Exception as e:
         if not dist.peer_failure(e):
             raise

@@ -194,6 +194,10 @@ class TrainConfig:
     """Validation windows used by periodic evaluation (0 = all)."""
     ckpt_every: int = 0
     """Steps between checkpoints; 0 = only the final one."""
+    ckpt_minutes: float = 15.0
+    """Also save a resumable checkpoint when this many minutes passed since the last one (checked at log steps; it replaces the previous such checkpoint); 0 = off."""
+    max_nonfinite_steps: int = 0
+    """Optimizer steps with a non-finite loss or gradient norm that are skipped (weights and optimizer state left unchanged) before the run stops; 0 stops at the first one."""
     resume: bool = False
     """Continue from the latest checkpoint in `out` (the config must be unchanged)."""
     overwrite: bool = False
@@ -222,9 +226,17 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_tokens", "warmup_steps", "eval_every", "ckpt_every", "eval_windows"):
+        for name in ("max_steps", "max_tokens", "warmup_steps", "eval_every", "ckpt_every", "eval_windows",
+                     "ckpt_minutes", "max_nonfinite_steps", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise UserError(f"lr must be > 0, got {self.lr}: pick e.g. 3e-4")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.log_every < 1:
             raise UserError(f"log_every must be >= 1, got {self.log_every}")
         if self.objective == "slm" and not (self.ref_scores or self.ref_model):
@@ -275,8 +287,12 @@ class EvalConfig:
             raise UserError("nothing to evaluate: pass --data DIR [...] and/or --fewshot FILE")
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
-        if self.shots < 0:
-            raise UserError(f"shots must be >= 0, got {self.shots}")
+        for name in ("shots", "max_windows", "fewshot_limit"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 # --------------------------------------------------------------------------- validation

@@ -18,13 +18,14 @@ import hashlib
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import PrepareConfig
-from .files import UserError, atomic_dir, commit_dir, read_json, sha256_json, write_json
+from .files import DirLock, UserError, atomic_dir, commit_dir, read_json, remove_stale_temporaries, sha256_json, write_json
 from .sources import expand_inputs, iter_documents
 from .tokenizer import (EOS_TOKEN, copy_tokenizer, load_tokenizer, token_dtype,
                         tokenizer_fingerprint, train_tokenizer, train_tokenizer_from_inputs)
@@ -267,11 +268,17 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def prepare(cfg: PrepareConfig) -> dict:
     """Build the dataset directory ``cfg.out``; returns its manifest."""
-    from tqdm.auto import tqdm
-
     cfg.validate()
     out = Path(cfg.out)
-    _check_out(out, cfg.overwrite)
+    with DirLock(out, "dataset directory", inside=False):
+        remove_stale_temporaries(out.parent, prefix=f".{out.name}.")  # what a killed `slm prepare` left
+        _check_out(out, cfg.overwrite)
+        return _prepare(cfg, out)
+
+
+def _prepare(cfg: PrepareConfig, out: Path) -> dict:
+    from tqdm.auto import tqdm
+
     expand_inputs(cfg.inputs)  # fail fast on missing paths, before any progress bar
     if cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)  # fail fast, before reading the corpus
@@ -343,6 +350,10 @@ def prepare(cfg: PrepareConfig) -> dict:
             "text_field": cfg.text_field,
         }
         manifest["fingerprint"] = dataset_fingerprint(manifest)
+        total = sum(src.get("bytes", 0) for src in stats["sources"])
+        if total and stats["replaced_bytes"] > 0.01 * total:
+            print(f"slm: warning: {stats['replaced_bytes'] / total:.1%} of the input bytes were not valid UTF-8 and "
+                  "became U+FFFD: is some input binary or in another encoding?", file=sys.stderr, flush=True)
         write_json(tmp / "manifest.json", manifest)
         commit_dir(tmp, out)
     except BaseException:

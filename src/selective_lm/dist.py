@@ -25,11 +25,15 @@ def launched() -> bool:
 
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    if dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1")) if launched() else 1
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    if dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 def is_main() -> bool:
@@ -91,22 +95,23 @@ def agree(fn, *args, main_only: bool = False, **kwargs):
     instead of leaving the others waiting in a collective.
     """
     multi = dist.is_initialized() and dist.get_world_size() > 1
-    err, result = None, None
-    if not (main_only and multi and not is_main()):
+    if not multi:
+        return fn(*args, **kwargs)
+    err, result, own = None, None, None
+    if not (main_only and not is_main()):
         try:
             result = fn(*args, **kwargs)
-        except UserError as e:
-            err = str(e)
-    if not multi:
-        if err is not None:
-            raise UserError(err)
-        return result
+        except Exception as e:  # any failure, so the other ranks never wait for this one in a collective
+            own = e
+            err = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {first_line(e)}"
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, (err, result if main_only and is_main() else None))
     bad = [(r, e) for r, (e, _) in enumerate(gathered) if e is not None]
     if bad:
         r, e = bad[0]
-        raise UserError(e if r == rank() or r == 0 else f"{e} (on rank {r})")
+        if own is not None and not isinstance(own, UserError):
+            raise own  # the rank that failed shows its traceback
+        raise UserError(e if r == rank() or r == 0 else f"{e} (on rank {r})", agreed=True)
     return gathered[0][1] if main_only else result
 
 
@@ -126,6 +131,24 @@ def grad_sync(model, enabled: bool):
             model.set_requires_gradient_sync(True)
     else:
         yield
+
+
+def gathered_batches(starts: list[int], batch_size: int, n: int, compute):
+    """Share batches among the ranks and give every rank all results, in order, one round at a time.
+
+    Round j: rank r computes ``compute(starts[j·world + r])`` (a rank without a batch repeats the
+    round's first one, so FSDP ranks run the same forwards), the [rows, ...] results are padded to
+    ``batch_size`` rows and all-gathered. Yields (the round's starts, their results on the CPU,
+    trimmed to ``min(batch_size, n - start)`` rows).
+    """
+    world, me = world_size(), rank()
+    for j in range(0, len(starts), world):
+        round_starts = starts[j:j + world]
+        out = compute(round_starts[me] if me < len(round_starts) else round_starts[0]).float()
+        if out.shape[0] < batch_size:
+            out = torch.cat([out, out.new_zeros((batch_size - out.shape[0], *out.shape[1:]))])
+        rows = all_gather_cat(out.unsqueeze(0)).cpu()  # [world, batch_size, ...]
+        yield round_starts, [rows[k, :min(batch_size, n - s)] for k, s in enumerate(round_starts)]
 
 
 # --------------------------------------------------------------------------- parallelism
@@ -196,7 +219,11 @@ def parallelize(model, device: torch.device, parallel: str = "ddp", compile: boo
     sharded in place (its parameters become DTensors) and is also the module to run.
     """
     if activation_checkpointing:
-        unwrap_hf(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf, kwargs = unwrap_hf(model), {"use_reentrant": False}
+        if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if parallel == "fsdp":
         _fully_shard(model, device, precision)
         return torch.compile(model) if compile else model
@@ -238,12 +265,14 @@ def full_state_dict(model, optimizer=None) -> tuple[dict, dict | None]:
     return sd, osd
 
 
-def load_full_state_dict(model, sd: dict | None, optimizer=None, osd: dict | None = None) -> None:
-    """Load full (unsharded, name-keyed) state dicts into a possibly sharded model and its optimizer."""
+def load_full_state_dict(model, sd: dict | None, optimizer=None, osd: dict | None = None,
+                         from_rank0: bool = False) -> None:
+    """Load full (unsharded, name-keyed) state dicts into a possibly sharded model and its optimizer;
+    with ``from_rank0`` only rank 0 passes tensors (the others pass empty dicts) and it broadcasts them."""
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                          set_optimizer_state_dict)
 
-    opts = StateDictOptions(full_state_dict=True, strict=False)
+    opts = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=from_rank0)
     if sd is not None:
         set_model_state_dict(model, sd, options=opts)
     if optimizer is not None and osd is not None:

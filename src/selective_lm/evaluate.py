@@ -25,29 +25,31 @@ def dataset_token_losses(model, ds: TokenDataset, split: str = "validation", max
     """Per-token losses [windows, seq_len] (float32) of the first ``max_windows`` windows of a split.
 
     Under torchrun the batches are dealt round-robin to the ranks (every rank runs the same number of
-    forwards, as FSDP needs) and the rows are summed across ranks: every rank returns the array a
-    single process computes, batch for batch.
+    forwards, as FSDP needs) and each round's rows are all-gathered to the host: every rank returns
+    the array a single process computes, batch for batch, and no device holds more than one round.
     """
     device = torch.device(device)
     n = ds.num_windows(split)
     n = min(n, max_windows) if max_windows else n
-    world, rank = dist.world_size(), dist.rank()
-    starts = list(range(0, n, batch_size))
-    rounds = -(-len(starts) // world)
-    out = torch.zeros((n, ds.seq_len), dtype=torch.float32, device=device if world > 1 else "cpu")
+    out = np.zeros((n, ds.seq_len), dtype=np.float32)
     was_training = model.training
     model.eval()
+
+    def losses_of(start: int) -> torch.Tensor:
+        inputs, targets = ds.batch(split, np.arange(start, min(start + batch_size, n)))
+        return model_token_losses(model, inputs.to(device), targets.to(device))
+
     with autocast_ctx(device, precision):
-        for r in tqdm(range(rounds), desc=f"eval {split}", disable=not progress, leave=False):
-            b = r * world + rank
-            start = starts[min(b, len(starts) - 1)]  # a rank without a batch this round repeats the last one
-            idx = np.arange(start, min(start + batch_size, n))
-            inputs, targets = ds.batch(split, idx)
-            losses = model_token_losses(model, inputs.to(device), targets.to(device)).float()
-            if b < len(starts):
-                out[start:start + len(idx)] = losses.to(out.device)
+        batches = dist.gathered_batches(list(range(0, n, batch_size)), batch_size, n, losses_of)
+        for starts, rows in tqdm(batches, desc=f"eval {split}", disable=not progress, leave=False):
+            for start, r in zip(starts, rows):
+                out[start:start + len(r)] = r.numpy()
     model.train(was_training)
-    return dist.all_reduce_sum(out).cpu().numpy()
+    result = out
+    if not np.isfinite(result).all():
+        raise UserError(f"the model gives non-finite losses on {ds.path} ({split}): it has diverged; "
+                        "evaluate an earlier checkpoint", agreed=True)
+    return result
 
 
 def loss_summary(losses: np.ndarray) -> dict:
@@ -90,6 +92,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 raise UserError(f"{p}:{i} is not valid JSON: fix or remove that line") from None
+    return rows
+
+
+def check_rows(rows: list[dict], path: str | Path, keys: tuple[str, ...]) -> list[dict]:
+    """Refuse few-shot rows without the keys the prompts need (one line naming the first bad row)."""
+    for i, row in enumerate(rows, 1):
+        missing = [k for k in keys if not isinstance(row, dict) or row.get(k) is None]
+        if missing:
+            raise UserError(f"{path}: row {i} has no {', '.join(missing)}: every row needs {', '.join(keys)}")
     return rows
 
 
@@ -200,10 +211,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.fewshot:
         from transformers import AutoTokenizer
 
-        questions = read_jsonl(cfg.fewshot)
+        questions = check_rows(read_jsonl(cfg.fewshot), cfg.fewshot, ("question", "answer"))
         if cfg.fewshot_limit:
             questions = questions[:cfg.fewshot_limit]
-        exemplars = read_jsonl(cfg.exemplars) if cfg.exemplars else []
+        exemplars = check_rows(read_jsonl(cfg.exemplars), cfg.exemplars, ("question", "solution", "answer")) \
+            if cfg.exemplars else []
         tok_dir = cfg.model if (Path(cfg.model) / "tokenizer.json").is_file() else (datasets[0].tokenizer_dir if datasets else None)
         if tok_dir is None:
             raise UserError(f"no tokenizer in {cfg.model}: pass --data DIR so its tokenizer is used")

@@ -6,8 +6,10 @@ kill never leaves a file that looks complete.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -16,7 +18,14 @@ from typing import Any
 
 
 class UserError(Exception):
-    """Bad input from the user. The CLI prints it as one line and exits with code 2."""
+    """Bad input from the user. The CLI prints it as one line and exits with code 2.
+
+    ``agreed``: every rank of a distributed run raises this same error, so only rank 0 prints it.
+    """
+
+    def __init__(self, message: str, *, agreed: bool = False):
+        super().__init__(message)
+        self.agreed = agreed
 
 
 def _umask() -> int:
@@ -53,9 +62,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None: JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def json_line(obj: Any) -> str:
+    """One line of strict JSON (non-finite floats become null)."""
+    return json.dumps(finite_json(obj), allow_nan=False, default=str)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Write ``obj`` as indented, strict JSON to ``path`` atomically (non-finite floats become null)."""
+    atomic_write_text(path, json.dumps(finite_json(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -83,6 +108,85 @@ def commit_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+class DirLock:
+    """An exclusive lock on an output directory, held for the life of one writer (``fcntl.flock``).
+
+    The lock file is ``.slm.lock`` inside the directory (``inside=True``) or ``.NAME.lock`` beside it
+    (for outputs that are built elsewhere and moved into place). A second writer gets a one-line
+    error naming the holder's PID; the OS releases the lock when its holder exits, even after kill -9.
+    """
+
+    def __init__(self, directory: str | os.PathLike, what: str = "output directory", inside: bool = True):
+        d = Path(directory)
+        self.path = d / ".slm.lock" if inside else d.parent / f".{d.name}.lock"
+        self.directory, self.what, self.fd = d, what, None
+
+    def __enter__(self) -> DirLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{self.what} {self.directory} is in use by another slm process (pid {holder}): "
+                            "wait for it to finish or stop it, or choose another output") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, prefix: str = ".") -> list[Path]:
+    """Delete the temporary files and directories a killed writer left in ``directory``
+    (``.NAME.XXXX.tmp`` from :func:`atomic_dir` / :func:`atomic_write_bytes`, ``.NAME.old`` from
+    :func:`commit_dir`). Call it only while holding the directory's :class:`DirLock`."""
+    d = Path(directory)
+    removed = []
+    if not d.is_dir():
+        return removed
+    for p in d.iterdir():
+        if p.name.startswith(prefix) and (p.name.endswith(".tmp") or p.name.endswith(".old")):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def replacing(out: str | os.PathLike, overwrite: bool, is_complete):
+    """``--overwrite`` that loses nothing: the old output is moved aside to ``.NAME.replaced`` and
+    deleted only once the new one is complete; if the new one fails, the old one comes back. A kill
+    leaves the pair behind, and the next writer resolves it: a complete new output wins, otherwise
+    the old one is restored."""
+    out = Path(out)
+    old = out.parent / f".{out.name}.replaced"
+    if old.exists():
+        if out.exists() and is_complete(out):
+            shutil.rmtree(old)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(old, out)
+    moved = overwrite and out.exists()
+    if moved:
+        os.replace(out, old)
+    try:
+        yield
+    except BaseException:
+        if moved and old.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(old, out)
+        raise
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -72,7 +72,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
     """Per-position CE of ``hidden @ weight.T`` computed chunk by chunk; logits recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk, dtype):
+    def forward(ctx, hidden, weight, targets, chunk, dtype, sparse):
         n = hidden.shape[0]
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
@@ -86,7 +86,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 # log-sum-exp for the backward: loss + target logit (ignored targets get no gradient)
                 lse[i:i + chunk] = loss + logits.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk, ctx.dtype = chunk, dtype
+        ctx.chunk, ctx.dtype, ctx.sparse = chunk, dtype, sparse
         return losses
 
     @staticmethod
@@ -97,7 +97,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         g = grad_losses.float() * (targets != IGNORE_INDEX)
         # Only positions with a non-zero upstream gradient (SLM's selected tokens) need any work:
         # one nonzero() per micro-batch (a host sync on GPU) buys skipping (1 - ratio) of the head's backward.
-        rows = g.nonzero().squeeze(1)
+        rows = g.nonzero().squeeze(1) if ctx.sparse else torch.arange(g.numel(), device=g.device)
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         w = weight.to(dtype)
@@ -105,7 +105,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
             for i in range(0, rows.numel(), chunk):
                 r = rows[i:i + chunk]
                 h = hidden.index_select(0, r).to(dtype)
-                t = targets.index_select(0, r)
+                t = targets.index_select(0, r).clamp(min=0)  # ignored positions: g is 0 there
                 p = torch.exp(F.linear(h, w).float() - lse.index_select(0, r).unsqueeze(1))
                 p.scatter_add_(1, t.unsqueeze(1), torch.full_like(p[:, :1], -1.0))
                 p.mul_(g.index_select(0, r).unsqueeze(1))
@@ -114,22 +114,25 @@ class _HeadCrossEntropy(torch.autograd.Function):
                     grad_h.index_copy_(0, r, (p @ w).to(hidden.dtype))
                 if need_w:
                     grad_w += (p.t() @ h).float()
-        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None, None
 
 
 def head_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                      chunk: int = 0) -> torch.Tensor:
+                      chunk: int = 0, sparse_backward: bool = False) -> torch.Tensor:
     """Per-token losses [B, T] of ``logits = hidden @ weight.T`` without materialising the logits.
 
     ``hidden`` is [B, T, H] (the model's last hidden states), ``weight`` the output head [V, H],
     ``targets`` [B, T] aligned with ``hidden`` (-100 ignored). Values and gradients equal
     ``token_losses(hidden @ weight.T, targets)`` to floating-point tolerance; under autocast the
     matmuls run in the autocast dtype and the softmax in float32. ``chunk`` = positions per chunk
-    (0: about 2M logits per chunk on CPU, 64M on GPU).
+    (0: about 2M logits per chunk on CPU, 64M on GPU). ``sparse_backward`` skips the positions whose
+    upstream gradient is zero in backward (one ``nonzero``, a host sync on GPU); off, every position
+    is processed and nothing syncs (CLM, ratio 1).
     """
     if hidden.dim() != 3 or targets.shape != hidden.shape[:2]:
         raise ValueError(f"hidden must be [B, T, H] and targets [B, T]; got {tuple(hidden.shape)} and {tuple(targets.shape)}")
     B, T, H = hidden.shape
     c = _chunk_positions(B * T, weight.shape[0], hidden.device, chunk)
-    out = _HeadCrossEntropy.apply(hidden.reshape(B * T, H), weight, targets.reshape(B * T), c, _compute_dtype(hidden))
+    out = _HeadCrossEntropy.apply(hidden.reshape(B * T, H), weight, targets.reshape(B * T), c, _compute_dtype(hidden),
+                                  sparse_backward)
     return out.view(B, T)

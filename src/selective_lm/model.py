@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .config import LoraConfig
-from .files import UserError, atomic_dir, commit_dir, write_json
+from .files import UserError, atomic_dir, commit_dir, sha256_file, write_json
 from .loss import token_losses
 
 # Named shapes. vocab_size and max_position_embeddings come from the dataset at build time.
@@ -90,25 +90,38 @@ def load_model(path: str | Path, device: torch.device | str = "cpu"):
     p = Path(path)
     if not is_checkpoint(p):
         raise UserError(f"not a model checkpoint: {p} (expected a directory with config.json or adapter_config.json)")
-    if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
-        from peft import PeftModel
+    if bad := damaged_files(p):
+        raise UserError(f"checkpoint {p} is damaged ({', '.join(bad[:3])} differ from its index.json): "
+                        "use another checkpoint")
+    try:
+        if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
+            from peft import PeftModel
 
-        base = Path(json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"])
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, p).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+            base = Path(json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"])
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+            model = PeftModel.from_pretrained(model, p).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # safetensors' errors are among these
+        raise UserError(f"cannot load checkpoint {p} ({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}): "
+                        "it is incomplete or damaged; use another checkpoint") from None
     return model.to(device)
 
 
-def apply_lora(model, lora: LoraConfig):
-    """Wrap ``model`` with PEFT LoRA adapters (only adapter weights train)."""
+def apply_lora(model, lora: LoraConfig, seed: int = 0):
+    """Wrap ``model`` with PEFT LoRA adapters (only adapter weights train), initialised from ``seed``."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                          target_modules=list(lora.targets), bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return get_peft_model(model, cfg)
+        except ValueError as e:
+            raise UserError(f"LoRA targets {', '.join(lora.targets)} do not fit this model "
+                            f"({str(e).splitlines()[0][:160]}): set lora.targets to its module names") from None
 
 
 def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None = None,
@@ -141,11 +154,39 @@ def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None
             write_json(tmp / "slm_meta.json", meta)
         if state is not None:
             torch.save(state, tmp / "training_state.pt")
+        write_index(tmp)
         commit_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+INDEX_FILE = "index.json"
+
+
+def write_index(directory: Path) -> None:
+    """Size and sha256 of every file of a checkpoint directory, written last (the directory's seal)."""
+    files = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
+             for f in sorted(directory.iterdir()) if f.is_file() and f.name != INDEX_FILE}
+    write_json(directory / INDEX_FILE, {"files": files})
+
+
+def damaged_files(directory: str | Path) -> list[str]:
+    """Files of a checkpoint that are missing or differ from its index (empty: intact; no index: not checked)."""
+    d = Path(directory)
+    if not (d / INDEX_FILE).is_file():
+        return []
+    try:
+        files = json.loads((d / INDEX_FILE).read_text())["files"]
+    except (ValueError, KeyError):
+        return [INDEX_FILE]
+    bad = []
+    for name, meta in files.items():
+        f = d / name
+        if not f.is_file() or f.stat().st_size != meta["size"] or sha256_file(f) != meta["sha256"]:
+            bad.append(name)
+    return bad
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -166,22 +207,40 @@ def model_fingerprint(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def checkpoint_config(path: str | Path) -> dict:
+    """The model config.json of a checkpoint directory (the base's for a LoRA adapter)."""
+    p = Path(path)
+    cfg_dir = p
+    if not (p / "config.json").is_file() and (p / "adapter_config.json").is_file():
+        cfg_dir = Path(json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"])
+    try:
+        cfg = json.loads((cfg_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {cfg_dir / 'config.json'} ({e.__class__.__name__}) for checkpoint {p}: "
+                        "it is incomplete or its base model moved") from None
+    return cfg.get("text_config", cfg) if "vocab_size" not in cfg else cfg
+
+
 def checkpoint_vocab(path: str | Path) -> tuple[int, str | None]:
     """(vocab_size, tokenizer fingerprint or None) of a checkpoint directory."""
     from .data import tokenizer_fingerprint
 
     p = Path(path)
-    cfg_dir = p
-    if not (p / "config.json").is_file() and (p / "adapter_config.json").is_file():
-        cfg_dir = Path(json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"])
-    vocab = json.loads((cfg_dir / "config.json").read_text())["vocab_size"]
     fp = tokenizer_fingerprint(p) if (p / "tokenizer.json").is_file() else None
-    return int(vocab), fp
+    return int(checkpoint_config(p)["vocab_size"]), fp
 
 
 def check_compatible(path: str | Path, dataset, role: str = "model") -> None:
-    """Refuse a checkpoint whose vocabulary differs from the dataset's tokenizer."""
+    """Refuse a checkpoint that is not one, whose vocabulary differs from the dataset's tokenizer or
+    whose positions are fewer than the dataset's windows."""
+    if not is_checkpoint(path):
+        raise UserError(f"{role} {path} is not a checkpoint directory (no config.json or adapter_config.json there): "
+                        "pass a run's final/ or checkpoint directory, or a local HF model directory")
     vocab, fp = checkpoint_vocab(path)
+    positions = checkpoint_config(path).get("max_position_embeddings")
+    if positions is not None and positions < dataset.seq_len:
+        raise UserError(f"{role} {path} handles {positions} positions but dataset {dataset.path} has windows of "
+                        f"{dataset.seq_len} tokens: prepare the data with --seq-len {positions} or less")
     if fp is not None and fp != dataset.manifest["tokenizer_fingerprint"]:
         raise UserError(f"{role} {path} was trained with a different tokenizer than dataset {dataset.path}: "
                         "prepare the data with that model's tokenizer (tokenizer=DIR) or use a matching model")
@@ -206,11 +265,15 @@ def _head_bypassed(hf_model):
     gathered through backward), torch.compile and PEFT wrappers run unchanged around it.
     """
     head = hf_model.get_output_embeddings()
+    own = head.__dict__.get("forward")  # a forward set on the instance (hooks, patches) comes back afterwards
     head.forward = _identity
     try:
         yield head
     finally:
-        del head.forward
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
 
 
 def supports_chunked_head(model) -> bool:
@@ -222,13 +285,16 @@ def supports_chunked_head(model) -> bool:
             and isinstance(head, torch.nn.Linear) and head.bias is None)
 
 
-def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunked: bool = True) -> torch.Tensor:
+def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunked: bool = True,
+                       sparse_backward: bool = False) -> torch.Tensor:
     """Per-token losses [B, T] of a causal LM on aligned (inputs, targets); ``model`` may be wrapped
     (DDP, FSDP2, torch.compile, PEFT).
 
     For architectures whose logits are ``lm_head(hidden)`` the loss comes from
     :func:`~selective_lm.loss.head_token_losses`: the [B·T, vocab] logits are never materialised,
-    with or without autograd. Other architectures (or ``chunked=False``) take the plain path.
+    with or without autograd. Other architectures (or ``chunked=False``) take the plain path. With
+    ``sparse_backward`` the head's backward skips positions whose gradient is zero (SLM's
+    unselected tokens) at the price of one host sync per call.
     """
     from .dist import unwrap_hf
     from .loss import head_token_losses
@@ -236,7 +302,7 @@ def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunk
     if chunked and supports_chunked_head(model):
         with _head_bypassed(unwrap_hf(model)) as head:
             hidden = model(input_ids=inputs, use_cache=False).logits
-        return head_token_losses(hidden, head.weight, targets)
+        return head_token_losses(hidden, head.weight, targets, sparse_backward=sparse_backward)
     logits = model(input_ids=inputs, use_cache=False).logits
     return token_losses(logits, targets)
 

@@ -54,7 +54,8 @@ class Objective:
         if not self.selective or self.strategy == "topk":
             return None
         s = int(np.random.SeedSequence([self.seed, step, 0x534C4D]).generate_state(1, np.uint64)[0] >> 1)
-        return torch.Generator(device=self.device).manual_seed(s)
+        # drawn on the CPU and copied: a CUDA generator's stream depends on the GPU model (its SM count)
+        return torch.Generator(device="cpu").manual_seed(s)
 
     def denominator(self, valids: list[torch.Tensor]) -> torch.Tensor:
         """Selected tokens of the whole step over all ranks, divided by the world size (DDP and FSDP

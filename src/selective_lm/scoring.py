@@ -11,6 +11,7 @@ the final name, so it never looks complete.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from . import dist
 from .config import ScoreConfig
 from .data import TokenDataset
-from .files import UserError, read_json, write_json
+from .files import DirLock, UserError, read_json, sha256_file, write_json
 from .model import autocast_ctx, check_compatible, load_model, model_fingerprint, model_token_losses, resolve_device
 
 SCORES_FILE = "ref_losses.bin"
@@ -47,21 +48,18 @@ def _open_partial(cfg: ScoreConfig, ds: TokenDataset, ident: dict) -> int:
     the windows already done (a resumed job skips them)."""
     out = Path(cfg.out)
     n = ds.num_windows(cfg.split)
-    manifest_path = out / "manifest.json"
-    if manifest_path.is_file():
-        if not cfg.overwrite:
-            raise UserError(f"{out} already holds finished scores: pass --overwrite to recompute them")
-        manifest_path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    if (out / "manifest.json").is_file() and not cfg.overwrite:
+        raise UserError(f"{out} already holds finished scores: pass --overwrite to recompute them")
+    out.mkdir(parents=True, exist_ok=True)  # finished scores stay in place until the new ones are complete
     partial, done_path, progress_path = out / (SCORES_FILE + ".partial"), out / DONE_FILE, out / "progress.json"
-    (out / SCORES_FILE).unlink(missing_ok=True)
     resumable = (partial.is_file() and done_path.is_file() and progress_path.is_file()
                  and read_json(progress_path).get("identity") == ident and done_path.stat().st_size == n)
     if not resumable:
         for f in (partial, done_path, progress_path):
             f.unlink(missing_ok=True)
-        np.memmap(partial, dtype=np.float16, mode="w+", shape=(n, ds.seq_len)).flush()
-        np.memmap(done_path, dtype=np.uint8, mode="w+", shape=(n,)).flush()
+        for f, size in ((partial, n * ds.seq_len * 2), (done_path, n)):
+            with open(f, "wb") as fh:  # allocated now: a full disk is an error here, not a SIGBUS mid-run
+                os.posix_fallocate(fh.fileno(), 0, max(size, 1))
         write_json(progress_path, {"identity": ident})
     return int(np.count_nonzero(np.memmap(done_path, dtype=np.uint8, mode="r", shape=(n,))))
 
@@ -75,7 +73,6 @@ def score(cfg: ScoreConfig) -> dict:
     """
     device = dist.local_device(resolve_device(cfg.device))
     dist.init(device)
-    world, rank = dist.world_size(), dist.rank()
 
     def check() -> tuple[TokenDataset, dict]:
         ds = TokenDataset(cfg.data)
@@ -83,39 +80,62 @@ def score(cfg: ScoreConfig) -> dict:
         return ds, _identity(ds, cfg.split, cfg.model)
 
     ds, ident = dist.agree(check)
+    with contextlib.ExitStack() as stack:
+        def hold() -> None:
+            if dist.is_main():
+                stack.enter_context(DirLock(cfg.out, "scores directory", inside=False))
+
+        dist.agree(hold)
+        return _score(cfg, ds, ident, device)
+
+
+def _todo_batches(cfg: ScoreConfig, n: int) -> list[int]:
+    """Rank 0: start windows of the batches not yet marked done."""
+    done = np.memmap(Path(cfg.out) / DONE_FILE, dtype=np.uint8, mode="r", shape=(n,))
+    return [s for s in range(0, n, cfg.batch_size) if not done[s:s + cfg.batch_size].all()]
+
+
+def _score(cfg: ScoreConfig, ds: TokenDataset, ident: dict, device: torch.device) -> dict:
     n = ds.num_windows(cfg.split)
     out = Path(cfg.out)
     already = dist.agree(_open_partial, cfg, ds, ident, main_only=True)
-    partial, done_path = out / (SCORES_FILE + ".partial"), out / DONE_FILE
-    scores = np.memmap(partial, dtype=np.float16, mode="r+", shape=(n, ds.seq_len))
-    done = np.memmap(done_path, dtype=np.uint8, mode="r+", shape=(n,))
-
+    todo = dist.agree(_todo_batches, cfg, n, main_only=True)
+    writer = dist.is_main()  # rank 0 writes every row: one writer, whatever the filesystem
+    if writer:
+        scores = np.memmap(out / (SCORES_FILE + ".partial"), dtype=np.float16, mode="r+", shape=(n, ds.seq_len))
+        done = np.memmap(out / DONE_FILE, dtype=np.uint8, mode="r+", shape=(n,))
     model = load_model(cfg.model, device).eval()
     t0 = last_flush = time.perf_counter()
-    mine = [s for b, s in enumerate(range(0, n, cfg.batch_size)) if b % world == rank]
     bar = tqdm(total=n * ds.seq_len, initial=already * ds.seq_len, unit="tok", unit_scale=True,
-               desc=f"score {Path(cfg.data).name}", disable=not (cfg.progress and dist.is_main()))
+               desc=f"score {Path(cfg.data).name}", disable=not (cfg.progress and writer))
     pending: list[tuple[int, int]] = []
+
+    def losses_of(start: int) -> torch.Tensor:
+        inputs, targets = ds.batch(cfg.split, np.arange(start, min(start + cfg.batch_size, n)))
+        return model_token_losses(model, inputs.to(device), targets.to(device))
+
     with torch.inference_mode(), autocast_ctx(device, cfg.precision):
-        for start in mine:
-            stop = min(start + cfg.batch_size, n)
-            if done[start:stop].all():
-                continue
-            inputs, targets = ds.batch(cfg.split, np.arange(start, stop))
-            losses = model_token_losses(model, inputs.to(device), targets.to(device))
-            scores[start:stop] = losses.to("cpu", torch.float16).numpy()
-            pending.append((start, stop))
-            bar.update((stop - start) * ds.seq_len * world)
-            if time.perf_counter() - last_flush > FLUSH_EVERY_S:
+        for starts, rows in dist.gathered_batches(todo, cfg.batch_size, n, losses_of):
+            for start, r in zip(starts, rows):
+                stop = min(start + cfg.batch_size, n)
+                r = r.to(torch.float16).numpy()
+                if not np.isfinite(r).all():
+                    raise UserError(f"reference model {cfg.model} gives non-finite losses on windows {start}-"
+                                    f"{stop - 1}: it is broken (e.g. a diverged run); score with a healthy checkpoint",
+                                    agreed=True)  # every rank holds every row, so every rank raises it
+                if writer:
+                    scores[start:stop] = r
+                    pending.append((start, stop))
+                bar.update((stop - start) * ds.seq_len)
+            if writer and time.perf_counter() - last_flush > FLUSH_EVERY_S:
                 _mark_done(scores, done, pending)
                 last_flush = time.perf_counter()
-    _mark_done(scores, done, pending)
+    if writer:
+        _mark_done(scores, done, pending)
+        del scores, done
     bar.close()
     elapsed = time.perf_counter() - t0
-    del scores, done
-    dist.barrier()
     manifest = dist.agree(_finish, cfg, ds, ident, elapsed, main_only=True)
-    dist.barrier()
     return manifest
 
 
@@ -138,6 +158,8 @@ def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float) -> 
         raise UserError(f"{missing} windows of {out} were not scored (a rank stopped early?): run the same "
                         "`slm score` command again to finish them")
     total_nats = float(np.memmap(partial, dtype=np.float16, mode="r", shape=(n, ds.seq_len)).astype(np.float64).sum())
+    digest = sha256_file(partial)
+    (out / "manifest.json").unlink(missing_ok=True)  # --overwrite: the old scores end here, the new ones are complete
     os.replace(partial, final)
     done_path.unlink(missing_ok=True)
     (out / "progress.json").unlink(missing_ok=True)
@@ -148,6 +170,7 @@ def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float) -> 
         "file": SCORES_FILE,
         "dtype": "float16",
         "shape": [n, ds.seq_len],
+        "sha256": digest,
         "dataset": str(Path(cfg.data).resolve()),
         "model": str(Path(cfg.model).resolve()),
         "mean_loss": total_nats / max(1, n * ds.seq_len),
@@ -180,4 +203,6 @@ def load_scores(path: str | Path, ds: TokenDataset, split: str = "train") -> np.
     expected = m["windows"] * m["seq_len"] * 2
     if not f.is_file() or f.stat().st_size != expected:
         raise UserError(f"{f} is missing or truncated ({expected} bytes expected): {fix}")
+    if m.get("sha256") and sha256_file(f) != m["sha256"]:  # the completion record covers every byte
+        raise UserError(f"{f} changed after `slm score` finished it (sha256 differs from its manifest): {fix}")
     return np.memmap(f, dtype=np.float16, mode="r", shape=(m["windows"], m["seq_len"]))

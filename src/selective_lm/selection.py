@@ -39,7 +39,8 @@ def _check(scores: torch.Tensor, ratio: float, strategy: str, valid: torch.Tenso
 
 def _uniform(shape: torch.Size, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
     if generator is not None and generator.device.type != device.type:
-        return torch.rand(shape, generator=generator, dtype=torch.float32).to(device)
+        u = torch.rand(shape, generator=generator, dtype=torch.float32)
+        return u.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else u.to(device)
     return torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
 
 

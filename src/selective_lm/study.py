@@ -186,14 +186,8 @@ class Study:
 
     # config identity -----------------------------------------------------------------------
     def check_dir(self) -> None:
-        saved = self.p("study.yaml")
-        if self.cfg.overwrite and self.root.exists():
-            import shutil
-
-            for name in ("index.json", "report", "evals", "runs", "scores", "data", "tokenizer", "study.yaml"):
-                t = self.p(name)
-                shutil.rmtree(t) if t.is_dir() else t.unlink(missing_ok=True)
-        elif saved.is_file() and (change := first_change(self.cfg, saved, FREE_KEYS)):
+        saved = self.p("study.yaml")  # (--overwrite moved an earlier study aside: see run_study)
+        if saved.is_file() and (change := first_change(self.cfg, saved, FREE_KEYS)):
             k, was, now = change
             raise UserError(f"{self.root} was made with {k}={was!r}, now {now!r}: "
                             "use another --out or pass --overwrite to start over")
@@ -264,7 +258,14 @@ def _fmt(seconds: float) -> str:
 
 
 def run_study(cfg: StudyConfig) -> Path:
-    return Study(cfg).run()
+    """Run (or resume) the study, holding its directory's lock; ``--overwrite`` deletes the earlier
+    study only once the new report exists (a failed new study brings the old one back)."""
+    from .files import DirLock, replacing
+
+    root = Path(cfg.out)
+    with DirLock(root, "study directory", inside=False), \
+            replacing(root, cfg.overwrite, lambda p: (p / "report" / "report.md").is_file()):
+        return Study(cfg).run()
 
 
 __all__ = ["Stage", "Study", "StudyConfig", "run_study"]

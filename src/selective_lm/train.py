@@ -13,8 +13,7 @@ One readable loop around :func:`train_step`, one optimizer step:
 """
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -24,15 +23,16 @@ import torch
 from tqdm.auto import tqdm
 
 from . import dist
-from .checkpoint import capture_state, checkpoint_dirs, checkpoint_step, prepare_run_dir, restore_state, truncate_metrics
+from .checkpoint import (capture_state, checkpoint_dirs, checkpoint_step, drop_auto_checkpoints, is_finished,
+                         prepare_run_dir, restore_state, truncate_metrics)
 from .config import TrainConfig, save_config
 from .data import TokenDataset
 from .evaluate import dataset_token_losses, loss_summary
-from .files import UserError, write_json
-from .model import (PRESETS, apply_lora, autocast_ctx, build_model, check_compatible, count_parameters,
-                    is_checkpoint, load_model, model_token_losses, resolve_device, save_checkpoint_dir)
+from .files import DirLock, UserError, json_line, replacing, write_json
+from .model import (PRESETS, apply_lora, build_model, check_compatible, count_parameters, is_checkpoint, load_model,
+                    resolve_device, save_checkpoint_dir)
 from .objective import Objective
-from .scoring import load_scores
+from .step import RefLosses, StepMetrics, Trainer, train_step
 
 
 class WindowOrder:
@@ -68,7 +68,8 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    # fused: one kernel per step, and it skips the update when train_step flags a non-finite gradient
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
 def total_steps(cfg: TrainConfig, n_windows: int, seq_len: int, world: int = 1) -> int:
@@ -96,8 +97,9 @@ def _init_model(cfg: TrainConfig, ds: TokenDataset, out: Path, device: torch.dev
             base_path = out / "base"
             if dist.is_main() and not (base_path / "config.json").is_file():
                 save_checkpoint_dir(model, base_path, ds.tokenizer_dir)
-        model = apply_lora(model, cfg.lora)
-    return model.to(device), base_path
+        model = apply_lora(model, cfg.lora, cfg.seed)
+    # under fsdp the model stays on the CPU: fully_shard moves each rank's shards to its device
+    return (model if cfg.parallel == "fsdp" else model.to(device)), base_path
 
 
 def step_windows(order: WindowOrder, step: int, batch_size: int, grad_accum: int, world: int, rank: int
@@ -112,133 +114,51 @@ def step_windows(order: WindowOrder, step: int, batch_size: int, grad_accum: int
     return [order.indices(base + m * per_micro, batch_size) for m in range(grad_accum)]
 
 
-class RefLosses:
-    """Reference losses of a micro-batch: rows of the offline score memmap, or an online no-grad forward."""
-
-    def __init__(self, cfg: TrainConfig, ds: TokenDataset, device: torch.device):
-        self.scores, self.model, self.device, self.precision = None, None, device, cfg.precision
-        if cfg.ref_scores:
-            self.scores = load_scores(cfg.ref_scores, ds, "train")
-        else:
-            check_compatible(cfg.ref_model, ds, role="reference model")
-            self.model = dist.shard_frozen(load_model(cfg.ref_model, device), device, cfg.parallel, cfg.precision)
-
-    def __call__(self, idx: np.ndarray, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.scores is not None:
-            return torch.from_numpy(np.asarray(self.scores[idx], dtype=np.float32)).to(self.device, non_blocking=True)
-        with torch.no_grad(), autocast_ctx(self.device, self.precision):
-            return model_token_losses(self.model, inputs, targets).float()
-
-
-class StepMetrics:
-    """Running sums of the logged quantities, on the device; reduced over ranks only at log time."""
-
-    KEYS = ("loss_all", "n_all", "loss_sel", "n_sel", "ex_sum", "ex_sq", "ex_sel", "noise_sel", "noise_all")
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.acc = {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in self.KEYS}
-
-    def add(self, tl: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, excess: torch.Tensor | None,
-            noise: torch.Tensor | None) -> None:
-        vf, w = valid.to(torch.float32), mask.to(torch.float32)  # masks multiply: indexing would sync the host
-        a = self.acc
-        a["loss_all"] += (tl * vf).sum()
-        a["n_all"] += vf.sum()
-        a["loss_sel"] += (tl * w).sum()
-        a["n_sel"] += w.sum()
-        if excess is not None:
-            a["ex_sum"] += (excess * vf).sum()
-            a["ex_sq"] += (excess.square() * vf).sum()
-            a["ex_sel"] += (excess * w).sum()
-        if noise is not None:
-            a["noise_sel"] += (noise & mask).sum()
-            a["noise_all"] += (noise & valid).sum()
-
-    def reduce(self) -> dict[str, float]:
-        """Sum over ranks and move to the host (the loop's only host sync), then reset."""
-        vals = {k: float(v) for k, v in zip(self.KEYS, dist.all_reduce_sum(torch.stack(list(self.acc.values()))))}
-        self.reset()
-        return vals
-
-
-@dataclasses.dataclass
-class Trainer:
-    """What one optimizer step needs; ``model`` is the module to save and evaluate, ``fwd_model`` the
-    one to run forward through (DDP / compile wrapper; the same sharded module under FSDP)."""
-
-    cfg: TrainConfig
-    ds: TokenDataset
-    model: torch.nn.Module
-    fwd_model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    objective: Objective
-    ref: RefLosses | None
-    metrics: StepMetrics
-    device: torch.device
-
-    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        inputs, targets = self.ds.batch("train", idx)
-        return idx, inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
-
-    def losses(self, model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with autocast_ctx(self.device, self.cfg.precision):
-            return model_token_losses(model, inputs, targets)
-
-
-def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]],
-               provenance: np.ndarray | None = None) -> torch.Tensor:
-    """One optimizer step over this rank's micro-batches; returns the gradient norm (a device tensor)."""
-    obj, cfg = t.objective, t.cfg
-    valids = [targets != -100 for _, _, targets in micro]
-    denom = obj.denominator(valids)  # the step's selected count over all ranks, known before any forward
-    gen = obj.generator(step)
-    refs: list[torch.Tensor | None] = [None] * len(micro)
-    excess: list[torch.Tensor | None] = [None] * len(micro)
-    masks = None
-    if obj.selective and obj.scope == "step":
-        if obj.needs_prepass:  # rank the whole step's tokens before any backward
-            with torch.no_grad():
-                for m, (idx, inputs, targets) in enumerate(micro):
-                    refs[m] = t.ref(idx, inputs, targets)
-                    excess[m] = t.losses(t.model, inputs, targets).float() - refs[m]
-        masks = obj.select([e if e is not None else v.float() for e, v in zip(excess, valids)], valids, gen)
-    for m, (idx, inputs, targets) in enumerate(micro):
-        with dist.grad_sync(t.fwd_model, m == len(micro) - 1):  # reduce gradients on the last micro-batch only
-            tl = t.losses(t.fwd_model, inputs, targets)
-            if obj.selective and excess[m] is None:
-                refs[m] = t.ref(idx, inputs, targets) if refs[m] is None else refs[m]
-                excess[m] = tl.detach() - refs[m]
-            mask = masks[m] if masks is not None else obj.select([excess[m]], [valids[m]], gen)[0]
-            obj.loss(tl, mask, denom).backward()
-        noise = None
-        if provenance is not None:
-            noise = torch.from_numpy(np.asarray(provenance[idx, 1:]) != 0).to(t.device, non_blocking=True)
-        t.metrics.add(tl.detach(), valids[m], mask, excess[m], noise)
-    grad_norm = torch.zeros((), device=t.device)
-    if cfg.grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in t.model.parameters() if p.requires_grad], cfg.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    t.optimizer.step()
-    t.scheduler.step()
-    t.optimizer.zero_grad(set_to_none=True)
-    return grad_norm
-
-
 def train(cfg: TrainConfig, console: bool = True) -> dict:
-    """Run training as configured; returns the run summary (also written to run.json)."""
+    """Run training as configured; returns the run summary (also written to run.json).
+
+    Rank 0 holds the run directory's lock for the whole run; ``--overwrite`` moves the old run aside
+    and deletes it only once the new one is complete (it comes back if the new one fails).
+    """
     device = dist.local_device(resolve_device(cfg.device))
     dist.init(device)
+    with contextlib.ExitStack() as stack:
+        def hold() -> None:
+            if dist.is_main():
+                stack.enter_context(DirLock(cfg.out, "run directory", inside=False))
+                stack.enter_context(replacing(cfg.out, cfg.overwrite and not cfg.resume, is_finished))
+
+        dist.agree(hold)
+        return _train(cfg, console, device)
+
+
+def _check_budget(cfg: TrainConfig, ds: TokenDataset, world: int) -> None:
+    per_step = cfg.batch_size * cfg.grad_accum * world * ds.seq_len
+    if cfg.max_tokens and not cfg.max_steps and cfg.max_tokens < per_step:
+        raise UserError(f"max_tokens {cfg.max_tokens} is less than one optimizer step ({per_step} tokens = batch_size "
+                        f"{cfg.batch_size} × grad_accum {cfg.grad_accum} × {world} ranks × seq_len {ds.seq_len}): "
+                        "raise max_tokens or lower the batch")
+    if ds.num_windows("train") < cfg.batch_size * cfg.grad_accum * world:
+        raise UserError(f"dataset {cfg.data} has {ds.num_windows('train')} training windows, fewer than one step needs "
+                        f"({cfg.batch_size * cfg.grad_accum * world}): lower batch_size/grad_accum or add data")
+
+
+def _check_same_batch(was: int, now: int, cfg: TrainConfig, world: int) -> None:
+    """A resumed run may change its world size, not the windows of a step (the data position depends on it)."""
+    if was != now:
+        raise UserError(f"cannot resume {cfg.out} with {now} windows per step (batch_size {cfg.batch_size} × grad_accum "
+                        f"{cfg.grad_accum} × {world} ranks): it ran with {was}; choose batch_size and grad_accum so "
+                        f"that their product with the ranks stays {was}")
+
+
+def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
     world, rank = dist.world_size(), dist.rank()
     dist.agree(dist.check_parallel, cfg.parallel)
     ds = dist.agree(TokenDataset, cfg.data)
+    dist.agree(_check_budget, cfg, ds, world)
     n_train = ds.num_windows("train")
     out = Path(cfg.out)
-    resume_from = dist.agree(prepare_run_dir, cfg, main_only=True)
+    resume_from = dist.agree(prepare_run_dir, cfg, ds.fingerprint, main_only=True)
     ref = dist.agree(RefLosses, cfg, ds, device) if cfg.objective == "slm" else None
     model, base_path = dist.agree(_init_model, cfg, ds, out, device)
     fwd_model = dist.agree(dist.parallelize, model, device, cfg.parallel, cfg.compile, cfg.precision,
@@ -249,39 +169,60 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
     steps = total_steps(cfg, n_train, ds.seq_len, world)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
-    step = 0
-    if resume_from is not None:
-        step = restore_state(resume_from, model, optimizer, scheduler)["step"]
-        if dist.is_main():
-            truncate_metrics(out / "metrics.jsonl", step)
     t = Trainer(cfg, ds, model, fwd_model, optimizer, scheduler, Objective.from_config(cfg, device), ref,
                 StepMetrics(device), device)
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    step = 0
+    if resume_from is not None:
+        state = dist.agree(restore_state, resume_from, model, optimizer, scheduler)
+        step = state["step"]
+        dist.agree(_check_same_batch, state.get("windows_per_step", per_step), per_step, cfg, world)
+        if "metrics" in state:  # the running sums since the last log line: resumed metrics equal uninterrupted ones
+            t.metrics.acc = {k: v.to(device) for k, v in state["metrics"].items()}
+    if cfg.resume and dist.is_main():
+        truncate_metrics(out / "metrics.jsonl", step)
     order = WindowOrder(n_train, cfg.data_seed)
     prov = ds.provenance("train")
     slm = cfg.objective == "slm"
     has_val = "validation" in ds.splits() and ds.num_windows("validation") > 0
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * world * ds.seq_len
+    tokens_per_step = per_step * ds.seq_len
     meta = {"dataset": str(Path(cfg.data).resolve()), "dataset_fingerprint": ds.fingerprint,
             "objective": cfg.objective, "strategy": cfg.strategy if slm else None, "ratio": cfg.ratio if slm else 1.0,
             "selection_scope": cfg.selection_scope if slm else None,
             "lora": cfg.lora.r > 0, "base": str(Path(base_path).resolve()) if base_path else None}
 
-    def save(step: int, final: bool = False) -> None:
+    def check_finite(step: int) -> None:
+        """Stop before anything is logged as good or saved once too many steps were not finite."""
+        if int(t.nonfinite) > cfg.max_nonfinite_steps:
+            good = checkpoint_dirs(out)
+            raise UserError(f"non-finite loss or gradient norm at step {int(t.first_nonfinite) + 1} "
+                            f"({int(t.nonfinite)} such steps by step {step}, max_nonfinite_steps "
+                            f"{cfg.max_nonfinite_steps}); nothing was saved after it and the last good checkpoint is "
+                            f"{good[-1] if good else 'none'}: lower lr (now {cfg.lr:g}) or set grad_clip, then "
+                            "start over with --overwrite")
+
+    def save(step: int, final: bool = False, auto: bool = False) -> None:
+        check_finite(step)
+        sharded = dist.is_sharded(model)
+        if not (sharded or dist.is_main()):
+            return
         sd, osd = dist.full_state_dict(model, optimizer)  # a collective under FSDP: every rank takes part
         if not dist.is_main():
             return
-        state = capture_state(step, osd, scheduler, {"tokens": step * tokens_per_step})
-        info = {**meta, "step": step, "tokens": step * tokens_per_step}
+        state = capture_state(step, osd, scheduler, {"tokens": step * tokens_per_step, "windows_per_step": per_step,
+                                                     "metrics": {k: v.cpu() for k, v in t.metrics.acc.items()}})
+        info = {**meta, "step": step, "tokens": step * tokens_per_step, "auto": auto}
         d = out / "checkpoints" / f"step_{step:06d}"
-        sd = sd if dist.is_sharded(model) else None  # unsharded: the model saves its own parameters
+        sd = sd if sharded else None  # unsharded: the model saves its own parameters
         save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, info, state, state_dict=sd)
+        drop_auto_checkpoints(out, keep=d)
         if final:
             save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path, info, state_dict=sd)
 
     def log(row: dict) -> None:
         if dist.is_main():
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json_line(row) + "\n")
 
     def run_eval(step: int) -> dict:
         losses = dataset_token_losses(model, ds, "validation", cfg.eval_windows, cfg.batch_size * 2,
@@ -296,6 +237,7 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
     bar = tqdm(total=steps, initial=step, desc=f"train {cfg.objective}{'-' + cfg.strategy if slm else ''}",
                unit="step", disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)
     t_log, step_log, last_eval, paused = time.perf_counter(), step, None, 0.0
+    t_ckpt = time.monotonic()
     fwd_model.train()
     while step < steps:
         idxs = step_windows(order, step, cfg.batch_size, cfg.grad_accum, world, rank)
@@ -303,8 +245,13 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
         step += 1
         bar.update(1)
         last = step == steps
+        due_auto = False
         if step % cfg.log_every == 0 or last:
+            check_finite(step)
             vals = t.metrics.reduce()
+            # rank 0's clock decides the time-based checkpoint; the flag rides on the log step's sync
+            late = cfg.ckpt_minutes > 0 and time.monotonic() - t_ckpt > 60 * cfg.ckpt_minutes and dist.is_main()
+            due_auto = bool(dist.all_reduce_sum(torch.tensor(float(late), device=device)) > 0)
             dt = time.perf_counter() - t_log - paused  # eval and checkpoint time excluded
             n_all, n_sel = max(vals["n_all"], 1.0), max(vals["n_sel"], 1.0)
             row = {"type": "train", "step": step, "tokens": step * tokens_per_step,
@@ -317,6 +264,8 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
                            excess_selected_mean=vals["ex_sel"] / n_sel)
             if prov is not None:
                 row.update(noise_share_selected=vals["noise_sel"] / n_sel, noise_share_all=vals["noise_all"] / n_all)
+            if cfg.max_nonfinite_steps:
+                row["nonfinite_steps"] = int(t.nonfinite)
             log(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", sel=f"{row['loss_selected']:.3f}",
                             tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
@@ -329,10 +278,18 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
             last_eval = run_eval(step)
             if console and dist.is_main():
                 bar.write(f"step {step}: val loss {last_eval['loss']:.4f} ppl {last_eval['ppl']:.2f}")
-        if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last:
-            save(step, final=last)
+        scheduled = (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last
+        if scheduled or due_auto:
+            save(step, final=last, auto=not scheduled)
+            t_ckpt = time.monotonic()
         paused += time.perf_counter() - t_pause
     bar.close()
+    # killed after the last checkpoint: final/ and the last evaluation come from it (restored above);
+    # rank 0 looks at the directory and tells the others, so every rank takes part in the same collectives
+    if has_val and last_eval is None:
+        last_eval = run_eval(step)
+    if not dist.agree(lambda: (out / "final").is_dir(), main_only=True):
+        save(step, final=True)
     summary = {"status": "complete", "steps": steps, "tokens": steps * tokens_per_step,
                "parameters": count_parameters(model), "trainable_parameters": count_parameters(model, True),
                "final_val_loss": last_eval["loss"] if last_eval else None,

@@ -1,0 +1,152 @@
+"""One optimizer step of CLM/SLM training: :func:`train_step` and what it needs.
+
+Per step: the objective (:mod:`selective_lm.objective`) knows the denominator before any forward;
+per micro-batch: per-token losses; for SLM, excess = loss − reference loss ranks the tokens over the
+selection scope (the micro-step over all ranks, or the whole step after a no-grad pre-pass); the
+loss is Σ selected losses / selected tokens of the step. Metrics accumulate on the device. A step
+whose gradient norm is not finite is skipped by the fused optimizer itself (no host sync): weights
+and optimizer state stay as they were, and the loop counts it.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from . import dist
+from .config import TrainConfig
+from .data import TokenDataset
+from .model import autocast_ctx, check_compatible, load_model, model_token_losses
+from .objective import Objective
+from .scoring import load_scores
+
+
+class RefLosses:
+    """Reference losses of a micro-batch: rows of the offline score memmap, or an online no-grad forward."""
+
+    def __init__(self, cfg: TrainConfig, ds: TokenDataset, device: torch.device):
+        self.scores, self.model, self.device, self.precision = None, None, device, cfg.precision
+        if cfg.ref_scores:
+            self.scores = load_scores(cfg.ref_scores, ds, "train")
+        else:
+            check_compatible(cfg.ref_model, ds, role="reference model")
+            ref = load_model(cfg.ref_model, "cpu" if cfg.parallel == "fsdp" else device)
+            self.model = dist.shard_frozen(ref, device, cfg.parallel, cfg.precision)
+
+    def __call__(self, idx: np.ndarray, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.scores is not None:
+            return torch.from_numpy(np.asarray(self.scores[idx], dtype=np.float32)).to(self.device, non_blocking=True)
+        with torch.no_grad(), autocast_ctx(self.device, self.precision):
+            return model_token_losses(self.model, inputs, targets).float()
+
+
+class StepMetrics:
+    """Running sums of the logged quantities, on the device; reduced over ranks only at log time."""
+
+    KEYS = ("loss_all", "n_all", "loss_sel", "n_sel", "ex_sum", "ex_sq", "ex_sel", "noise_sel", "noise_all")
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.acc = {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in self.KEYS}
+
+    def add(self, tl: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, excess: torch.Tensor | None,
+            noise: torch.Tensor | None) -> None:
+        vf, w = valid.to(torch.float32), mask.to(torch.float32)  # masks multiply: indexing would sync the host
+        a = self.acc
+        a["loss_all"] += (tl * vf).sum()
+        a["n_all"] += vf.sum()
+        a["loss_sel"] += (tl * w).sum()
+        a["n_sel"] += w.sum()
+        if excess is not None:
+            a["ex_sum"] += (excess * vf).sum()
+            a["ex_sq"] += (excess.square() * vf).sum()
+            a["ex_sel"] += (excess * w).sum()
+        if noise is not None:
+            a["noise_sel"] += (noise & mask).sum()
+            a["noise_all"] += (noise & valid).sum()
+
+    def reduce(self) -> dict[str, float]:
+        """Sum over ranks and move to the host (the loop's only host sync), then reset."""
+        vals = {k: float(v) for k, v in zip(self.KEYS, dist.all_reduce_sum(torch.stack(list(self.acc.values()))))}
+        self.reset()
+        return vals
+
+
+@dataclasses.dataclass
+class Trainer:
+    """What one optimizer step needs; ``model`` is the module to save and evaluate, ``fwd_model`` the
+    one to run forward through (DDP / compile wrapper; the same sharded module under FSDP)."""
+
+    cfg: TrainConfig
+    ds: TokenDataset
+    model: torch.nn.Module
+    fwd_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: Objective
+    ref: RefLosses | None
+    metrics: StepMetrics
+    device: torch.device
+    nonfinite: torch.Tensor | None = None  # steps skipped for a non-finite gradient norm (device)
+    first_nonfinite: torch.Tensor | None = None  # the first such step, -1 if none (device)
+
+    def __post_init__(self):
+        self.nonfinite = torch.zeros((), device=self.device)
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        inputs, targets = self.ds.batch("train", idx)
+        return idx, inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+    def losses(self, model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        sparse = self.objective.selective and self.objective.ratio < 1.0  # CLM: a dense backward, no host sync
+        with autocast_ctx(self.device, self.cfg.precision):
+            return model_token_losses(model, inputs, targets, sparse_backward=sparse)
+
+
+def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]],
+               provenance: np.ndarray | None = None) -> torch.Tensor:
+    """One optimizer step over this rank's micro-batches; returns the gradient norm (a device tensor)."""
+    obj, cfg = t.objective, t.cfg
+    valids = [targets != -100 for _, _, targets in micro]
+    denom = obj.denominator(valids)  # the step's selected count over all ranks, known before any forward
+    gen = obj.generator(step)
+    refs: list[torch.Tensor | None] = [None] * len(micro)
+    excess: list[torch.Tensor | None] = [None] * len(micro)
+    masks = None
+    if obj.selective and obj.scope == "step" and len(micro) > 1:  # one micro-batch: the micro-step is the step
+        if obj.needs_prepass:  # rank the whole step's tokens before any backward
+            with torch.no_grad():
+                for m, (idx, inputs, targets) in enumerate(micro):
+                    refs[m] = t.ref(idx, inputs, targets)
+                    excess[m] = t.losses(t.model, inputs, targets).float() - refs[m]
+        masks = obj.select([e if e is not None else v.float() for e, v in zip(excess, valids)], valids, gen)
+    for m, (idx, inputs, targets) in enumerate(micro):
+        with dist.grad_sync(t.fwd_model, m == len(micro) - 1):  # reduce gradients on the last micro-batch only
+            tl = t.losses(t.fwd_model, inputs, targets)
+            if obj.selective and excess[m] is None:
+                refs[m] = t.ref(idx, inputs, targets) if refs[m] is None else refs[m]
+                excess[m] = tl.detach() - refs[m]
+            mask = masks[m] if masks is not None else obj.select([excess[m]], [valids[m]], gen)[0]
+            obj.loss(tl, mask, denom).backward()
+        noise = None
+        if provenance is not None:
+            noise = torch.from_numpy(np.asarray(provenance[idx, 1:]) != 0).to(t.device, non_blocking=True)
+        t.metrics.add(tl.detach(), valids[m], mask, excess[m], noise)
+    params = [p for p in t.model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    bad = ~torch.isfinite(grad_norm)  # a non-finite loss gives a non-finite norm too
+    t.optimizer.found_inf = bad.to(torch.float32)  # the fused AdamW skips the update when it is 1
+    t.nonfinite += bad
+    t.first_nonfinite = torch.where(bad & (t.first_nonfinite < 0), step, t.first_nonfinite)
+    t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
