@@ -84,3 +84,18 @@ def test_resumed_study_skips_finished_stages(quick_study, capsys):
     before["config"].pop("timings", None)
     after["config"].pop("timings", None)
     assert before == after
+
+
+def test_study_killed_while_saving_the_base_resumes_to_the_same_results(quick_study, tmp_path):
+    from test_kill import killed
+
+    out = tmp_path / "quick"
+    args = ["study", "--quick", "--out", str(out), "--no-progress"]
+    killed(args, "selective_lm.model.commit_dir", 1, "before")  # the base model's checkpoint, half written
+    assert main(args) == 0
+    runs = sorted(p.parent.name for p in (quick_study / "runs").glob("*/run.json"))
+    assert runs and runs == sorted(p.parent.name for p in (out / "runs").glob("*/run.json"))
+    for name in runs:
+        a = json.loads((quick_study / "runs" / name / "run.json").read_text())
+        b = json.loads((out / "runs" / name / "run.json").read_text())
+        assert a["final_val_loss"] == b["final_val_loss"], name

@@ -84,6 +84,7 @@ def autocast_ctx(device: torch.device, precision: str = "auto"):
 
 def load_model(path: str | Path, device: torch.device | str = "cpu"):
     """Load a full checkpoint, or a LoRA adapter merged into its base, for inference or further training."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     quiet_hf()
@@ -102,10 +103,18 @@ def load_model(path: str | Path, device: torch.device | str = "cpu"):
             model = PeftModel.from_pretrained(model, p).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:  # safetensors' errors are among these
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         raise UserError(f"cannot load checkpoint {p} ({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}): "
                         "it is incomplete or damaged; use another checkpoint") from None
     return model.to(device)
+
+
+def check_lora_targets(model, lora: LoraConfig) -> None:
+    """Refuse LoRA targets that match no module of the model (before anything is written)."""
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    if lora.targets != ["all-linear"] and not names & set(lora.targets):
+        raise UserError(f"lora.targets {', '.join(lora.targets)} match no linear module of this model (it has "
+                        f"{', '.join(sorted(names))}): set lora.targets to some of those")
 
 
 def apply_lora(model, lora: LoraConfig, seed: int = 0):

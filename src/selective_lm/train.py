@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 
 from . import dist
 from .checkpoint import (capture_state, checkpoint_dirs, checkpoint_step, drop_auto_checkpoints, is_finished,
-                         prepare_run_dir, restore_state, truncate_metrics)
+                         prepare_run_dir, read_metrics, restore_state, truncate_metrics)
 from .config import TrainConfig, save_config
 from .data import TokenDataset
 from .evaluate import dataset_token_losses, loss_summary
 from .files import DirLock, UserError, json_line, replacing, write_json
-from .model import (PRESETS, apply_lora, build_model, check_compatible, count_parameters, is_checkpoint, load_model,
+from .model import (PRESETS, apply_lora, build_model, check_lora_targets, check_compatible, count_parameters, is_checkpoint, load_model,
                     resolve_device, save_checkpoint_dir)
 from .objective import Objective
 from .step import RefLosses, StepMetrics, Trainer, train_step
@@ -93,6 +93,7 @@ def _init_model(cfg: TrainConfig, ds: TokenDataset, out: Path, device: torch.dev
     else:
         raise UserError(f"model '{cfg.model}' is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
     if cfg.lora.r > 0:
+        check_lora_targets(model, cfg.lora)
         if base_path is None:
             base_path = out / "base"
             if dist.is_main() and not (base_path / "config.json").is_file():
@@ -179,8 +180,13 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
         dist.agree(_check_same_batch, state.get("windows_per_step", per_step), per_step, cfg, world)
         if "metrics" in state:  # the running sums since the last log line: resumed metrics equal uninterrupted ones
             t.metrics.acc = {k: v.to(device) for k, v in state["metrics"].items()}
-    if cfg.resume and dist.is_main():
-        truncate_metrics(out / "metrics.jsonl", step)
+    last_eval = None
+    if cfg.resume:
+        def kept_rows() -> dict | None:  # metrics after the checkpoint go; its step's evaluation stays
+            truncate_metrics(out / "metrics.jsonl", step)
+            return next((r for r in reversed(read_metrics(out)) if r.get("type") == "eval" and r["step"] == step), None)
+
+        last_eval = dist.agree(kept_rows, main_only=True)
     order = WindowOrder(n_train, cfg.data_seed)
     prov = ds.provenance("train")
     slm = cfg.objective == "slm"
@@ -236,7 +242,7 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
     grad_norm = torch.zeros((), device=device)
     bar = tqdm(total=steps, initial=step, desc=f"train {cfg.objective}{'-' + cfg.strategy if slm else ''}",
                unit="step", disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)
-    t_log, step_log, last_eval, paused = time.perf_counter(), step, None, 0.0
+    t_log, step_log, paused = time.perf_counter(), step, 0.0
     t_ckpt = time.monotonic()
     fwd_model.train()
     while step < steps:
