@@ -27,6 +27,24 @@ def one_line_error(args, capsys, *needles):
     return err
 
 
+def interrupted(args, at_step: int) -> None:
+    """Run the CLI and interrupt it (KeyboardInterrupt) as its optimizer step ``at_step`` begins."""
+    import selective_lm.train as train_mod
+
+    real = train_mod.train_step
+
+    def stop(t, step, *a, **k):
+        if step == at_step:
+            raise KeyboardInterrupt
+        return real(t, step, *a, **k)
+
+    train_mod.train_step = stop
+    try:
+        assert main([str(a) for a in args]) == 130
+    finally:
+        train_mod.train_step = real
+
+
 def snapshot(root: Path) -> dict:
     """Every file under root with its bytes (lock files aside): 'nothing already written changed'."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
@@ -290,16 +308,49 @@ def test_resume_after_the_dataset_was_prepared_again(tmp_path, capsys):
     assert main(prep) == 0
     args = ["train", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "r"), "--max-steps", "4",
             "--batch-size", "2", "--ckpt-every", "2", "--no-progress"]
-    import selective_lm.train as train_mod
-
-    real = train_mod.train_step
-    try:
-        train_mod.train_step = lambda t, step, *a, **k: (_ for _ in ()).throw(KeyboardInterrupt) if step == 3 \
-            else real(t, step, *a, **k)
-        assert main(args) == 130
-    finally:
-        train_mod.train_step = real
+    interrupted(args, 3)
     make_corpus(tmp_path / "c.jsonl", n_docs=80, seed=2)
     assert main(prep + ["--overwrite"]) == 0
     capsys.readouterr()
     one_line_error(args + ["--resume"], capsys, "prepared again")
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_data, tmp_path, capsys):
+    args = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--batch-size", "4", "--max-steps",
+            "6", "--ckpt-every", "2", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    interrupted(args, 5)
+    w = tmp_path / "run" / "checkpoints" / "step_000004" / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-10:] = bytes(10)  # bit rot in the newest checkpoint: same size, other bytes
+    w.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert "step_000004 is damaged" in capsys.readouterr().err  # warned, resumed from step_000002
+    a, b = (load_file(str(tmp_path / n / "final" / "model.safetensors")) for n in ("run", "whole"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_based_checkpoints_roll_and_vanish_at_the_end(tiny_data, tmp_path, monkeypatch):
+    import selective_lm.checkpoint as ckpt_mod
+
+    seen = []
+    real = ckpt_mod.drop_auto_checkpoints
+    monkeypatch.setattr("selective_lm.train.drop_auto_checkpoints",
+                        lambda run, keep: (real(run, keep), seen.append(sorted(p.name for p in ckpt_mod.checkpoint_dirs(run))))[0])
+    train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), batch_size=4, max_steps=7, log_every=2,
+                      ckpt_minutes=1e-9, eval_windows=4, progress=False), console=False)  # due at every log step
+    assert seen[:3] == [["step_000002"], ["step_000004"], ["step_000006"]]  # each replaced the previous one
+    assert [p.name for p in ckpt_mod.checkpoint_dirs(tmp_path / "run")] == ["step_000007"]
+
+
+def test_relative_and_absolute_spellings_resume_the_same_run(tiny_data, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--data", os.path.relpath(tiny_data, tmp_path), "--out", "run", "--batch-size", "4",
+            "--max-steps", "4", "--ckpt-every", "2", "--no-progress"]
+    interrupted(args, 3)
+    absolute = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "run")] + args[5:] + ["--resume"]
+    assert main(absolute) == 0

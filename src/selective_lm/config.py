@@ -1,28 +1,23 @@
 """Typed run configurations: dataclasses with a docstring per field, YAML + ``key=value`` overrides.
 
 Every command of the CLI has one dataclass here. A field's docstring (the string literal under
-it, as in litgpt) is its ``--help`` text. Resolution order: dataclass defaults < YAML file
-(``--config``) < ``key=value`` overrides < explicit ``--flags``. The resolved config is written
-to every run's output directory.
+it, as in litgpt) is its ``--help`` text; the machinery that reads them (flags, YAML, overrides,
+coercion, saving) is in :mod:`selective_lm.options`. The resolved config is written to every run's
+output directory.
 """
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
-import inspect
-import math
-import textwrap
-import types
-import typing
+import os
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import Any
 
-import yaml
+from .files import UserError
+from .options import (add_arguments, apply_overrides, dump_yaml, field_docs, first_change, from_args, from_dict,
+                      load_yaml, resolve, save_config, to_dict)
 
-from .files import UserError, atomic_write_text
+__all__ = ["EvalConfig", "LoraConfig", "PrepareConfig", "ScoreConfig", "TrainConfig", "add_arguments",
+           "apply_overrides", "check_ratio", "dump_yaml", "field_docs", "first_change", "from_args", "from_dict",
+           "load_yaml", "resolve", "save_config", "to_dict"]
 
 STRATEGIES = ("topk", "random", "stochastic")
 OBJECTIVES = ("clm", "slm")
@@ -210,6 +205,11 @@ class TrainConfig:
             raise UserError("missing --data: pass a dataset directory made by `slm prepare`")
         if not self.out:
             raise UserError("missing --out: pass a run directory")
+        # absolute paths: a run resumes the same whether it was named relatively or absolutely
+        self.data, self.out = absolute(self.data), absolute(self.out)
+        self.ref_scores, self.ref_model = absolute(self.ref_scores), absolute(self.ref_model)
+        if Path(self.model).expanduser().exists():  # a checkpoint directory (not a preset name)
+            self.model = absolute(self.model)
         _check_choice("objective", self.objective, OBJECTIVES)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("selection_scope", self.selection_scope, SCOPES)
@@ -296,6 +296,10 @@ class EvalConfig:
 
 
 # --------------------------------------------------------------------------- validation
+def absolute(path: str | None) -> str | None:
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+
 def check_ratio(ratio: float, key: str = "ratio") -> None:
     if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
         raise UserError(f"{key} must be in (0, 1], got {ratio}: pick e.g. 0.6")
@@ -304,190 +308,3 @@ def check_ratio(ratio: float, key: str = "ratio") -> None:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"unknown {key} '{value}': choose one of {', '.join(choices)}")
-
-
-# --------------------------------------------------------------------------- machinery
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """Map each dataclass field to the docstring written under it."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert a YAML-parsed value against a field annotation."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
-        return from_dict(tp, value, prefix=f"{key}.")
-    if origin is list:
-        (inner,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        items: list[Any] = []
-        for v in value:  # "0,1,2" and ["0", "1,2"] both work from the command line
-            if isinstance(v, str) and inner is not str:
-                items += [yaml.safe_load(x) for x in v.split(",") if x.strip()]
-            elif isinstance(v, str) and "," in v:
-                items += [x.strip() for x in v.split(",") if x.strip()]
-            else:
-                items.append(v)
-        return [_coerce(v, inner, key) for v in items]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise UserError(f"config key '{key}' must be true or false, got {value!r}")
-    if tp in (int, float) and isinstance(value, str):  # YAML 1.1 reads 5e-5 and 1e9 as strings
-        try:
-            value = float(value.replace("_", ""))
-        except ValueError:
-            pass
-    if tp in (int, float) and isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        return str(value)
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build ``cls`` from a (possibly nested) mapping; unknown keys are a UserError."""
-    hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise UserError(f"unknown config key '{prefix}{key}': valid keys are {', '.join(sorted(names))}")
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
-    return cls(**kwargs)
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` strings (values parsed as YAML) onto a nested dict."""
-    data = dict(data)
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override '{item}' is not key=value: write e.g. ratio=0.6")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node[p] = dict(node.get(p) or {})
-            node = node[p]
-        node[parts[-1]] = value
-    return data
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"config file {p} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {p} must hold a mapping of keys to values")
-    return data
-
-
-def resolve(cls: type, config_file: str | None = None, overrides: list[str] | None = None,
-            flags: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> Any:
-    """defaults < ``base`` < YAML file < key=value overrides < explicit flags; then ``validate()``."""
-    data: dict[str, Any] = dict(base or {})
-    if config_file:
-        data.update(load_yaml(config_file))
-    data = apply_overrides(data, overrides or [])
-    for key, value in (flags or {}).items():
-        data[key] = value
-    cfg = from_dict(cls, data)
-    if hasattr(cfg, "validate"):
-        cfg.validate()
-    return cfg
-
-
-def first_change(cfg: Any, saved: str | Path, ignore: set[str]) -> tuple[str, Any, Any] | None:
-    """(key, saved value, current value) of the first field that differs from the config saved at
-    ``saved`` (a YAML file written by :func:`save_config`), ignoring the keys in ``ignore``."""
-    old = to_dict(from_dict(type(cfg), load_yaml(saved)))
-    now = to_dict(cfg)
-    return next(((k, old.get(k), now[k]) for k in now if k not in ignore and now[k] != old.get(k)), None)
-
-
-def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
-
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    atomic_write_text(path, dump_yaml(cfg))
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag`` per field with the field docstring as help; nested dataclasses via key=value."""
-    docs = field_docs(cls)
-    hints = _hints(cls)
-    parser.add_argument("--config", help="YAML file with any of the options below")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="overrides, e.g. ratio=0.3 lora.r=16 (nested keys with dots)")
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        help_text = docs.get(f.name, "")
-        if dataclasses.is_dataclass(tp):
-            sub = field_docs(tp)
-            help_text += " Keys: " + "; ".join(f"{f.name}.{k}: {v}" for k, v in sub.items())
-            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="YAML",
-                                type=yaml.safe_load, help=help_text)
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text += f" (default: {default})"
-        is_list = typing.get_origin(tp) is list or list in typing.get_args(tp)
-        if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
-        elif is_list:
-            parser.add_argument(flag, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, type=yaml.safe_load,
-                                metavar=f.name.upper(), help=help_text)
-
-
-def from_args(cls: type, args: argparse.Namespace) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    flags = {k: v for k, v in vars(args).items() if k in names}
-    base = cls.base_values(flags) if hasattr(cls, "base_values") else {}
-    return resolve(cls, getattr(args, "config", None), getattr(args, "overrides", None), flags, base)
