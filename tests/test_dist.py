@@ -45,7 +45,8 @@ def _jobs(data, ref, root):
     jobs["ddp-step-topk"] = dict(strategy="topk", selection_scope="step", **slm)
     jobs["ddp-online-stochastic"] = dict(objective="slm", ratio=0.5, strategy="stochastic",
                                          ref_model=str(ref / "ref" / "final"))
-    jobs["fsdp-topk"] = dict(strategy="topk", parallel="fsdp", max_steps=4, ckpt_every=2, **slm)
+    # log_every 3 with ckpt_every 2: the step-2 checkpoint holds running metric sums of both ranks
+    jobs["fsdp-topk"] = dict(strategy="topk", parallel="fsdp", max_steps=4, ckpt_every=2, log_every=3, **slm)
     jobs["fsdp-step-stochastic"] = dict(strategy="stochastic", selection_scope="step", parallel="fsdp",
                                         ref_model=str(ref / "ref" / "final"), objective="slm", ratio=0.5)
     # the single-process reference of an FSDP job is the same run under DDP (i.e. unwrapped)
@@ -173,6 +174,9 @@ def test_fsdp_checkpoint_is_a_plain_hf_directory_and_resume_is_exact(runs):
     AutoModelForCausalLM.from_pretrained(root / "multi" / "fsdp-topk" / "final")
     wa, wb = _weights(root / "multi" / "fsdp-topk"), _weights(root / "multi" / "fsdp-topk-uncut")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
+    read = lambda d: [json.loads(x) for x in (root / "multi" / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert drop(read("fsdp-topk")) == drop(read("fsdp-topk-uncut"))  # the step-3 row sums steps 1-3 of both ranks
 
 
 def test_sharded_scoring_and_eval_equal_one_process(runs, tiny_data, reference):

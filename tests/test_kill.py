@@ -53,7 +53,8 @@ def uninterrupted(tiny_data, reference, tmp_path_factory):
 TRAIN_KILLS = [
     ("selective_lm.model.commit_dir", 1, "before", []),  # the first checkpoint, half written
     ("selective_lm.model.commit_dir", 2, "after", []),  # right after the step-6 checkpoint
-    ("selective_lm.model.commit_dir", 4, "before", []),  # between the last checkpoint and final/
+    ("selective_lm.model.commit_dir", 4, "before", []),  # the last (step-10) checkpoint, half written
+    ("selective_lm.model.commit_dir", 5, "before", []),  # between the last checkpoint and final/
     ("selective_lm.train.write_json", 1, "before", []),  # final/ written, run.json not
     ("selective_lm.train.train_step", RNG.randint(1, 10), RNG.choice(["before", "after"]), []),
     ("selective_lm.train.train_step", RNG.randint(2, 9), "after", ["--ckpt-every", "0"]),  # no checkpoint at all
@@ -112,3 +113,24 @@ def test_killed_scoring_reruns_to_the_same_scores(tiny_data, reference, tmp_path
     assert np.array_equal(np.fromfile(out / "ref_losses.bin", dtype=np.float16),
                           np.fromfile(reference / "scores" / "ref_losses.bin", dtype=np.float16))
     no_temporaries(out)
+
+
+def test_killed_overwrite_keeps_the_old_run_until_the_new_one_completes(tiny_data, reference, uninterrupted,
+                                                                        tmp_path):
+    out = tmp_path / "run"
+    new = train_args(tiny_data, reference / "scores", out)
+    assert main(train_args(tiny_data, reference / "scores", out, "--lr", "0.02")) == 0
+    old_final = (out / "final" / "model.safetensors").read_bytes()
+    # killed before the new run saved anything: a plain re-run brings the old run back (and refuses, it is finished)
+    killed(new + ["--overwrite"], "selective_lm.train.train_step", 2, "before")
+    assert (tmp_path / ".run.replaced" / "run.json").is_file()
+    assert main(new) == 2
+    assert (out / "final" / "model.safetensors").read_bytes() == old_final and not (tmp_path / ".run.replaced").exists()
+    # killed after the new run's second checkpoint: --resume continues the new run, the old one goes at its end
+    killed(new + ["--overwrite"], "selective_lm.model.commit_dir", 2, "after")
+    assert (tmp_path / ".run.replaced" / "final" / "model.safetensors").read_bytes() == old_final
+    assert main(new + ["--resume"]) == 0
+    assert not (tmp_path / ".run.replaced").exists()
+    a, b = (load_file(str(d / "final" / "model.safetensors")) for d in (out, uninterrupted))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert metrics(out) == metrics(uninterrupted)

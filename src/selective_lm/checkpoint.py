@@ -123,19 +123,21 @@ def capture_state(step: int, optimizer_state: dict, scheduler, extra: dict | Non
     return state
 
 
-def _weights(ckpt: Path, model) -> dict:
-    """The checkpoint's weights as a state dict keyed like ``model.state_dict()``."""
+def _weights(ckpt: Path, model, load: bool = True) -> dict:
+    """The checkpoint's weights as a state dict keyed like ``model.state_dict()`` (after checking that
+    its keys match the model; ``load=False`` only checks, reading the file's header)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     if hasattr(model, "peft_config"):
-        return load_file(ckpt / "adapter_model.safetensors")
-    weights = load_file(ckpt / "model.safetensors")
+        return load_file(ckpt / "adapter_model.safetensors") if load else {}
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
     expected = set(model.state_dict())
-    bad = sorted((expected - set(weights)) - {k for k in expected if k.endswith("lm_head.weight")}) + \
-        sorted(set(weights) - expected)
+    bad = sorted((expected - keys) - {k for k in expected if k.endswith("lm_head.weight")}) + sorted(keys - expected)
     if bad:
         raise UserError(f"checkpoint {ckpt} does not match the model ({bad[0]}): start over with --overwrite")
-    return weights
+    return load_file(ckpt / "model.safetensors") if load else {}
 
 
 def restore_state(ckpt: Path, model, optimizer, scheduler) -> dict:
@@ -166,6 +168,7 @@ def restore_state(ckpt: Path, model, optimizer, scheduler) -> dict:
         set_peft_model_state_dict(model, _weights(ckpt, model))
         dist.load_full_state_dict(model, None, optimizer, osd)
     else:
+        dist.agree(_weights, ckpt, model, False, main_only=True)  # a mismatch stops every rank before the broadcast
         dist.load_full_state_dict(model, _weights(ckpt, model) if reader else {}, optimizer, osd if reader else {},
                                   from_rank0=sharded)
     scheduler.load_state_dict(state["scheduler"])

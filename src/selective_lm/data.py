@@ -271,7 +271,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     cfg.validate()
     out = Path(cfg.out)
     with DirLock(out, "dataset directory", inside=False):
-        remove_stale_temporaries(out.parent, prefix=f".{out.name}.")  # what a killed `slm prepare` left
+        remove_stale_temporaries(out.parent, out.name)  # what a killed `slm prepare` of this dataset left
         _check_out(out, cfg.overwrite)
         return _prepare(cfg, out)
 

@@ -189,13 +189,23 @@ def evaluate(cfg: EvalConfig) -> dict:
     device = dist.local_device(resolve_device(cfg.device))
     dist.init(device)
 
-    def open_all():
+    def open_all():  # every input is checked before anything is computed or written
         datasets = [TokenDataset(d) for d in cfg.data]
         for ds in datasets:
             check_compatible(cfg.model, ds)
-        return datasets
+        questions, exemplars, tok_dir = [], [], None
+        if cfg.fewshot:
+            questions = check_rows(read_jsonl(cfg.fewshot), cfg.fewshot, ("question", "answer"))
+            questions = questions[:cfg.fewshot_limit] if cfg.fewshot_limit else questions
+            if cfg.exemplars:
+                exemplars = check_rows(read_jsonl(cfg.exemplars), cfg.exemplars, ("question", "solution", "answer"))
+            tok_dir = cfg.model if (Path(cfg.model) / "tokenizer.json").is_file() else \
+                (datasets[0].tokenizer_dir if datasets else None)
+            if tok_dir is None:
+                raise UserError(f"no tokenizer in {cfg.model}: pass --data DIR so its tokenizer is used")
+        return datasets, questions, exemplars, tok_dir
 
-    datasets = dist.agree(open_all)
+    datasets, questions, exemplars, tok_dir = dist.agree(open_all)
     model = load_model(cfg.model, device)
     results: dict = {"model": str(Path(cfg.model).resolve()), "split": cfg.split, "datasets": {}}
     for ds in datasets:
@@ -211,14 +221,6 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.fewshot:
         from transformers import AutoTokenizer
 
-        questions = check_rows(read_jsonl(cfg.fewshot), cfg.fewshot, ("question", "answer"))
-        if cfg.fewshot_limit:
-            questions = questions[:cfg.fewshot_limit]
-        exemplars = check_rows(read_jsonl(cfg.exemplars), cfg.exemplars, ("question", "solution", "answer")) \
-            if cfg.exemplars else []
-        tok_dir = cfg.model if (Path(cfg.model) / "tokenizer.json").is_file() else (datasets[0].tokenizer_dir if datasets else None)
-        if tok_dir is None:
-            raise UserError(f"no tokenizer in {cfg.model}: pass --data DIR so its tokenizer is used")
         tok = AutoTokenizer.from_pretrained(tok_dir)
         results["fewshot"] = fewshot_accuracy(model, tok, questions, exemplars, cfg.shots, cfg.max_new_tokens,
                                               cfg.batch_size, device, progress=cfg.progress)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -146,47 +147,68 @@ class DirLock:
             self.fd = None
 
 
-def remove_stale_temporaries(directory: str | os.PathLike, prefix: str = ".") -> list[Path]:
-    """Delete the temporary files and directories a killed writer left in ``directory``
-    (``.NAME.XXXX.tmp`` from :func:`atomic_dir` / :func:`atomic_write_bytes`, ``.NAME.old`` from
-    :func:`commit_dir`). Call it only while holding the directory's :class:`DirLock`."""
+def remove_stale_temporaries(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Clean up after a killed writer in ``directory`` (only while holding its :class:`DirLock`):
+    temporaries ``.NAME.XXXXXXXX.tmp`` of :func:`atomic_dir` / :func:`atomic_write_bytes` are deleted,
+    and a ``.NAME.old`` left by :func:`commit_dir` between its two renames is moved back to ``NAME``
+    when ``NAME`` is missing (else deleted). ``name`` limits this to one output's temporaries."""
+    import re
+
     d = Path(directory)
-    removed = []
     if not d.is_dir():
-        return removed
-    for p in d.iterdir():
-        if p.name.startswith(prefix) and (p.name.endswith(".tmp") or p.name.endswith(".old")):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            removed.append(p)
+        return []
+    stem = re.escape(name) if name is not None else r".+"
+    tmp, old = re.compile(rf"^\.({stem})\.[A-Za-z0-9_]{{8}}\.tmp$"), re.compile(rf"^\.({stem})\.old$")
+    removed = []
+    for p in sorted(d.iterdir()):
+        if m := old.match(p.name):
+            target = d / m.group(1)
+            if not target.exists():
+                os.replace(p, target)  # the committed output comes back
+                continue
+        elif not tmp.match(p.name):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
     return removed
 
 
 @contextlib.contextmanager
-def replacing(out: str | os.PathLike, overwrite: bool, is_complete):
-    """``--overwrite`` that loses nothing: the old output is moved aside to ``.NAME.replaced`` and
-    deleted only once the new one is complete; if the new one fails, the old one comes back. A kill
-    leaves the pair behind, and the next writer resolves it: a complete new output wins, otherwise
-    the old one is restored."""
+def replacing(out: str | os.PathLike, overwrite: bool, is_complete, is_started):
+    """``--overwrite`` that never loses both outputs: the old one is moved aside to ``.NAME.replaced``
+    and deleted only once the new one is complete.
+
+    If the new one fails (or is killed) before it has anything worth resuming (``is_started``), the
+    old one comes back; after that, both are kept: the new run continues with ``--resume`` (the old
+    one goes when it completes), ``--overwrite`` starts the new one again with the old one still set
+    aside, and a plain re-run is refused by the caller as an unfinished run.
+    """
     out = Path(out)
     old = out.parent / f".{out.name}.replaced"
+    if overwrite and out.is_symlink():
+        raise UserError(f"--overwrite does not replace the symlink {out}: pass the directory it points to")
+    if old.exists() and out.exists() and is_complete(out):
+        shutil.rmtree(old)  # killed after the new output was complete
     if old.exists():
-        if out.exists() and is_complete(out):
-            shutil.rmtree(old)
-        else:
+        if overwrite:
+            shutil.rmtree(out, ignore_errors=True)  # the unfinished new output is what is overwritten
+        elif not (out.exists() and is_started(out)):
             shutil.rmtree(out, ignore_errors=True)
             os.replace(old, out)
-    moved = overwrite and out.exists()
-    if moved:
+    elif overwrite and out.exists():
         os.replace(out, old)
     try:
         yield
     except BaseException:
-        if moved and old.exists():
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(old, out)
+        if old.exists():
+            if out.exists() and is_started(out):
+                print(f"slm: warning: the earlier output is kept at {old} until this one completes (--resume "
+                      "continues it, --overwrite starts it again)", file=sys.stderr, flush=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+                os.replace(old, out)
         raise
-    if moved:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

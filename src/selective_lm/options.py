@@ -158,7 +158,13 @@ def resolve(cls: type, config_file: str | None = None, overrides: list[str] | No
 def first_change(cfg: Any, saved: str | Path, ignore: set[str]) -> tuple[str, Any, Any] | None:
     """(key, saved value, current value) of the first field that differs from the config saved at
     ``saved`` (a YAML file written by :func:`save_config`), ignoring the keys in ``ignore``."""
-    old = to_dict(from_dict(type(cfg), load_yaml(saved)))
+    before = from_dict(type(cfg), load_yaml(saved))
+    if hasattr(before, "validate"):  # normalised like the current one (e.g. paths made absolute)
+        try:
+            before.validate()
+        except UserError:
+            pass
+    old = to_dict(before)
     now = to_dict(cfg)
     return next(((k, old.get(k), now[k]) for k in now if k not in ignore and now[k] != old.get(k)), None)
 

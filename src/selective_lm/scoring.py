@@ -180,8 +180,9 @@ def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float) -> 
     return manifest
 
 
-def load_scores(path: str | Path, ds: TokenDataset, split: str = "train") -> np.ndarray:
-    """Read-only memmap [windows, seq_len] of reference losses, checked against ``ds``."""
+def load_scores(path: str | Path, ds: TokenDataset, split: str = "train", verify: bool = True) -> np.ndarray:
+    """Read-only memmap [windows, seq_len] of reference losses, checked against ``ds`` (and, with
+    ``verify``, against the sha256 its manifest recorded)."""
     p = Path(path)
     mpath = p / "manifest.json"
     if not mpath.is_file():
@@ -203,6 +204,6 @@ def load_scores(path: str | Path, ds: TokenDataset, split: str = "train") -> np.
     expected = m["windows"] * m["seq_len"] * 2
     if not f.is_file() or f.stat().st_size != expected:
         raise UserError(f"{f} is missing or truncated ({expected} bytes expected): {fix}")
-    if m.get("sha256") and sha256_file(f) != m["sha256"]:  # the completion record covers every byte
+    if verify and m.get("sha256") and sha256_file(f) != m["sha256"]:  # the completion record covers every byte
         raise UserError(f"{f} changed after `slm score` finished it (sha256 differs from its manifest): {fix}")
     return np.memmap(f, dtype=np.float16, mode="r", shape=(m["windows"], m["seq_len"]))

@@ -28,7 +28,7 @@ class RefLosses:
     def __init__(self, cfg: TrainConfig, ds: TokenDataset, device: torch.device):
         self.scores, self.model, self.device, self.precision = None, None, device, cfg.precision
         if cfg.ref_scores:
-            self.scores = load_scores(cfg.ref_scores, ds, "train")
+            self.scores = load_scores(cfg.ref_scores, ds, "train", verify=dist.is_main())
         else:
             check_compatible(cfg.ref_model, ds, role="reference model")
             ref = load_model(cfg.ref_model, "cpu" if cfg.parallel == "fsdp" else device)
@@ -68,6 +68,11 @@ class StepMetrics:
         if noise is not None:
             a["noise_sel"] += (noise & mask).sum()
             a["noise_all"] += (noise & valid).sum()
+
+    def summed(self) -> dict[str, torch.Tensor]:
+        """The running sums over all ranks, on the CPU (for a checkpoint); the sums stay as they are."""
+        total = dist.all_reduce_sum(torch.stack(list(self.acc.values())).clone()).cpu()
+        return dict(zip(self.KEYS, total))
 
     def reduce(self) -> dict[str, float]:
         """Sum over ranks and move to the host (the loop's only host sync), then reset."""

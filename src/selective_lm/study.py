@@ -202,7 +202,9 @@ class Study:
         base = dict(batch_size=c.batch_size, warmup_steps=c.warmup_steps, device=c.device, progress=c.progress,
                     log_every=10, eval_windows=c.eval_windows_target)
         base.update(kw)
-        return TrainConfig(**base)
+        cfg = TrainConfig(**base)
+        cfg.validate()  # absolute paths, as on the command line
+        return cfg
 
     def stages(self) -> list[Stage]:
         from . import stages as S
@@ -264,7 +266,8 @@ def run_study(cfg: StudyConfig) -> Path:
 
     root = Path(cfg.out)
     with DirLock(root, "study directory", inside=False), \
-            replacing(root, cfg.overwrite, lambda p: (p / "report" / "report.md").is_file()):
+            replacing(root, cfg.overwrite, lambda p: (p / "report" / "report.md").is_file(),
+                      lambda p: (p / "study.yaml").is_file()):
         return Study(cfg).run()
 
 

@@ -96,7 +96,7 @@ def _init_model(cfg: TrainConfig, ds: TokenDataset, out: Path, device: torch.dev
         check_lora_targets(model, cfg.lora)
         if base_path is None:
             base_path = out / "base"
-            if dist.is_main() and not (base_path / "config.json").is_file():
+            if dist.is_main() and not (cfg.resume and (base_path / "config.json").is_file()):  # fresh run: fresh base
                 save_checkpoint_dir(model, base_path, ds.tokenizer_dir)
         model = apply_lora(model, cfg.lora, cfg.seed)
     # under fsdp the model stays on the CPU: fully_shard moves each rank's shards to its device
@@ -127,7 +127,8 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
         def hold() -> None:
             if dist.is_main():
                 stack.enter_context(DirLock(cfg.out, "run directory", inside=False))
-                stack.enter_context(replacing(cfg.out, cfg.overwrite and not cfg.resume, is_finished))
+                stack.enter_context(replacing(cfg.out, cfg.overwrite and not cfg.resume, is_finished,
+                                              lambda p: bool(checkpoint_dirs(p))))
 
         dist.agree(hold)
         return _train(cfg, console, device)
@@ -154,6 +155,7 @@ def _check_same_batch(was: int, now: int, cfg: TrainConfig, world: int) -> None:
 
 def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
     world, rank = dist.world_size(), dist.rank()
+    torch.manual_seed(cfg.seed)  # whatever draws from the global generator (e.g. LoRA dropout) is seeded too
     dist.agree(dist.check_parallel, cfg.parallel)
     ds = dist.agree(TokenDataset, cfg.data)
     dist.agree(_check_budget, cfg, ds, world)
@@ -164,9 +166,6 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
     model, base_path = dist.agree(_init_model, cfg, ds, out, device)
     fwd_model = dist.agree(dist.parallelize, model, device, cfg.parallel, cfg.compile, cfg.precision,
                            cfg.activation_checkpointing)
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
     steps = total_steps(cfg, n_train, ds.seq_len, world)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
@@ -178,8 +177,15 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
         state = dist.agree(restore_state, resume_from, model, optimizer, scheduler)
         step = state["step"]
         dist.agree(_check_same_batch, state.get("windows_per_step", per_step), per_step, cfg, world)
-        if "metrics" in state:  # the running sums since the last log line: resumed metrics equal uninterrupted ones
+        # the running sums since the last log line (summed over ranks; rank 0 carries them on) and the
+        # non-finite count: resumed metrics equal uninterrupted ones
+        if "metrics" in state and dist.is_main():
             t.metrics.acc = {k: v.to(device) for k, v in state["metrics"].items()}
+        t.nonfinite.fill_(state.get("nonfinite", 0))
+        t.first_nonfinite.fill_(state.get("first_nonfinite", -1))
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")  # after the resume checks: a refused resume changes nothing
     last_eval = None
     if cfg.resume:
         def kept_rows() -> dict | None:  # metrics after the checkpoint go; its step's evaluation stays
@@ -205,24 +211,27 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
                             f"({int(t.nonfinite)} such steps by step {step}, max_nonfinite_steps "
                             f"{cfg.max_nonfinite_steps}); nothing was saved after it and the last good checkpoint is "
                             f"{good[-1] if good else 'none'}: lower lr (now {cfg.lr:g}) or set grad_clip, then "
-                            "start over with --overwrite")
+                            "start over with --overwrite", agreed=True)  # every rank sees the same count
 
-    def save(step: int, final: bool = False, auto: bool = False) -> None:
+    def save(step: int, final: bool = False, auto: bool = False, only_final: bool = False) -> None:
         check_finite(step)
+        sums = t.metrics.summed()  # every rank reaches save(): the partial sums of all ranks, on rank 0
         sharded = dist.is_sharded(model)
         if not (sharded or dist.is_main()):
             return
         sd, osd = dist.full_state_dict(model, optimizer)  # a collective under FSDP: every rank takes part
         if not dist.is_main():
             return
-        state = capture_state(step, osd, scheduler, {"tokens": step * tokens_per_step, "windows_per_step": per_step,
-                                                     "metrics": {k: v.cpu() for k, v in t.metrics.acc.items()}})
         info = {**meta, "step": step, "tokens": step * tokens_per_step, "auto": auto}
-        d = out / "checkpoints" / f"step_{step:06d}"
         sd = sd if sharded else None  # unsharded: the model saves its own parameters
-        save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, info, state, state_dict=sd)
-        drop_auto_checkpoints(out, keep=d)
-        if final:
+        if not only_final:
+            state = capture_state(step, osd, scheduler, {
+                "tokens": step * tokens_per_step, "windows_per_step": per_step, "metrics": sums,
+                "nonfinite": float(t.nonfinite), "first_nonfinite": int(t.first_nonfinite)})
+            d = out / "checkpoints" / f"step_{step:06d}"
+            save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, info, state, state_dict=sd)
+            drop_auto_checkpoints(out, keep=d)
+        if final or only_final:
             save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path, info, state_dict=sd)
 
     def log(row: dict) -> None:
@@ -281,6 +290,7 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
             t_log, step_log, paused = time.perf_counter(), step, 0.0
         t_pause = time.perf_counter()
         if has_val and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+            check_finite(step)
             last_eval = run_eval(step)
             if console and dist.is_main():
                 bar.write(f"step {step}: val loss {last_eval['loss']:.4f} ppl {last_eval['ppl']:.2f}")
@@ -295,7 +305,7 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
     if has_val and last_eval is None:
         last_eval = run_eval(step)
     if not dist.agree(lambda: (out / "final").is_dir(), main_only=True):
-        save(step, final=True)
+        save(step, only_final=True)
     summary = {"status": "complete", "steps": steps, "tokens": steps * tokens_per_step,
                "parameters": count_parameters(model), "trainable_parameters": count_parameters(model, True),
                "final_val_loss": last_eval["loss"] if last_eval else None,
