@@ -354,3 +354,23 @@ def test_relative_and_absolute_spellings_resume_the_same_run(tiny_data, tmp_path
     interrupted(args, 3)
     absolute = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "run")] + args[5:] + ["--resume"]
     assert main(absolute) == 0
+
+
+def test_disk_full_while_saving_a_checkpoint_is_one_line(tiny_data, tmp_path, capsys, monkeypatch):
+    import selective_lm.model as model_mod
+
+    real, calls = model_mod.torch.save, {"n": 0}
+
+    def full(obj, f, *a, **k):  # what torch.save raises when the disk fills up mid-write
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                               "data/3: file write failed; unexpected pos 12345 vs 12000")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(model_mod.torch, "save", full)
+    out = tmp_path / "run"
+    one_line_error(["train", "--data", tiny_data, "--out", out, "--batch-size", "4", "--max-steps", "4",
+                    "--ckpt-every", "2", "--no-progress"], capsys, "could not write the checkpoint")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000002"]  # the good one, nothing half
+    assert not (out / "run.json").exists()

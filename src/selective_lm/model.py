@@ -8,6 +8,7 @@ path of the base checkpoint; :func:`load_model` merges it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from .config import LoraConfig
+from .dist import first_line
 from .files import UserError, atomic_dir, commit_dir, sha256_file, write_json
 from .loss import token_losses
 
@@ -165,6 +167,12 @@ def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None
             torch.save(state, tmp / "training_state.pt")
         write_index(tmp)
         commit_dir(tmp, out)
+    except RuntimeError as e:  # torch.save and safetensors report a full disk as a RuntimeError ("unexpected pos")
+        shutil.rmtree(tmp, ignore_errors=True)
+        text = str(e).lower()
+        if any(k in text for k in ("unexpected pos", "write", "no space", "disk")):
+            raise OSError(errno.ENOSPC, f"could not write the checkpoint ({first_line(e)})", str(out)) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
