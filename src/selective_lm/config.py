@@ -182,7 +182,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """Recompute each decoder block's activations in backward: less memory for about one more forward of compute."""
     log_every: int = 10
-    """Steps between metric lines (the only host syncs of the loop)."""
+    """Steps between metric lines: the loop syncs with the host there (and, for SLM with ratio < 1, once per micro-batch in the output head's backward)."""
     eval_every: int = 0
     """Steps between validation evaluations; 0 = only at the end."""
     eval_windows: int = 64

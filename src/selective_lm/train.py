@@ -9,7 +9,8 @@ One readable loop around :func:`train_step`, one optimizer step:
    the selection scope (the micro-step over all ranks, or the whole step after a no-grad pre-pass);
 3. loss = Σ selected token losses / (selected tokens of the whole step, all micro-batches and ranks),
    so accumulation and data parallelism give the gradient of one big batch;
-4. metrics accumulate on device; the host syncs only every ``log_every`` steps.
+4. metrics accumulate on device; the host syncs every ``log_every`` steps (SLM with ratio < 1 also once per
+   micro-batch, in the output head's sparse backward).
 """
 from __future__ import annotations
 
