@@ -150,27 +150,23 @@ def restore_state(ckpt: Path, model, optimizer, scheduler) -> dict:
     sharded = dist.is_sharded(model)
     reader = dist.is_main() or not sharded
     osd = state["optimizer"]
-    if osd.get("state") and all(isinstance(k, int) for k in osd["state"]):  # checkpoints of version 0.1 (by index)
-        if sharded:
-            raise UserError(f"checkpoint {ckpt} was written by selective-lm 0.1 (optimizer state by index): resume "
-                            "it with parallel=ddp")
-        weights = _weights(ckpt, model)
-        if hasattr(model, "peft_config"):
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(model, weights)
-        else:
-            dist.load_full_state_dict(model, weights)
-        optimizer.load_state_dict(osd)
-    elif hasattr(model, "peft_config"):
+    by_index = bool(osd.get("state")) and all(isinstance(k, int) for k in osd["state"])  # written by version 0.1
+    if by_index and sharded:
+        raise UserError(f"checkpoint {ckpt} was written by selective-lm 0.1 (optimizer state by index): resume "
+                        "it with parallel=ddp")
+    if hasattr(model, "peft_config"):  # adapters load through PEFT (LoRA runs are never sharded)
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, _weights(ckpt, model))
-        dist.load_full_state_dict(model, None, optimizer, osd)
+        weights = None
     else:
         dist.agree(_weights, ckpt, model, False, main_only=True)  # a mismatch stops every rank before the broadcast
-        dist.load_full_state_dict(model, _weights(ckpt, model) if reader else {}, optimizer, osd if reader else {},
-                                  from_rank0=sharded)
+        weights = _weights(ckpt, model) if reader else {}
+    if by_index:
+        dist.load_full_state_dict(model, weights)
+        optimizer.load_state_dict(osd)
+    else:
+        dist.load_full_state_dict(model, weights, optimizer, osd if reader else {}, from_rank0=sharded)
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     np.random.set_state(state["numpy_rng"])

@@ -115,6 +115,17 @@ def agree(fn, *args, main_only: bool = False, **kwargs):
     return gathered[0][1] if main_only else result
 
 
+def enter_on_main(stack: contextlib.ExitStack, *contexts) -> None:
+    """Enter context managers (made by the given callables) on rank 0 only, e.g. an output's lock; if
+    one refuses, every rank stops with its message."""
+    def enter() -> None:
+        if is_main():
+            for make in contexts:
+                stack.enter_context(make())
+
+    agree(enter)
+
+
 @contextlib.contextmanager
 def grad_sync(model, enabled: bool):
     """Gradient reduction on (the accumulation step's last micro-batch) or off, under DDP or FSDP2."""

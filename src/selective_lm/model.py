@@ -106,8 +106,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu"):
         else:
             model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
-        raise UserError(f"cannot load checkpoint {p} ({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}): "
-                        "it is incomplete or damaged; use another checkpoint") from None
+        raise UserError(f"cannot load checkpoint {p} ({first_line(e)}): it is incomplete or damaged; "
+                        "use another checkpoint") from None
     return model.to(device)
 
 

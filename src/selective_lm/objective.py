@@ -31,18 +31,17 @@ class Objective:
     """CLM (every valid token) or SLM (the selected ones), normalised over the whole optimizer step."""
 
     def __init__(self, objective: str = "clm", strategy: str = "topk", ratio: float = 1.0,
-                 temperature: float = 1.0, scope: str = "microstep", seed: int = 0,
-                 device: torch.device | str = "cpu"):
+                 temperature: float = 1.0, scope: str = "microstep", seed: int = 0):
         if scope not in SCOPES:
             raise ValueError(f"unknown selection scope {scope!r}: choose one of {', '.join(SCOPES)}")
         self.selective = objective == "slm"
         self.strategy, self.ratio, self.temperature = strategy, ratio, temperature
-        self.scope, self.seed, self.device = scope, seed, torch.device(device)
+        self.scope, self.seed = scope, seed
 
     @classmethod
-    def from_config(cls, cfg, device: torch.device) -> Objective:
+    def from_config(cls, cfg) -> Objective:
         return cls(cfg.objective, cfg.strategy, cfg.ratio if cfg.objective == "slm" else 1.0, cfg.temperature,
-                   cfg.selection_scope, cfg.seed, device)
+                   cfg.selection_scope, cfg.seed)
 
     @property
     def needs_prepass(self) -> bool:

@@ -81,11 +81,7 @@ def score(cfg: ScoreConfig) -> dict:
 
     ds, ident = dist.agree(check)
     with contextlib.ExitStack() as stack:
-        def hold() -> None:
-            if dist.is_main():
-                stack.enter_context(DirLock(cfg.out, "scores directory", inside=False))
-
-        dist.agree(hold)
+        dist.enter_on_main(stack, lambda: DirLock(cfg.out, "scores directory", inside=False))
         return _score(cfg, ds, ident, device)
 
 

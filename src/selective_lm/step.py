@@ -75,8 +75,8 @@ class StepMetrics:
         return dict(zip(self.KEYS, total))
 
     def reduce(self) -> dict[str, float]:
-        """Sum over ranks and move to the host (the loop's only host sync), then reset."""
-        vals = {k: float(v) for k, v in zip(self.KEYS, dist.all_reduce_sum(torch.stack(list(self.acc.values()))))}
+        """Sum over ranks and move to the host (the loop's sync at log steps), then reset."""
+        vals = {k: float(v) for k, v in self.summed().items()}
         self.reset()
         return vals
 
@@ -96,8 +96,8 @@ class Trainer:
     ref: RefLosses | None
     metrics: StepMetrics
     device: torch.device
-    nonfinite: torch.Tensor | None = None  # steps skipped for a non-finite gradient norm (device)
-    first_nonfinite: torch.Tensor | None = None  # the first such step, -1 if none (device)
+    nonfinite: torch.Tensor = dataclasses.field(init=False)  # steps skipped for a non-finite gradient norm
+    first_nonfinite: torch.Tensor = dataclasses.field(init=False)  # the first such step, -1 if none
 
     def __post_init__(self):
         self.nonfinite = torch.zeros((), device=self.device)

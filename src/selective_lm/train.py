@@ -125,13 +125,9 @@ def train(cfg: TrainConfig, console: bool = True) -> dict:
     device = dist.local_device(resolve_device(cfg.device))
     dist.init(device)
     with contextlib.ExitStack() as stack:
-        def hold() -> None:
-            if dist.is_main():
-                stack.enter_context(DirLock(cfg.out, "run directory", inside=False))
-                stack.enter_context(replacing(cfg.out, cfg.overwrite and not cfg.resume, is_finished,
-                                              lambda p: bool(checkpoint_dirs(p))))
-
-        dist.agree(hold)
+        dist.enter_on_main(stack, lambda: DirLock(cfg.out, "run directory", inside=False),
+                           lambda: replacing(cfg.out, cfg.overwrite and not cfg.resume, is_finished,
+                                             lambda p: bool(checkpoint_dirs(p))))
         return _train(cfg, console, device)
 
 
@@ -170,7 +166,7 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
     steps = total_steps(cfg, n_train, ds.seq_len, world)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
-    t = Trainer(cfg, ds, model, fwd_model, optimizer, scheduler, Objective.from_config(cfg, device), ref,
+    t = Trainer(cfg, ds, model, fwd_model, optimizer, scheduler, Objective.from_config(cfg), ref,
                 StepMetrics(device), device)
     per_step = cfg.batch_size * cfg.grad_accum * world
     step = 0
