@@ -71,11 +71,12 @@ class ScoreConfig:
     """Score every window of a dataset split with a reference model."""
 
     data: str = ""
-    """Dataset directory made by `slm prepare`."""
+    """Dataset directory made by `slm prepare`, or a Hugging Face dataset of token ids (a save_to_disk directory
+    with an input_ids column): then `out` becomes that dataset with a ref_loss column."""
     model: str = ""
     """Reference model: a local HF checkpoint directory (e.g. a run's final/ directory)."""
     out: str = ""
-    """Output directory for ref_losses.bin and its manifest."""
+    """Output directory for ref_losses.bin and its manifest (or the scored HF dataset)."""
     split: str = "train"
     """Dataset split to score."""
     batch_size: int = 32
@@ -84,8 +85,11 @@ class ScoreConfig:
     """cpu, cuda, or auto (cuda when available)."""
     precision: str = "auto"
     """fp32, bf16, or auto (bf16 autocast on GPU, fp32 on CPU)."""
+    hf_out: str | None = None
+    """Also write the scored split as a Hugging Face dataset (save_to_disk) with input_ids and ref_loss columns,
+    for the HF Trainer integration (selective_lm.hf) and other pipelines."""
     overwrite: bool = False
-    """Replace finished scores in `out`."""
+    """Replace finished scores in `out` (and `hf_out`)."""
     progress: bool = True
     """Show a progress bar."""
 

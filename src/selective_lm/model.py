@@ -303,7 +303,7 @@ def supports_chunked_head(model) -> bool:
 
 
 def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunked: bool = True,
-                       sparse_backward: bool = False) -> torch.Tensor:
+                       sparse_backward: bool = False, **forward_kwargs) -> torch.Tensor:
     """Per-token losses [B, T] of a causal LM on aligned (inputs, targets); ``model`` may be wrapped
     (DDP, FSDP2, torch.compile, PEFT).
 
@@ -311,16 +311,17 @@ def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunk
     :func:`~selective_lm.loss.head_token_losses`: the [B·T, vocab] logits are never materialised,
     with or without autograd. Other architectures (or ``chunked=False``) take the plain path. With
     ``sparse_backward`` the head's backward skips positions whose gradient is zero (SLM's
-    unselected tokens) at the price of one host sync per call.
+    unselected tokens) at the price of one host sync per call. ``forward_kwargs`` (an attention mask,
+    position ids) go to the model's forward.
     """
     from .dist import unwrap_hf
     from .loss import head_token_losses
 
     if chunked and supports_chunked_head(model):
         with _head_bypassed(unwrap_hf(model)) as head:
-            hidden = model(input_ids=inputs, use_cache=False).logits
+            hidden = model(input_ids=inputs, use_cache=False, **forward_kwargs).logits
         return head_token_losses(hidden, head.weight, targets, sparse_backward=sparse_backward)
-    logits = model(input_ids=inputs, use_cache=False).logits
+    logits = model(input_ids=inputs, use_cache=False, **forward_kwargs).logits
     return token_losses(logits, targets)
 
 

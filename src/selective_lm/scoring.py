@@ -71,7 +71,11 @@ def score(cfg: ScoreConfig) -> dict:
     shared memmap, and rank 0 finishes the file: the result equals a single-process run, byte for
     byte. A killed job resumes (under any world size) from the per-window ``done`` bitmap.
     """
+    from .columns import is_hf_dataset_dir
+
     device = dist.local_device(resolve_device(cfg.device))
+    if is_hf_dataset_dir(cfg.data):
+        return _score_hf_dataset(cfg, device)
     dist.init(device)
 
     def check() -> tuple[TokenDataset, dict]:
@@ -82,7 +86,43 @@ def score(cfg: ScoreConfig) -> dict:
     ds, ident = dist.agree(check)
     with contextlib.ExitStack() as stack:
         dist.enter_on_main(stack, lambda: DirLock(cfg.out, "scores directory", inside=False))
-        return _score(cfg, ds, ident, device)
+        manifest = _score(cfg, ds, ident, device)
+    if cfg.hf_out:
+        from .columns import export_scored
+
+        dist.agree(export_scored, cfg.data, cfg.out, cfg.hf_out, cfg.split, overwrite=cfg.overwrite, main_only=True)
+    return manifest
+
+
+def _score_hf_dataset(cfg: ScoreConfig, device: torch.device) -> dict:
+    """`slm score --data HF_DIR`: one process adds the reference losses as a column and saves to `out`."""
+    import datasets
+
+    from .columns import _check_out, save_scored, score_dataset
+
+    if dist.launched() and dist.world_size() > 1:
+        raise UserError("scoring a Hugging Face dataset runs in one process: start `slm score` without torchrun "
+                        "(or `slm prepare` the text and score that under torchrun)")
+    if cfg.hf_out:
+        raise UserError("--hf-out exports an `slm prepare` dataset; with a Hugging Face dataset as --data the "
+                        "scored dataset is --out itself: drop --hf-out")
+    _check_out(Path(cfg.out), cfg.overwrite)
+    t0 = time.perf_counter()
+    try:
+        data = datasets.load_from_disk(cfg.data)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"cannot load the Hugging Face dataset {cfg.data} ({e}): pass a Dataset.save_to_disk "
+                        "directory") from None
+    if isinstance(data, datasets.DatasetDict):
+        if cfg.split not in data:
+            raise UserError(f"{cfg.data} has splits {', '.join(data)}, not '{cfg.split}': pass --split")
+        data = data[cfg.split]
+    with DirLock(cfg.out, "scores directory", inside=False):
+        scored = score_dataset(data, cfg.model, batch_size=cfg.batch_size, device=device, precision=cfg.precision)
+        meta = save_scored(scored, cfg.out, overwrite=cfg.overwrite)
+    col = np.concatenate([np.asarray(r, dtype=np.float64)[1:] for r in scored[meta["column"]]] or [np.zeros(0)])
+    return {"windows": len(scored), "seq_len": float(np.mean([len(r) for r in scored["input_ids"]] or [0])),
+            "mean_loss": float(col.mean()) if col.size else float("nan"), "seconds": time.perf_counter() - t0, **meta}
 
 
 def _todo_batches(cfg: ScoreConfig, n: int) -> list[int]:

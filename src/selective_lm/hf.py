@@ -1,0 +1,260 @@
+"""SLM inside the Hugging Face ``Trainer`` and TRL, with the objective ``slm train`` uses.
+
+Two ways in:
+
+- :class:`SLMTrainerMixin`: put it first in the bases of any ``transformers.Trainer`` subclass
+  (:class:`SLMTrainer` is the mixin on ``Trainer``; ``class SLMSFTTrainer(SLMTrainerMixin, trl.SFTTrainer)``
+  works the same way). Reference losses come from a reference model (``ref_model=``, online) or from
+  a dataset column (offline; written by ``slm score --hf-out`` or :func:`selective_lm.columns.score_dataset`).
+  The Trainer fetches all micro-batches of an optimizer step before the first forward
+  (``get_batch_samples``), so the mixin knows the selected count of the whole step over all devices
+  in advance. That makes the loss exact: gradient accumulation and data parallelism give the gradient
+  that ``slm train`` gives on the same windows, and ``selection_scope='step'`` ranks the step's tokens
+  in a no-grad pre-pass (then accumulation A × B/A equals 1 × B).
+- :class:`SLMLoss`: a ``compute_loss_func`` for code that can only pass a function to ``Trainer``. It
+  needs an online reference (the function never sees which rows it is given), selects over each
+  micro-batch across devices, and divides by round(ratio × ``num_items_in_batch``), the step's
+  selected count up to the rounding of each micro-batch's share.
+
+Evaluation (``trainer.evaluate()``) reports the plain CLM loss, so ``eval_loss`` is comparable across
+arms. Training logs gain ``loss_all_tokens``, ``selected_fraction`` and ``excess_mean``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from transformers import Trainer
+
+from .config import SCOPES, STRATEGIES
+from .loss import IGNORE_INDEX, token_losses
+from .model import model_token_losses
+from .objective import Objective
+from .selection import num_selected
+from .step import StepMetrics
+
+REF_COLUMN = "ref_loss"
+FORWARD_KEYS = ("attention_mask", "position_ids")  # what else a batch may carry that the model's forward needs
+
+
+@dataclasses.dataclass
+class SLMArguments:
+    """How the Trainer integration selects tokens (the same meaning as ``slm train``'s options)."""
+
+    ratio: float = 0.6
+    """Fraction of the valid tokens of each selection scope that get the loss, in (0, 1]."""
+    strategy: str = "topk"
+    """topk (highest excess loss, the paper's SLM), random or stochastic (sampling ∝ exp(excess / temperature))."""
+    temperature: float = 1.0
+    """Temperature of stochastic selection."""
+    selection_scope: str = "microstep"
+    """microstep: select over each micro-batch step across all devices; step: over the whole optimizer step."""
+    ref_column: str = REF_COLUMN
+    """Dataset column with the reference loss of every token (offline scores; index 0 of a row has none)."""
+    seed: int = 0
+    """Seed of the random and stochastic draws (with the optimizer step)."""
+
+    def __post_init__(self):
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"SLMArguments.ratio must be in (0, 1], got {self.ratio}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.selection_scope not in SCOPES:
+            raise ValueError(f"unknown selection_scope {self.selection_scope!r}: choose one of {', '.join(SCOPES)}")
+        if self.strategy == "stochastic" and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def objective(self) -> Objective:
+        return Objective("slm", self.strategy, self.ratio, self.temperature, self.selection_scope, self.seed)
+
+
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """HF labels [B, L] → the targets [B, L − 1] of the inputs ``input_ids[:, :-1]`` (the layout of ``slm train``)."""
+    return labels[:, 1:]
+
+
+def shifted_refs(ref: torch.Tensor) -> torch.Tensor:
+    """A per-token reference-loss column [B, L] (index t: loss of token t) → aligned with shifted_targets."""
+    return ref[:, 1:].float().nan_to_num(0.0)
+
+
+def model_inputs(inputs: dict) -> tuple[torch.Tensor, dict]:
+    """(input_ids without the last position, which predicts nothing; the forward's other tensors, cut alike)."""
+    kwargs = {k: inputs[k][:, :-1] for k in FORWARD_KEYS if inputs.get(k) is not None}
+    return inputs["input_ids"][:, :-1], kwargs
+
+
+def _prepare_ref(ref_model, device) -> torch.nn.Module:
+    ref_model = ref_model.to(device)
+    ref_model.eval()
+    ref_model.requires_grad_(False)
+    return ref_model
+
+
+class SLMTrainerMixin:
+    """Selective Language Modeling for a ``transformers.Trainer`` subclass (put it first in the bases).
+
+    Keyword arguments on top of the Trainer's: ``slm_args`` (:class:`SLMArguments`) and ``ref_model``
+    (a causal LM sharing the tokenizer; without it every batch needs the ``slm_args.ref_column`` column).
+    """
+
+    def __init__(self, *args, slm_args: SLMArguments | None = None, ref_model=None, **kwargs):
+        self.slm_args = slm_args or SLMArguments()
+        self.ref_model = ref_model
+        targs = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if targs is not None and targs.ddp_find_unused_parameters is None:
+            # the loss takes the output head's weight outside the model's forward (chunked, no [B·T, vocab]
+            # logits): DDP's search for unused parameters would mark the head ready twice
+            targs.ddp_find_unused_parameters = False
+        super().__init__(*args, **kwargs)
+        if self.args.n_gpu > 1:
+            raise ValueError("SLM needs one device per process (DataParallel over several GPUs in one process is not "
+                             "supported): launch with torchrun or accelerate")
+        self.slm_objective = self.slm_args.objective()
+        self.loss_is_scaled_for_ga = True  # compute_loss divides by the selected count of the whole step
+        if ref_model is not None:
+            self.ref_model = _prepare_ref(ref_model, self.args.device)
+        else:
+            cols = getattr(self.train_dataset, "column_names", None)
+            if cols is not None and self.slm_args.ref_column not in cols:
+                raise ValueError(f"the training dataset has no '{self.slm_args.ref_column}' column (it has "
+                                 f"{', '.join(cols)}): attach reference losses with `slm score --hf-out` or "
+                                 "selective_lm.columns.score_dataset, or pass ref_model= for online reference losses")
+        self.slm_metrics = StepMetrics(self.args.device)
+        self._slm_step: dict | None = None
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        col = self.slm_args.ref_column
+        if self.ref_model is None and self._signature_columns is not None and col not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, col]  # remove_unused_columns keeps the scores
+
+    # ------------------------------------------------------------------ one optimizer step
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._slm_step = self._plan_step(batches) if batches else None
+        return batches, num_items
+
+    def _plan_step(self, batches: list[dict]) -> dict:
+        """The step's denominator (selected tokens over all micro-batches and devices) and, for
+        selection_scope='step', the masks of every micro-batch; the same on every process."""
+        obj = self.slm_objective
+        batches = [self._prepare_inputs(b) for b in batches]
+        if any("labels" not in b for b in batches):
+            raise ValueError("SLM needs 'labels' in every batch: use a data collator that sets them "
+                             "(e.g. selective_lm.columns.SLMCollator or DataCollatorForLanguageModeling(mlm=False))")
+        targets = [shifted_targets(b["labels"]) for b in batches]
+        valids = [t != IGNORE_INDEX for t in targets]
+        plan = {"denom": obj.denominator(valids), "gen": obj.generator(self.state.global_step), "next": 0,
+                "masks": None, "excess": [None] * len(batches)}
+        if obj.scope == "step" and len(batches) > 1:  # one micro-batch: the micro-step is the step
+            if obj.needs_prepass:
+                with torch.no_grad(), self.compute_loss_context_manager():
+                    for m, (b, t) in enumerate(zip(batches, targets)):
+                        ids, kw = model_inputs(b)
+                        tl = model_token_losses(self.model, ids, t, **kw)
+                        plan["excess"][m] = self._excess(tl, self._ref(b, t), valids[m])
+            plan["masks"] = obj.select([e if e is not None else v.float() for e, v in zip(plan["excess"], valids)],
+                                       valids, plan["gen"])
+        return plan
+
+    def _ref(self, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
+        if self.ref_model is not None:
+            ids, kw = model_inputs(inputs)
+            with torch.no_grad():
+                return model_token_losses(self.ref_model, ids, targets, **kw).float()
+        col = self.slm_args.ref_column
+        ref = inputs.get(col)
+        if ref is None:
+            raise ValueError(f"the batch has no '{col}' column: keep it through the data collator "
+                             "(selective_lm.columns.SLMCollator does) or pass ref_model=")
+        if ref.shape != inputs["input_ids"].shape:
+            raise ValueError(f"'{col}' has shape {tuple(ref.shape)} but input_ids {tuple(inputs['input_ids'].shape)}: "
+                             "the scores must be one per token of the same rows")
+        return shifted_refs(ref.to(targets.device))
+
+    @staticmethod
+    def _excess(tl: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return torch.where(valid, tl.detach().float() - ref, torch.zeros_like(ref))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        plan = self._slm_step
+        if not model.training or plan is None:  # evaluation: the plain CLM loss, comparable across arms
+            inputs = {k: v for k, v in inputs.items() if k != self.slm_args.ref_column}
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        obj, m = self.slm_objective, plan["next"]
+        if m >= len(plan["excess"]):
+            raise RuntimeError("compute_loss was called more often than the step has micro-batches")
+        plan["next"] += 1
+        targets = shifted_targets(inputs["labels"])
+        valid = targets != IGNORE_INDEX
+        ids, kw = model_inputs(inputs)
+        tl = model_token_losses(model, ids, targets, sparse_backward=obj.ratio < 1.0, **kw)
+        excess = plan["excess"][m]
+        if excess is None:
+            excess = self._excess(tl, self._ref(inputs, targets), valid)
+        mask = plan["masks"][m] if plan["masks"] is not None else obj.select([excess], [valid], plan["gen"])[0]
+        loss = obj.loss(tl, mask, plan["denom"])
+        self.slm_metrics.add(tl.detach(), valid, mask, excess, None)
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs and not any(k.startswith("eval_") for k in logs):  # a training log (every process)
+            v = self.slm_metrics.reduce()
+            n_all, n_sel = max(v["n_all"], 1.0), max(v["n_sel"], 1.0)
+            logs = {**logs, "loss_all_tokens": v["loss_all"] / n_all, "loss_selected": v["loss_sel"] / n_sel,
+                    "selected_fraction": v["n_sel"] / n_all, "excess_mean": v["ex_sum"] / n_all}
+        return super().log(logs, *args, **kwargs)
+
+
+class SLMTrainer(SLMTrainerMixin, Trainer):
+    """``transformers.Trainer`` training with Selective Language Modeling (see :class:`SLMTrainerMixin`)."""
+
+
+class SLMLoss:
+    """An SLM ``compute_loss_func`` for ``Trainer(compute_loss_func=SLMLoss(ref_model, model))``.
+
+    The Trainer passes the function only (outputs, labels, num_items_in_batch); a forward pre-hook on
+    ``model`` keeps the inputs of the current forward for the reference model. Prefer
+    :class:`SLMTrainerMixin` where you can subclass: it also takes offline scores and is exact for
+    ``selection_scope='step'``.
+    """
+
+    def __init__(self, ref_model, model, slm_args: SLMArguments | None = None):
+        self.slm_args = slm_args or SLMArguments()
+        if self.slm_args.selection_scope != "microstep":
+            raise ValueError("SLMLoss selects over each micro-batch step; for selection_scope='step' use SLMTrainer")
+        self.objective = self.slm_args.objective()
+        self.ref_model = _prepare_ref(ref_model, next(model.parameters()).device)
+        self.calls = 0
+        self._inputs: dict | None = None
+        self._hook = model.register_forward_pre_hook(self._keep_inputs, with_kwargs=True)
+
+    def _keep_inputs(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._inputs = None if ids is None else {"input_ids": ids, **{k: kwargs[k] for k in FORWARD_KEYS
+                                                                     if kwargs.get(k) is not None}}
+
+    def remove(self) -> None:
+        """Detach the input hook from the model."""
+        self._hook.remove()
+
+    def __call__(self, outputs, labels, num_items_in_batch=None):
+        if self._inputs is None:
+            raise RuntimeError("SLMLoss saw no forward with input_ids: pass the model being trained as SLMLoss(ref, model)")
+        obj = self.objective
+        targets = shifted_targets(labels)
+        valid = targets != IGNORE_INDEX
+        tl = token_losses(outputs.logits[:, :-1], targets)
+        ids, kw = model_inputs(self._inputs)
+        with torch.no_grad():
+            ref = model_token_losses(self.ref_model, ids, targets, **kw).float()
+        excess = torch.where(valid, tl.detach() - ref, torch.zeros_like(ref))
+        mask = obj.select([excess], [valid], obj.generator(self.calls))[0]
+        self.calls += 1
+        if num_items_in_batch is None:  # no step count: a per-batch mean (the Trainer divides by accumulation)
+            denom = mask.sum().clamp(min=1)
+        else:  # the Trainer multiplies by the number of processes and DDP averages: Σ selected / K of the step
+            denom = num_selected(torch.as_tensor(num_items_in_batch).reshape(-1)[0], obj.ratio).clamp(min=1)
+        return (tl * mask.to(tl.dtype)).sum() / denom.to(tl.device, tl.dtype)
