@@ -31,7 +31,7 @@ class PrepareConfig:
     """Turn a corpus into a dataset directory of fixed token windows."""
 
     inputs: list[str] = field(default_factory=list)
-    """Text (.txt/.md), JSONL (.jsonl/.json), Parquet files, directories or globs, or a HF `datasets` dataset saved with save_to_disk."""
+    """Text (.txt/.md), JSONL (.jsonl/.json), Parquet files, directories or globs, or a HF `datasets` dataset saved with save_to_disk. Text and JSONL files may be compressed: .gz, .zst, .bz2, .xz (e.g. data.jsonl.zst)."""
     out: str = ""
     """Output dataset directory."""
     text_field: str = "text"

@@ -340,6 +340,7 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
             "tokenizer_fingerprint": tokenizer_fingerprint(tok_dir),
             "splits": splits,
             "sources": stats["sources"],
+            "skipped_files": stats["skipped"],
             "documents": stats["documents"],
             "empty_documents": stats["empty_documents"],
             "replaced_bytes": stats["replaced_bytes"],
