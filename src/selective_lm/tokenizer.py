@@ -158,6 +158,27 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer itself starts an encoded text with its BOS token (``add_special_tokens=True``)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer.encode("a", add_special_tokens=True)
+    return bool(ids) and ids[0] == bos
+
+
+def resolve_bos(tokenizer, choice: str, where: str) -> int | None:
+    """The BOS id each document starts with under ``bos=choice`` (auto, true, false), or None."""
+    if choice == "false":
+        return None
+    if choice == "true":
+        if tokenizer.bos_token_id is None:
+            raise UserError(f"bos=true but tokenizer {where} has no BOS token: set bos_token in its "
+                            "tokenizer_config.json (e.g. \"<s>\"), or pass bos=auto or bos=false")
+        return int(tokenizer.bos_token_id)
+    return int(tokenizer.bos_token_id) if adds_bos(tokenizer) else None
+
+
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
     """sha256 of the canonical tokenizer.json content (sorted keys; truncation/padding settings ignored)."""
     p = Path(tokenizer_dir) / "tokenizer.json"
