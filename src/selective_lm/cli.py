@@ -22,8 +22,12 @@ def _prepare(cfg: PrepareConfig) -> None:
         raise UserError("`slm prepare` runs in one process: start it without torchrun (it is I/O bound), "
                         "then launch train/score/eval with torchrun")
     m = prepare(cfg)
+    skipped = [os.path.basename(f) for f in m["skipped_files"]]
     print(f"prepared {cfg.out}: " + ", ".join(f"{s} {v['windows']} windows" for s, v in m["splits"].items())
-          + f", vocab {m['vocab_size']}, seq_len {m['seq_len']}, replaced bytes {m['replaced_bytes']}")
+          + f", vocab {m['vocab_size']}, seq_len {m['seq_len']}, replaced bytes {m['replaced_bytes']}"
+          + (f", BOS id {m['bos_id']} before each document" if m["bos_id"] is not None else "")
+          + (f", skipped {len(skipped)} files of other types ({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''};"
+             f" all listed under skipped_files in {os.path.join(cfg.out, 'manifest.json')})" if skipped else ""))
 
 
 def _score(cfg: ScoreConfig) -> None:

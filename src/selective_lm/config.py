@@ -23,6 +23,7 @@ STRATEGIES = ("topk", "random", "stochastic")
 OBJECTIVES = ("clm", "slm")
 SCOPES = ("microstep", "step")
 PARALLEL = ("ddp", "fsdp")
+BOS_CHOICES = ("auto", "true", "false")
 
 
 # --------------------------------------------------------------------------- configs
@@ -31,7 +32,7 @@ class PrepareConfig:
     """Turn a corpus into a dataset directory of fixed token windows."""
 
     inputs: list[str] = field(default_factory=list)
-    """Text (.txt/.md), JSONL (.jsonl/.json), Parquet files, directories or globs, or a HF `datasets` dataset saved with save_to_disk."""
+    """Text (.txt/.md), JSONL (.jsonl/.json), Parquet files, directories or globs, or a HF `datasets` dataset saved with save_to_disk. Text and JSONL files may be compressed: .gz, .zst, .bz2, .xz (e.g. data.jsonl.zst)."""
     out: str = ""
     """Output dataset directory."""
     text_field: str = "text"
@@ -42,6 +43,8 @@ class PrepareConfig:
     """Local HF tokenizer directory to use; when unset a byte-level BPE of `vocab_size` is trained on the inputs."""
     vocab_size: int = 2048
     """Vocabulary size of the trained byte-level BPE (ignored with `tokenizer`)."""
+    bos: str = "auto"
+    """Start every document with the tokenizer's BOS token: auto (when the tokenizer itself adds one, as Llama-style tokenizers do; never for the trained BPE), true or false."""
     seq_len: int = 128
     """Tokens of context per training window; windows hold seq_len + 1 tokens."""
     val_fraction: float = 0.05
@@ -64,6 +67,11 @@ class PrepareConfig:
             raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.tokenizer is None and self.vocab_size < 259:
             raise UserError(f"vocab_size must be >= 259 for a byte-level BPE, got {self.vocab_size}")
+        self.bos = str(self.bos).lower()  # YAML reads `bos: true` as a bool
+        _check_choice("bos", self.bos, BOS_CHOICES)
+        if self.bos == "true" and self.tokenizer is None:
+            raise UserError("bos=true needs a tokenizer with a BOS token, and the byte-level BPE that prepare trains "
+                            "has none: pass tokenizer=DIR (one with a bos_token) or bos=auto")
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Reference scores are per token and depend on context, so training must see exactly the windows
 that were scored. :func:`prepare` tokenizes the inputs, splits documents into train/validation by a
-seeded hash of their text, packs each split (document tokens + EOS, in input order) into
+seeded hash of their text, packs each split ([BOS +] document tokens + EOS, in input order) into
 consecutive non-overlapping windows of ``seq_len + 1`` tokens and writes flat memmaps::
 
     DIR/manifest.json          written last (the directory is moved into place as a whole)
@@ -27,7 +27,7 @@ import torch
 from .config import PrepareConfig
 from .files import DirLock, UserError, atomic_dir, commit_dir, read_json, remove_stale_temporaries, sha256_json, write_json
 from .sources import expand_inputs, iter_documents
-from .tokenizer import (EOS_TOKEN, copy_tokenizer, load_tokenizer, token_dtype,
+from .tokenizer import (EOS_TOKEN, copy_tokenizer, load_tokenizer, resolve_bos, token_dtype,
                         tokenizer_fingerprint, train_tokenizer, train_tokenizer_from_inputs)
 
 __all__ = [
@@ -58,6 +58,7 @@ def dataset_fingerprint(manifest: dict) -> str:
         "dtype": manifest["dtype"],
         "vocab_size": manifest["vocab_size"],
         "eos_id": manifest.get("eos_id"),
+        **({"bos_id": manifest["bos_id"]} if manifest.get("bos_id") is not None else {}),  # older datasets keep theirs
         "tokenizer_fingerprint": manifest["tokenizer_fingerprint"],
         "splits": {name: {"file": s["file"], "windows": s["windows"], "sha256": s.get("sha256")}
                    for name, s in sorted(manifest["splits"].items())},
@@ -193,21 +194,24 @@ def split_long(text: str, size: int) -> list[str]:
 
 
 def _pack(docs, tokenizer, writers: dict[str, _SplitWriter], cfg: PrepareConfig, eos_id: int,
-          state: dict) -> None:
+          state: dict, bos_id: int | None = None) -> None:
     backend = tokenizer.backend_tokenizer
     dtype = next(iter(writers.values())).dtype
     limit = np.iinfo(dtype).max
     chunk = _CHUNK_CHARS if can_chunk(tokenizer) else 0
-    batch: list[tuple[str, list | None, str, bool]] = []  # (text, spans, split, ends the document)
+    batch: list[tuple[str, list | None, str, bool, bool]] = []  # (text, spans, split, starts / ends the document)
     chars = 0
 
     def run() -> None:
-        with_offsets = any(spans for _, spans, _, _ in batch)
-        encs = _encode_batch(backend, [t for t, _, _, _ in batch], with_offsets)
+        with_offsets = any(spans for _, spans, _, _, _ in batch)
+        encs = _encode_batch(backend, [t for t, _, _, _, _ in batch], with_offsets)
         flat: dict[str, list[int]] = {name: [] for name in writers}
         provs: dict[str, list[np.ndarray]] = {name: [] for name in writers}
-        for (text, spans, split, last), enc in zip(batch, encs):
+        for (text, spans, split, first, last), enc in zip(batch, encs):
             ids = enc.ids
+            bos = first and bos_id is not None
+            if bos:
+                flat[split].append(bos_id)
             flat[split].extend(ids)
             if last:
                 flat[split].append(eos_id)
@@ -215,10 +219,10 @@ def _pack(docs, tokenizer, writers: dict[str, _SplitWriter], cfg: PrepareConfig,
             if state["provenance"]:
                 if spans:  # spans documents are never cut
                     state["labels"].update(label for _, _, label in spans)
-                    lab = token_labels(text, spans, enc.offsets)
-                    provs[split].append(np.append(lab, char_labels(text, spans)[-1]))
+                    lab = char_labels(text, spans)  # BOS and EOS take the label of the first and last character
+                    provs[split].append(np.concatenate([lab[:bos], token_labels(text, spans, enc.offsets), lab[-1:]]))
                 else:
-                    provs[split].append(np.zeros(len(ids) + last, dtype=np.uint8))
+                    provs[split].append(np.zeros(bos + len(ids) + last, dtype=np.uint8))
         for name, toks in flat.items():
             if toks:
                 arr = np.array(toks, dtype=np.int64)
@@ -238,7 +242,7 @@ def _pack(docs, tokenizer, writers: dict[str, _SplitWriter], cfg: PrepareConfig,
         split = "validation" if is_validation(text, cfg.seed, cfg.val_fraction) else "train"
         pieces = split_long(text, chunk) if chunk and not spans and len(text) > chunk else [text]
         for i, piece in enumerate(pieces):
-            batch.append((piece, spans, split, i == len(pieces) - 1))
+            batch.append((piece, spans, split, i == 0, i == len(pieces) - 1))
             chars += len(piece)
             if chars >= _BATCH_CHARS or len(batch) >= _BATCH_DOCS:
                 run()
@@ -282,6 +286,7 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
     expand_inputs(cfg.inputs)  # fail fast on missing paths, before any progress bar
     if cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)  # fail fast, before reading the corpus
+        resolve_bos(tokenizer, cfg.bos, cfg.tokenizer)
     names = SPLITS if cfg.val_fraction > 0 else ("train",)  # validation is routed by is_validation
     tmp = atomic_dir(out)
     try:
@@ -299,6 +304,7 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
                             cfg.vocab_size, tok_dir)
         tokenizer = load_tokenizer(tok_dir)
         eos_id = tokenizer.eos_token_id
+        bos_id = resolve_bos(tokenizer, cfg.bos, cfg.tokenizer or "trained by prepare")
         vocab_size = len(tokenizer)
         dtype = token_dtype(vocab_size)
         window_len = cfg.seq_len + 1
@@ -309,7 +315,7 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
         docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field, stats=stats)
         try:
             _pack(tqdm(docs, desc="prepare", unit="doc", disable=not cfg.progress, delay=0.5),
-                  tokenizer, writers, cfg, eos_id, state)
+                  tokenizer, writers, cfg, eos_id, state, bos_id)
         finally:
             splits = {name: w.close() for name, w in writers.items()}
         dropped = {name: w.npending for name, w in writers.items()}
@@ -336,10 +342,13 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
             "dtype": dtype.name,
             "vocab_size": vocab_size,
             "eos_id": eos_id,
+            "bos": cfg.bos,
+            "bos_id": bos_id,
             "tokenizer": "tokenizer",
             "tokenizer_fingerprint": tokenizer_fingerprint(tok_dir),
             "splits": splits,
             "sources": stats["sources"],
+            "skipped_files": stats["skipped"],
             "documents": stats["documents"],
             "empty_documents": stats["empty_documents"],
             "replaced_bytes": stats["replaced_bytes"],
@@ -383,6 +392,7 @@ class TokenDataset:
         self.window_len: int = int(manifest["window_len"])
         self.vocab_size: int = int(manifest["vocab_size"])
         self.eos_id: int = int(manifest["eos_id"])
+        self.bos_id: int | None = manifest.get("bos_id")  # each document starts with it; None: no BOS
         self.dtype = np.dtype(manifest["dtype"])
         self.fingerprint: str = manifest["fingerprint"]
         self.tokenizer_dir: Path = self.path / manifest["tokenizer"]

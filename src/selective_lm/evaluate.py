@@ -16,6 +16,7 @@ from .config import EvalConfig
 from .data import TokenDataset
 from .files import UserError, write_json
 from .model import autocast_ctx, check_compatible, load_model, model_token_losses, resolve_device
+from .tokenizer import adds_bos, load_tokenizer
 
 
 @torch.inference_mode()
@@ -122,25 +123,28 @@ def normalize_answer(ans: str) -> str:
 @torch.inference_mode()
 def fewshot_accuracy(model, tokenizer, questions: list[dict], exemplars: list[dict], shots: int = 4,
                      max_new_tokens: int = 48, batch_size: int = 32, device: torch.device | str = "cpu",
-                     max_positions: int | None = None, progress: bool = False) -> dict:
+                     max_positions: int | None = None, progress: bool = False, bos_id: int | None = None) -> dict:
     """Greedy few-shot exact match: prompts of exemplars + "Problem: q\\nSolution:", answer after "Answer:".
 
-    Exemplars are dropped from the prompt (fewest first) when the prompt would not fit in
-    ``max_positions`` (default: the model's max_position_embeddings) with ``max_new_tokens``.
+    ``tokenizer`` is the one the model was trained with (:func:`~selective_lm.tokenizer.load_tokenizer`);
+    a prompt starts with ``bos_id`` when given, as every training document did. Exemplars are
+    dropped from the prompt (fewest first) when the prompt would not fit in ``max_positions``
+    (default: the model's max_position_embeddings) with ``max_new_tokens``.
     """
     device = torch.device(device)
-    limit = (max_positions or model.config.max_position_embeddings) - max_new_tokens
+    head = [] if bos_id is None else [bos_id]
+    limit = (max_positions or model.config.max_position_embeddings) - max_new_tokens - len(head)
     eos = tokenizer.eos_token_id
     prompts = []
     for q in questions:
-        tail = tokenizer.encode(f"Problem: {q['question']}\nSolution:")
+        tail = tokenizer.encode(f"Problem: {q['question']}\nSolution:", add_special_tokens=False)
         ids: list[int] = []
         for ex in exemplars[:shots]:
-            e = tokenizer.encode(format_exemplar(ex))
+            e = tokenizer.encode(format_exemplar(ex), add_special_tokens=False)
             if len(ids) + len(e) + len(tail) > limit:
                 break
             ids += e
-        prompts.append((ids + tail)[-limit:])
+        prompts.append(head + (ids + tail)[-limit:])
     was_training = model.training
     model.eval()
     outcomes: dict[int, tuple[bool, str | None]] = {}
@@ -193,7 +197,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         datasets = [TokenDataset(d) for d in cfg.data]
         for ds in datasets:
             check_compatible(cfg.model, ds)
-        questions, exemplars, tok_dir = [], [], None
+        questions, exemplars, tok = [], [], None
         if cfg.fewshot:
             questions = check_rows(read_jsonl(cfg.fewshot), cfg.fewshot, ("question", "answer"))
             questions = questions[:cfg.fewshot_limit] if cfg.fewshot_limit else questions
@@ -203,9 +207,10 @@ def evaluate(cfg: EvalConfig) -> dict:
                 (datasets[0].tokenizer_dir if datasets else None)
             if tok_dir is None:
                 raise UserError(f"no tokenizer in {cfg.model}: pass --data DIR so its tokenizer is used")
-        return datasets, questions, exemplars, tok_dir
+            tok = load_tokenizer(tok_dir)  # its tokenizer.json as saved, not a class AutoTokenizer picks by model type
+        return datasets, questions, exemplars, tok
 
-    datasets, questions, exemplars, tok_dir = dist.agree(open_all)
+    datasets, questions, exemplars, tok = dist.agree(open_all)
     model = load_model(cfg.model, device)
     results: dict = {"model": str(Path(cfg.model).resolve()), "split": cfg.split, "datasets": {}}
     for ds in datasets:
@@ -219,11 +224,10 @@ def evaluate(cfg: EvalConfig) -> dict:
                                                      "dataset_fingerprint": ds.fingerprint}))
         results["datasets"][str(ds.path)] = summary
     if cfg.fewshot:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(tok_dir)
+        # prompts start like the training documents: with the datasets' BOS, else the tokenizer's own
+        bos_id = datasets[0].bos_id if datasets else (tok.bos_token_id if adds_bos(tok) else None)
         results["fewshot"] = fewshot_accuracy(model, tok, questions, exemplars, cfg.shots, cfg.max_new_tokens,
-                                              cfg.batch_size, device, progress=cfg.progress)
+                                              cfg.batch_size, device, progress=cfg.progress, bos_id=bos_id)
     if cfg.out and dist.is_main():
         write_json(cfg.out, results)
     return results

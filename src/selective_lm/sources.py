@@ -3,15 +3,22 @@
 :func:`iter_documents` expands files, directories and globs into an ordered list of sources and
 yields ``(text, spans)`` per document in a deterministic order. Bytes that are not UTF-8 become
 U+FFFD and are counted; lone surrogates (e.g. from JSON ``\\udc80`` escapes) are replaced too,
-so every yielded text can be encoded by a tokenizer.
+so every yielded text can be encoded by a tokenizer. Text and JSONL files may be compressed
+(``data.jsonl.gz``, ``x.txt.zst``, ``.bz2``, ``.xz``); they are decompressed as a stream.
 """
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
 import hashlib
+import io
+import itertools
 import json
+import lzma
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +28,10 @@ TEXT_EXTS = (".txt", ".md", ".text")
 JSONL_EXTS = (".jsonl", ".json")
 PARQUET_EXTS = (".parquet",)
 KNOWN_EXTS = TEXT_EXTS + JSONL_EXTS + PARQUET_EXTS
+COMPRESSED_EXTS = (".gz", ".zst", ".bz2", ".xz")  # around text and JSONL files
+_TEST_TOOLS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bzip2", ".xz": "xz"}
+SUPPORTED = (f"{'/'.join(KNOWN_EXTS)} files (text and JSONL also as {'/'.join(COMPRESSED_EXTS)}) "
+             "or HF datasets directories")
 HF_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
 LABEL_NAMES = {"content": 0, "noise": 1, "offtopic": 2}
 
@@ -55,7 +66,7 @@ def _is_slm_dataset_dir(path: Path) -> bool:
     return (path / "manifest.json").is_file() and (path / "tokenizer").is_dir()
 
 
-def _walk(directory: Path) -> list[tuple[str, Path]]:
+def _walk(directory: Path, skipped: list[str]) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = []
     for entry in sorted(directory.iterdir(), key=lambda p: p.name):
         if entry.name.startswith("."):
@@ -64,26 +75,53 @@ def _walk(directory: Path) -> list[tuple[str, Path]]:
             if is_hf_dataset_dir(entry):
                 out.append(("hf", entry))
             elif not _is_slm_dataset_dir(entry):  # never read a prepared dataset back as input
-                out.extend(_walk(entry))
-        elif entry.is_file() and entry.suffix.lower() in KNOWN_EXTS:
-            out.append((_kind(entry), entry))
+                out.extend(_walk(entry, skipped))
+        elif entry.is_file():
+            if is_supported(entry):
+                out.append((_kind(entry), entry))
+            else:
+                skipped.append(os.path.abspath(entry))
     return out
 
 
-def _kind(path: Path) -> str:
+def split_ext(path: Path) -> tuple[str, str | None]:
+    """(format extension, compression extension or None): ``data.jsonl.gz`` -> (".jsonl", ".gz")."""
     ext = path.suffix.lower()
+    if ext in COMPRESSED_EXTS:
+        return Path(path.stem).suffix.lower(), ext
+    return ext, None
+
+
+def is_supported(path: Path) -> bool:
+    ext, compression = split_ext(path)
+    return ext in (TEXT_EXTS + JSONL_EXTS if compression else KNOWN_EXTS)
+
+
+def _kind(path: Path) -> str:
+    ext, compression = split_ext(path)
     if ext in TEXT_EXTS:
         return "text"
     if ext in JSONL_EXTS:
         return "jsonl"
-    if ext in PARQUET_EXTS:
+    if ext in PARQUET_EXTS and compression is None:
         return "parquet"
-    raise UserError(f"unsupported input file type '{ext or path.name}': {path} "
-                    f"(use {', '.join(KNOWN_EXTS)} files or a HF datasets directory)")
+    shown = ext + (compression or "")
+    raise UserError(f"unsupported input file type '{shown or path.name}': {path} (use {SUPPORTED})")
 
 
-def expand_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
-    """Files, directories (recursive, sorted) and globs → ordered, de-duplicated (kind, path) list."""
+def _skipped_note(paths: list[str]) -> str:
+    names = [Path(f).name for f in paths]
+    more = ", ..." if len(names) > 5 else ""
+    return f" ({len(names)} files of other types skipped: {', '.join(names[:5])}{more})" if names else ""
+
+
+def expand_inputs(inputs: list[str], skipped: list[str] | None = None) -> list[tuple[str, Path]]:
+    """Files, directories (recursive, sorted) and globs → ordered, de-duplicated (kind, path) list.
+
+    Files of other types met in a directory or a glob are left out; their absolute paths are
+    appended to ``skipped``. A directory where nothing is readable is a UserError.
+    """
+    skipped = [] if skipped is None else skipped
     if not inputs:
         raise UserError("no inputs given: pass --inputs FILE_OR_DIR [...]")
     out: list[tuple[str, Path]] = []
@@ -102,14 +140,18 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
                 if is_hf_dataset_dir(m):
                     out.append(("hf", m))
                 else:
-                    found = _walk(m)
+                    before = len(skipped)
+                    found = _walk(m, skipped)
                     if not found and p.exists():
-                        raise UserError(f"input directory {m} holds no {'/'.join(KNOWN_EXTS)} files "
-                                        "or HF datasets: point --inputs at your corpus files")
+                        raise UserError(f"input directory {m} holds no {SUPPORTED}{_skipped_note(skipped[before:])}: "
+                                        "point --inputs at your corpus files")
                     out.extend(found)
             elif m.is_file():
-                if p.exists() or m.suffix.lower() in KNOWN_EXTS:
+                if p.exists() or is_supported(m):
                     out.append((_kind(m), m))
+                else:
+                    skipped.append(os.path.abspath(m))
+    skipped[:] = list(dict.fromkeys(skipped))  # a directory given twice skips its files once
     seen: set[str] = set()
     unique = []
     for kind, path in out:
@@ -118,8 +160,8 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
             seen.add(key)
             unique.append((kind, path))
     if not unique:
-        raise UserError(f"no input files found in {', '.join(inputs)}: pass {'/'.join(KNOWN_EXTS)} files, "
-                        "directories or a HF datasets directory")
+        raise UserError(f"no input files found in {', '.join(inputs)}{_skipped_note(skipped)}: pass {SUPPORTED}, "
+                        "or directories holding them")
     return unique
 
 
@@ -148,9 +190,94 @@ def check_spans(spans, text_len: int, where: str) -> list | None:
     return out
 
 
+# --------------------------------------------------------------------------- decompression
+class _ZstdReader(io.RawIOBase):
+    """Streaming zstd decoder over every frame of a file; a file cut inside a frame raises EOFError.
+
+    (zstandard's own stream_reader returns a short read silently when the file is truncated.)
+    """
+
+    def __init__(self, path: Path):
+        try:
+            import zstandard
+        except ImportError:
+            raise UserError(f"{path}: reading .zst files needs the zstandard package: pip install zstandard") from None
+        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)  # files made with `zstd --long`
+        self._frame = None
+        self._rest = self._out = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._out):
+            if not self._fill():
+                return 0
+        n = min(len(b), len(self._out) - self._pos)
+        b[:n] = self._out[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def _fill(self) -> bool:
+        while True:
+            data, self._rest = (self._rest or self._f.read(1 << 17)), b""
+            if not data:
+                if self._frame is not None and not self._frame.eof:
+                    raise EOFError("compressed file ended before the end of a zstd frame")
+                return False
+            if self._frame is None or self._frame.eof:
+                self._frame = self._dctx.decompressobj()
+            self._out, self._pos = self._frame.decompress(data), 0
+            if self._frame.eof:
+                self._rest = self._frame.unused_data  # the next frame starts here
+            if self._out:
+                return True
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def open_input(path: Path):
+    """A binary file over the (decompressed, streamed) bytes of a text or JSONL input file."""
+    compression = split_ext(path)[1]
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    if compression == ".bz2":
+        return bz2.open(path, "rb")
+    if compression == ".xz":
+        return lzma.open(path, "rb")
+    if compression == ".zst":
+        return io.BufferedReader(_ZstdReader(path), buffer_size=1 << 16)
+    return open(path, "rb")
+
+
+def _is_corrupt(e: BaseException) -> bool:
+    """A decoder's complaint about the data (not a permission or disk error, which carry an errno)."""
+    if isinstance(e, OSError):
+        return e.errno is None  # gzip.BadGzipFile, bz2's "Invalid data stream"
+    return isinstance(e, (EOFError, zlib.error, lzma.LZMAError)) or type(e).__module__.startswith("zstandard")
+
+
+def _checked(docs, path: Path):
+    """Turn a corrupt or truncated compressed file into one line naming it and the fix."""
+    try:
+        yield from docs
+    except Exception as e:  # each decoder raises its own types
+        if not _is_corrupt(e):
+            raise
+        compression = split_ext(path)[1]
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: corrupt or truncated {compression} file ({msg}): download or compress it again "
+                        f"(`{_TEST_TOOLS[compression]} -t {path.name}` checks it)") from None
+
+
 # --------------------------------------------------------------------------- readers
 def _read_text(path: Path, stats: dict) -> Iterator[tuple[str, list | None]]:
-    text, n = decode_bytes(path.read_bytes())
+    with open_input(path) as f:
+        text, n = decode_bytes(f.read())
     stats["replaced_bytes"] += n
     yield text, None
 
@@ -164,11 +291,14 @@ def _record(text, spans, where: str, stats: dict, text_field: str) -> tuple[str,
 
 
 def _read_jsonl(path: Path, text_field: str, spans_field: str, stats: dict):
-    with open(path, "rb") as f:
-        head = f.read(4096).lstrip()
-        f.seek(0)
-        if head.startswith(b"["):  # a .json file holding one array of objects
-            raw, n = decode_bytes(f.read())
+    with open_input(path) as f:
+        head: list[bytes] = []  # lines up to the first non-blank one (no seeking back in a compressed stream)
+        for line in f:
+            head.append(line)
+            if line.strip():
+                break
+        if head and head[-1].lstrip().startswith(b"["):  # a .json file holding one array of objects
+            raw, n = decode_bytes(b"".join(head) + f.read())
             stats["replaced_bytes"] += n
             try:
                 rows = json.loads(raw)
@@ -176,7 +306,7 @@ def _read_jsonl(path: Path, text_field: str, spans_field: str, stats: dict):
                 raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}): fix the file") from None
             items = ((f"{path}[{i}]", row) for i, row in enumerate(rows))
         else:
-            items = _jsonl_lines(f, path, stats)
+            items = _jsonl_lines(itertools.chain(head, f), path, stats)
         for where, row in items:
             if not isinstance(row, dict):
                 raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}: "
@@ -263,12 +393,14 @@ def iter_documents(inputs: list[str], text_field: str = "text", spans_field: str
     """Yield ``(text, spans)`` per non-empty document of ``inputs`` in a deterministic order.
 
     ``spans`` is a list of ``(start, end, label)`` character spans or None. When ``stats`` is
-    given it receives ``replaced_bytes``, ``documents``, ``empty_documents`` and ``sources``
-    (one ``{"path", "bytes", "sha256"}`` per source file or HF dataset directory).
+    given it receives ``replaced_bytes``, ``documents``, ``empty_documents``, ``sources``
+    (one ``{"path", "bytes", "sha256"}`` per source file or HF dataset directory; a compressed
+    file's bytes and hash are those of the file as stored) and ``skipped`` (absolute paths of the
+    files of other types found in the input directories and globs).
     """
-    sources = expand_inputs(inputs)
     st = stats if stats is not None else {}
-    st.update(replaced_bytes=0, documents=0, empty_documents=0, sources=[])
+    st.update(replaced_bytes=0, documents=0, empty_documents=0, sources=[], skipped=[])
+    sources = expand_inputs(inputs, st["skipped"])
     for kind, path in sources:
         if stats is not None:
             st["sources"].append(source_record(kind, path))
@@ -280,6 +412,8 @@ def iter_documents(inputs: list[str], text_field: str = "text", spans_field: str
             docs = _read_parquet(path, text_field, spans_field, st)
         else:
             docs = _read_hf(path, text_field, spans_field, st)
+        if kind != "hf" and split_ext(path)[1]:
+            docs = _checked(docs, path)
         for text, spans in docs:
             if not text:
                 st["empty_documents"] += 1

@@ -203,6 +203,7 @@ def _evaluate(study: Study) -> None:
             result[name] = loss_summary(losses)
         with torch.inference_mode():
             result["fewshot"] = fewshot_accuracy(model, tok, questions, exemplars, c.shots, max_new_tokens=40,
-                                                 batch_size=100, device=device, max_positions=c.seq_len)
+                                                 batch_size=100, device=device, max_positions=c.seq_len,
+                                                 bos_id=target.bos_id)
         write_json(out / "metrics.json", result)
         del model

@@ -1,15 +1,17 @@
 """Tokenizers: train a byte-level BPE (HF `tokenizers`) or load a local HF tokenizer; fingerprints."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from .files import UserError, atomic_dir, read_json, sha256_json
+from .files import UserError, atomic_dir, read_json, sha256_json, write_json
 from .sources import iter_documents
 
 EOS_TOKEN = "<|endoftext|>"
@@ -34,6 +36,7 @@ def _save_tokenizer(tokenizer, out_dir: str | Path) -> None:
     try:
         tokenizer.save_pretrained(str(tmp))
         out.mkdir(parents=True, exist_ok=True)
+        pin_tokenizer_class(tmp)
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == "tokenizer.json"):  # tokenizer.json last
             os.replace(f, out / f.name)
     finally:
@@ -45,11 +48,60 @@ _TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tok
 
 
 def copy_tokenizer(src: Path, dst: Path) -> None:
-    """Copy a tokenizer directory's own files verbatim (not model weights), so fingerprints match the source."""
+    """Copy a tokenizer directory's own files (not model weights) into ``dst``, then pin its class.
+
+    tokenizer.json is copied verbatim, so fingerprints match the source; tokenizer_config.json gets
+    the keys of :func:`pin_tokenizer_class`. ``dst`` may be a checkpoint whose config.json is written.
+    """
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
         if f.is_file() and _TOKENIZER_FILES.match(f.name):
             shutil.copyfile(f, dst / f.name)
+    pin_tokenizer_class(dst)
+
+
+# The class that builds a tokenizer from tokenizer.json as it is (TokenizersBackend in transformers 5).
+FAST_CLASS = "PreTrainedTokenizerFast"
+_PIPELINE = ("normalizer", "pre_tokenizer", "model", "decoder", "post_processor")
+
+
+def pin_tokenizer_class(directory: Path) -> None:
+    """Make ``AutoTokenizer.from_pretrained(directory)`` return the tokenizer we train and tokenize with.
+
+    That is tokenizer.json as saved (what :func:`load_tokenizer` builds). tokenizer_class stops
+    transformers from choosing a class by the model type (LlamaTokenizer would impose its own
+    pre-tokenizer). In a checkpoint of some model types (qwen2 among them) transformers 5 uses the
+    model type's class all the same, and its ``__init__`` rebuilds normalizer and pre-tokenizer from
+    its own defaults (Qwen2Tokenizer splits digits one by one): there the key ``trust_remote_code``
+    is set too, which makes such a class load tokenizer.json as saved (transformers reads that key of
+    tokenizer_config.json nowhere else; no code is run). Checked by loading it both ways.
+    """
+    path = directory / "tokenizer_config.json"
+    cfg = read_json(path) if path.is_file() else {}
+    cfg["tokenizer_class"] = FAST_CLASS
+    write_json(path, cfg)
+    if not (directory / "config.json").is_file() or _auto_is_exact(directory):
+        return
+    cfg["trust_remote_code"] = True
+    write_json(path, cfg)
+    if not _auto_is_exact(directory):
+        import transformers
+
+        print(f"slm: warning: transformers {transformers.__version__} AutoTokenizer does not load the tokenizer of "
+              f"{directory} as saved: load it with PreTrainedTokenizerFast.from_pretrained", file=sys.stderr)
+
+
+def _auto_is_exact(directory: Path) -> bool:
+    """True when AutoTokenizer builds the normalizer, pre-tokenizer, model, decoder and post-processor
+    that :func:`load_tokenizer` builds from the same directory."""
+    from transformers import AutoTokenizer
+
+    try:
+        built = json.loads(AutoTokenizer.from_pretrained(str(directory), local_files_only=True).backend_tokenizer.to_str())
+    except Exception:  # noqa: BLE001 - a model type whose tokenizer class cannot read these files
+        return False
+    ours = json.loads(load_tokenizer(directory).backend_tokenizer.to_str())
+    return all(built.get(k) == ours.get(k) for k in _PIPELINE)
 
 
 def _train_bpe(texts: Iterable[str], vocab_size: int):
@@ -104,6 +156,27 @@ def load_tokenizer(path: str | Path):
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot read the tokenizer in {p} ({msg}): re-save it with save_pretrained") from None
     return tok
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer itself starts an encoded text with its BOS token (``add_special_tokens=True``)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer.encode("a", add_special_tokens=True)
+    return bool(ids) and ids[0] == bos
+
+
+def resolve_bos(tokenizer, choice: str, where: str) -> int | None:
+    """The BOS id each document starts with under ``bos=choice`` (auto, true, false), or None."""
+    if choice == "false":
+        return None
+    if choice == "true":
+        if tokenizer.bos_token_id is None:
+            raise UserError(f"bos=true but tokenizer {where} has no BOS token: set bos_token in its "
+                            "tokenizer_config.json (e.g. \"<s>\"), or pass bos=auto or bos=false")
+        return int(tokenizer.bos_token_id)
+    return int(tokenizer.bos_token_id) if adds_bos(tokenizer) else None
 
 
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
