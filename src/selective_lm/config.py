@@ -51,7 +51,7 @@ class PrepareConfig:
     overwrite: bool = False
     """Replace an existing dataset directory."""
     progress: bool = True
-    """Show progress bars."""
+    """Show progress bars (on a terminal only)."""
 
     def validate(self) -> None:
         if not self.inputs:
@@ -87,7 +87,7 @@ class ScoreConfig:
     overwrite: bool = False
     """Replace finished scores in `out`."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar (on a terminal only)."""
 
     def validate(self) -> None:
         for name in ("data", "model", "out"):
@@ -278,7 +278,7 @@ class EvalConfig:
     precision: str = "auto"
     """fp32, bf16, or auto."""
     progress: bool = True
-    """Show progress bars."""
+    """Show progress bars (on a terminal only)."""
 
     def validate(self) -> None:
         if not self.model:

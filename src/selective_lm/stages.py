@@ -180,11 +180,11 @@ def stratified(rows: list[dict], n: int) -> list[dict]:
 
 def _evaluate(study: Study) -> None:
     import torch
-    from tqdm.auto import tqdm
 
     from .data import TokenDataset
     from .evaluate import dataset_token_losses, dump_token_losses, fewshot_accuracy, loss_summary, read_jsonl
     from .model import load_model, resolve_device
+    from .runtime import progress
 
     c = study.cfg
     device = resolve_device(c.device)
@@ -193,7 +193,7 @@ def _evaluate(study: Study) -> None:
     questions = stratified(read_jsonl(study.corpora / "fewshot_eval.jsonl"), c.fewshot_questions)
     exemplars = read_jsonl(study.corpora / "fewshot_exemplars.jsonl")
     jobs = _eval_jobs(study)
-    for ckpt, out, step, tokens in tqdm(jobs, desc="evaluate", unit="ckpt", disable=not c.progress):
+    for ckpt, out, step, tokens in progress(jobs, desc="evaluate", unit="ckpt", enabled=c.progress):
         model = load_model(ckpt, device).eval()
         result = {"checkpoint": str(ckpt), "step": step, "tokens": tokens}
         for name, ds, n in (("target", target, c.eval_windows_target), ("noisy", noisy, c.eval_windows_noisy)):

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import dist
 from .checkpoint import (capture_state, checkpoint_dirs, checkpoint_step, drop_auto_checkpoints, is_finished,
@@ -33,6 +32,7 @@ from .files import DirLock, UserError, json_line, replacing, write_json
 from .model import (PRESETS, apply_lora, build_model, check_lora_targets, check_compatible, count_parameters, is_checkpoint, load_model,
                     resolve_device, save_checkpoint_dir)
 from .objective import Objective
+from .runtime import progress
 from .step import RefLosses, StepMetrics, Trainer, train_step
 
 
@@ -246,8 +246,9 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
         return row
 
     grad_norm = torch.zeros((), device=device)
-    bar = tqdm(total=steps, initial=step, desc=f"train {cfg.objective}{'-' + cfg.strategy if slm else ''}",
-               unit="step", disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)
+    # labelled by the run directory (a study's base, reference and arms) and the objective
+    bar = progress(total=steps, initial=step, desc=f"train {out.name} ({cfg.objective}{'-' + cfg.strategy if slm else ''})",
+                   unit="step", enabled=cfg.progress and dist.is_main())
     t_log, step_log, paused = time.perf_counter(), step, 0.0
     t_ckpt = time.monotonic()
     fwd_model.train()
@@ -281,7 +282,7 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
             log(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", sel=f"{row['loss_selected']:.3f}",
                             tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
-            if console and not cfg.progress and dist.is_main():
+            if console and bar.disable and dist.is_main():  # no bar (off, or not a terminal): a plain line
                 print(f"step {step}/{steps} loss {row['loss']:.4f} sel {row['loss_selected']:.4f} "
                       f"frac {row['selected_fraction']:.2f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s", flush=True)
             t_log, step_log, paused = time.perf_counter(), step, 0.0
