@@ -92,8 +92,13 @@ class StudyConfig:
     """Progress bars inside stages."""
 
     @staticmethod
-    def base_values(flags: dict) -> dict:
-        return dict(QUICK) if flags.get("quick") else {}
+    def base_values(values: dict) -> dict:
+        """The defaults under what the user gave: QUICK's budgets when quick is true (--quick, quick=true or
+        `quick: true` in YAML alike)."""
+        quick = values.get("quick", False)
+        if isinstance(quick, str):
+            quick = quick.strip().lower() in ("true", "1", "yes")
+        return dict(QUICK) if quick is True or quick == 1 else {}
 
     def validate(self) -> None:
         for r in self.ratios:
