@@ -14,6 +14,15 @@ from .config import EvalConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arg
 from . import dist
 from .files import UserError
 
+# The `key=value` example each subcommand's --help shows: its own fields (tests/test_console.py parses each).
+EXAMPLES = {
+    "prepare": "seq_len=256 val_fraction=0.1",
+    "score": "split=validation batch_size=64",
+    "train": "ratio=0.3 lora.r=16",
+    "eval": "max_windows=100 shots=2",
+    "study": "ratios=0.6,0.3 seeds=0,1,2",
+}
+
 
 def _prepare(cfg: PrepareConfig) -> None:
     from .data import prepare
@@ -74,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_text) in _commands().items():
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
-        add_arguments(p, cls)
+        add_arguments(p, cls, example=EXAMPLES.get(name))
     from .analysis.cli import add_analyze_parser
 
     add_analyze_parser(sub)

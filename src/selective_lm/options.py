@@ -184,14 +184,16 @@ def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_text(path, dump_yaml(cfg))
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag`` per field with the field docstring as help; nested dataclasses via key=value."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, example: str | None = None) -> None:
+    """One ``--flag`` per field with the field docstring as help; nested dataclasses via key=value.
+    ``example``: the ``key=value`` overrides shown in the help (fields of ``cls``)."""
     docs = field_docs(cls)
     hints = _hints(cls)
     parser.add_argument("--config", help="YAML file with any of the options below")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="overrides, e.g. ratio=0.3 lora.r=16 (nested keys with dots)")
+                        help=f"overrides of the options below{f', e.g. {example}' if example else ''} "
+                             "(nested keys with dots, lists with commas)")
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
