@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_yaml(cfg), end="")
             return 0
         from .model import quiet_hf
+        from .runtime import set_default_threads
 
         quiet_hf()
+        set_default_threads()  # unless OMP_NUM_THREADS says otherwise
         fn(cfg)
         return 0
     except UserError as e:
