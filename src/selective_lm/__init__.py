@@ -6,8 +6,21 @@ Library API:
 - :func:`select_tokens` — exactly k = round(ratio × valid) positions by ``topk``, ``random`` or ``stochastic``.
 - :func:`selective_loss` — mean loss over the tokens selected by excess loss (training − reference).
 """
-from .loss import IGNORE_INDEX, selective_loss, token_losses
-from .selection import num_selected, select_tokens
+from importlib import import_module
 
 __all__ = ["IGNORE_INDEX", "num_selected", "select_tokens", "selective_loss", "token_losses"]
 __version__ = "0.1.0"
+
+# imported on first use: `import selective_lm.cli` (and so `slm --help`) does not import torch
+_LAZY = {"IGNORE_INDEX": "loss", "selective_loss": "loss", "token_losses": "loss", "num_selected": "selection",
+         "select_tokens": "selection"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -29,7 +29,7 @@ from .files import UserError, atomic_write_text, read_json, remove_stale_tempora
 # A checkpoint holds full, name-keyed tensors, so the parallelism and the world size may change
 # between the two, as long as batch_size × grad_accum × ranks (the windows of a step) stays the same.
 RESUME_FREE_KEYS = {"resume", "overwrite", "progress", "log_every", "device", "parallel",
-                    "activation_checkpointing", "compile", "batch_size", "grad_accum", "out"}
+                    "activation_checkpointing", "compile", "batch_size", "grad_accum", "out", "report_to"}
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """`slm` — one console script, subcommands from a dict of name → (config class, function).
 
 Bad input raises :class:`~selective_lm.files.UserError`; it is printed as one line and the
-process exits with code 2, no traceback.
+process exits with code 2, no traceback. Building the parser imports neither torch nor
+transformers (``slm --help`` is instant); the commands import what they need.
 """
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ import sys
 from collections.abc import Callable
 
 from .config import EvalConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arguments, dump_yaml, from_args
-from . import dist
 from .files import UserError
+
+# The `key=value` example each subcommand's --help shows: its own fields (tests/test_console.py parses each).
+EXAMPLES = {
+    "prepare": "seq_len=256 val_fraction=0.1",
+    "score": "split=validation batch_size=64",
+    "train": "ratio=0.3 lora.r=16",
+    "eval": "max_windows=100 shots=2",
+    "study": "ratios=0.6,0.3 seeds=0,1,2",
+}
 
 
 def _prepare(cfg: PrepareConfig) -> None:
@@ -31,6 +40,7 @@ def _prepare(cfg: PrepareConfig) -> None:
 
 
 def _score(cfg: ScoreConfig) -> None:
+    from . import dist
     from .scoring import score
 
     m = score(cfg)
@@ -39,6 +49,7 @@ def _score(cfg: ScoreConfig) -> None:
 
 
 def _train(cfg: TrainConfig) -> None:
+    from . import dist
     from .train import train
 
     s = train(cfg)
@@ -48,6 +59,7 @@ def _train(cfg: TrainConfig) -> None:
 
 
 def _eval(cfg: EvalConfig) -> None:
+    from . import dist
     from .evaluate import evaluate
 
     r = evaluate(cfg)
@@ -78,18 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_text) in _commands().items():
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
-        add_arguments(p, cls)
+        add_arguments(p, cls, example=EXAMPLES.get(name))
     from .analysis.cli import add_analyze_parser
 
     add_analyze_parser(sub)
     return parser
 
 
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) without importing torch: before any command imported :mod:`.dist`, no process
+    group exists and torchrun's environment says it."""
+    d = sys.modules.get(f"{__package__}.dist")
+    if d is not None:
+        return d.rank(), d.world_size()
+    if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+        return int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+    return 0, 1
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        from .model import quiet_hf
-
-        quiet_hf()
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command == "analyze":
@@ -102,30 +122,38 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(dump_yaml(cfg), end="")
             return 0
+        from .model import quiet_hf
+        from .runtime import set_default_threads
+
+        quiet_hf()
+        set_default_threads()  # unless OMP_NUM_THREADS says otherwise
         fn(cfg)
         return 0
     except UserError as e:
-        if dist.is_main() or not getattr(e, "agreed", False):  # an agreed error is raised by every rank: rank 0 says it
-            prefix = "" if dist.world_size() == 1 or dist.is_main() else f"rank {dist.rank()}: "
+        rank, world = _rank_world()
+        if rank == 0 or not getattr(e, "agreed", False):  # an agreed error is raised by every rank: rank 0 says it
+            prefix = "" if world == 1 or rank == 0 else f"rank {rank}: "
             print(f"slm: error: {prefix}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slm: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # disk full, read-only or missing directories, permissions: the path and the problem
-        if dist.is_main():
+        if _rank_world()[0] == 0:
             where = f" {e.filename}" if e.filename else ""
             print(f"slm: error:{where}: {e.strerror or e} (free space, fix the permissions or choose another "
                   "output path, then run the same command again)", file=sys.stderr)
         return 2
     except Exception as e:
-        if not dist.peer_failure(e):
+        d = sys.modules.get(f"{__package__}.dist")
+        if d is None or not d.peer_failure(e):
             raise
-        print(f"slm: error: rank {dist.rank()} lost another rank mid-run ({dist.first_line(e)}): see that rank's "
+        print(f"slm: error: rank {d.rank()} lost another rank mid-run ({d.first_line(e)}): see that rank's "
               "error above, fix it and re-run with --resume", file=sys.stderr)
         return 2
     finally:
-        dist.cleanup()
+        if (d := sys.modules.get(f"{__package__}.dist")) is not None:
+            d.cleanup()
 
 
 if __name__ == "__main__":

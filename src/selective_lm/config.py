@@ -54,7 +54,7 @@ class PrepareConfig:
     overwrite: bool = False
     """Replace an existing dataset directory."""
     progress: bool = True
-    """Show progress bars."""
+    """Show progress bars (on a terminal only)."""
 
     def validate(self) -> None:
         if not self.inputs:
@@ -99,7 +99,7 @@ class ScoreConfig:
     overwrite: bool = False
     """Replace finished scores in `out` (and `hf_out`)."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar (on a terminal only)."""
 
     def validate(self) -> None:
         for name in ("data", "model", "out"):
@@ -210,9 +210,14 @@ class TrainConfig:
     overwrite: bool = False
     """Replace a finished run in `out`."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar (on a terminal; elsewhere a plain line per log step)."""
+    report_to: list[str] = field(default_factory=list)
+    """Trackers that also get every metrics.jsonl row: tensorboard (out/tensorboard), wandb (offline unless logged in or WANDB_MODE says otherwise), trackio; none (the default) = metrics.jsonl only. Each needs its extra, e.g. pip install 'selective-lm[tensorboard]'."""
 
     def validate(self) -> None:
+        from .tracking import trackers
+
+        self.report_to = trackers(self.report_to)
         if not self.data:
             raise UserError("missing --data: pass a dataset directory made by `slm prepare`")
         if not self.out:
@@ -290,7 +295,7 @@ class EvalConfig:
     precision: str = "auto"
     """fp32, bf16, or auto."""
     progress: bool = True
-    """Show progress bars."""
+    """Show progress bars (on a terminal only)."""
 
     def validate(self) -> None:
         if not self.model:

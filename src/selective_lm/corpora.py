@@ -380,7 +380,7 @@ def is_cached(out_dir: str | Path, seed: int, scale: float) -> bool:
 def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 1.0, overwrite: bool = False,
                           progress: bool = True) -> CorporaPaths:
     """Write the default corpora into ``out_dir``, or return the cached ones (see the module docstring)."""
-    from tqdm import tqdm
+    from .runtime import progress as progress_bar
 
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 100:
         raise UserError(f"scale must be a number in (0, 100], got {scale!r}")
@@ -391,7 +391,7 @@ def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.manifest.unlink(missing_ok=True)  # the files below are stale until the new manifest lands
     n_hq, n_web = max(2, round(HQ_DOCS * scale)), max(2, round(WEB_DOCS * scale))
-    bar = tqdm(total=n_hq + n_web + len(PROSE_MODULES), desc="corpora", unit="doc", disable=not progress)
+    bar = progress_bar(total=n_hq + n_web + len(PROSE_MODULES), desc="corpora", unit="doc", enabled=progress)
     evals = _eval_set(seed)
     banned = {p.question for p in evals}
     exemplars: dict[str, Problem] = {}  # the first short problem of 8 families in the hq stream

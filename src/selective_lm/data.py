@@ -281,7 +281,7 @@ def prepare(cfg: PrepareConfig) -> dict:
 
 
 def _prepare(cfg: PrepareConfig, out: Path) -> dict:
-    from tqdm.auto import tqdm
+    from .runtime import progress
 
     expand_inputs(cfg.inputs)  # fail fast on missing paths, before any progress bar
     if cfg.tokenizer is not None:
@@ -298,7 +298,7 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
             copy_tokenizer(Path(cfg.tokenizer), tok_dir)
         else:
             docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field)
-            bar = tqdm(docs, desc="train tokenizer", unit="doc", disable=not cfg.progress, delay=0.5)
+            bar = progress(docs, desc=f"train tokenizer {out.name}", unit="doc", enabled=cfg.progress, delay=0.5)
             # trained on the train split only: validation text stays unseen
             train_tokenizer((t for t, _ in bar if not is_validation(t, cfg.seed, cfg.val_fraction)),
                             cfg.vocab_size, tok_dir)
@@ -314,7 +314,7 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
         state = {"provenance": False, "labels": set()}
         docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field, stats=stats)
         try:
-            _pack(tqdm(docs, desc="prepare", unit="doc", disable=not cfg.progress, delay=0.5),
+            _pack(progress(docs, desc=f"prepare {out.name}", unit="doc", enabled=cfg.progress, delay=0.5),
                   tokenizer, writers, cfg, eos_id, state, bos_id)
         finally:
             splits = {name: w.close() for name, w in writers.items()}

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import dist
 from .config import EvalConfig
@@ -17,6 +16,7 @@ from .data import TokenDataset
 from .files import UserError, write_json
 from .model import autocast_ctx, check_compatible, load_model, model_token_losses, resolve_device
 from .tokenizer import adds_bos, load_tokenizer
+from .runtime import progress as progress_bar
 
 
 @torch.inference_mode()
@@ -42,7 +42,8 @@ def dataset_token_losses(model, ds: TokenDataset, split: str = "validation", max
 
     with autocast_ctx(device, precision):
         batches = dist.gathered_batches(list(range(0, n, batch_size)), batch_size, n, losses_of)
-        for starts, rows in tqdm(batches, desc=f"eval {split}", disable=not progress, leave=False):
+        for starts, rows in progress_bar(batches, desc=f"eval {Path(ds.path).name} {split}", enabled=progress,
+                                         leave=False):
             for start, r in zip(starts, rows):
                 out[start:start + len(r)] = r.numpy()
     model.train(was_training)
@@ -149,7 +150,7 @@ def fewshot_accuracy(model, tokenizer, questions: list[dict], exemplars: list[di
     model.eval()
     outcomes: dict[int, tuple[bool, str | None]] = {}
     starts = list(range(0, len(prompts), batch_size))[dist.rank()::dist.world_size()]  # torchrun: a share per rank
-    for start in tqdm(starts, desc="few-shot", disable=not progress, leave=False):
+    for start in progress_bar(starts, desc="few-shot", enabled=progress, leave=False):
         chunk = prompts[start:start + batch_size]
         width = max(len(p) for p in chunk)
         input_ids = torch.full((len(chunk), width), eos, dtype=torch.long)

@@ -142,13 +142,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def resolve(cls: type, config_file: str | None = None, overrides: list[str] | None = None,
             flags: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> Any:
-    """defaults < ``base`` < YAML file < key=value overrides < explicit flags; then ``validate()``."""
-    data: dict[str, Any] = dict(base or {})
-    if config_file:
-        data.update(load_yaml(config_file))
-    data = apply_overrides(data, overrides or [])
-    for key, value in (flags or {}).items():
-        data[key] = value
+    """defaults < ``base`` < YAML file < key=value overrides < explicit flags; then ``validate()``.
+
+    Without ``base``, a class may derive one from what the user gave (``cls.base_values(values)``, e.g. the
+    study's ``quick`` budgets), so that a key means the same as a flag, a ``key=value`` or in YAML.
+    """
+    yaml_data = load_yaml(config_file) if config_file else {}
+
+    def merged(start: dict[str, Any]) -> dict[str, Any]:
+        data = apply_overrides({**start, **yaml_data}, overrides or [])
+        return {**data, **(flags or {})}
+
+    data = merged(base or {})
+    if base is None and hasattr(cls, "base_values"):
+        data = merged(cls.base_values(data))
     cfg = from_dict(cls, data)
     if hasattr(cfg, "validate"):
         cfg.validate()
@@ -177,14 +184,16 @@ def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_text(path, dump_yaml(cfg))
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag`` per field with the field docstring as help; nested dataclasses via key=value."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, example: str | None = None) -> None:
+    """One ``--flag`` per field with the field docstring as help; nested dataclasses via key=value.
+    ``example``: the ``key=value`` overrides shown in the help (fields of ``cls``)."""
     docs = field_docs(cls)
     hints = _hints(cls)
     parser.add_argument("--config", help="YAML file with any of the options below")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="overrides, e.g. ratio=0.3 lora.r=16 (nested keys with dots)")
+                        help=f"overrides of the options below{f', e.g. {example}' if example else ''} "
+                             "(nested keys with dots, lists with commas)")
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
@@ -211,5 +220,4 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 def from_args(cls: type, args: argparse.Namespace) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     flags = {k: v for k, v in vars(args).items() if k in names}
-    base = cls.base_values(flags) if hasattr(cls, "base_values") else {}
-    return resolve(cls, getattr(args, "config", None), getattr(args, "overrides", None), flags, base)
+    return resolve(cls, getattr(args, "config", None), getattr(args, "overrides", None), flags)

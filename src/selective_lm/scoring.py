@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import dist
 from .config import ScoreConfig
 from .data import TokenDataset
 from .files import DirLock, UserError, read_json, sha256_file, write_json
 from .model import autocast_ctx, check_compatible, load_model, model_fingerprint, model_token_losses, resolve_device
+from .runtime import progress
 
 SCORES_FILE = "ref_losses.bin"
 DONE_FILE = "done.bin"
@@ -142,8 +142,8 @@ def _score(cfg: ScoreConfig, ds: TokenDataset, ident: dict, device: torch.device
         done = np.memmap(out / DONE_FILE, dtype=np.uint8, mode="r+", shape=(n,))
     model = load_model(cfg.model, device).eval()
     t0 = last_flush = time.perf_counter()
-    bar = tqdm(total=n * ds.seq_len, initial=already * ds.seq_len, unit="tok", unit_scale=True,
-               desc=f"score {Path(cfg.data).name}", disable=not (cfg.progress and writer))
+    bar = progress(total=n * ds.seq_len, initial=already * ds.seq_len, unit="tok", unit_scale=True,
+                   desc=f"score {Path(cfg.data).name}", enabled=cfg.progress and writer)
     pending: list[tuple[int, int]] = []
 
     def losses_of(start: int) -> torch.Tensor:

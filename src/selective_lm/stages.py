@@ -11,28 +11,22 @@ from .files import atomic_dir, commit_dir, read_json, write_json
 from .study import Stage, Study
 
 DATASETS = {"prose": "prose.jsonl", "hq_math": "hq_math.jsonl", "web_math": "web_math.jsonl"}
+# what each dataset's validation split is called in the stage lines
+VAL_SETS = {"prose": "prose", "hq_math": "target (HQ math)", "web_math": "noisy (web math)"}
 
 
-def _train(study: Study, tcfg) -> None:
+def _train(study: Study, tcfg) -> int:
+    """Train one stage's run; returns its tokens (the study's ETA measures its speed with them)."""
     from .train import train
 
     out = Path(tcfg.out)
     tcfg.resume = (out / "config.yaml").is_file() and not is_finished(out)
     summary = train(tcfg, console=False)
-    study.train_rate = _mean_rate(out)  # refines the ETA of the stages still to come
+    data = Path(tcfg.data).name
     print(f"      {out.name}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
-          f"val loss {summary['final_val_loss']:.4f} (ppl {summary['final_val_ppl']:.2f})", flush=True)
-
-
-def _train_rows(out: Path) -> list[dict]:
-    from .checkpoint import read_metrics
-
-    return [r for r in read_metrics(out) if r.get("type") == "train"]
-
-
-def _mean_rate(out: Path) -> float:
-    rates = [r["tokens_per_s"] for r in _train_rows(out) if r.get("tokens_per_s")]
-    return sorted(rates)[len(rates) // 2] if rates else 12_000.0
+          f"val loss on {VAL_SETS.get(data, data)} {summary['final_val_loss']:.4f} "
+          f"(ppl {summary['final_val_ppl']:.2f})", flush=True)
+    return summary["tokens"]
 
 
 def _steps(tokens: int, study: Study) -> int:
@@ -98,33 +92,35 @@ def build_stages(study: Study) -> list[Stage]:
         base_cfg = study.train_cfg(data=str(p("data", "prose")), out=str(p("runs", "base")), model=c.model,
                                    max_tokens=c.base_tokens, lr=c.base_lr, seed=0, data_seed=0)
         stages.append(Stage("base", f"pretrain the {c.model} preset on prose, {c.base_tokens:,} tokens",
-                            c.base_tokens / study.train_rate, is_finished(base_cfg.out),
-                            lambda: _train(study, base_cfg)))
+                            0.0, is_finished(base_cfg.out), lambda: _train(study, base_cfg),
+                            tokens=c.base_tokens, kind="train"))
 
     # 5. reference -------------------------------------------------------------------------
-    def reference() -> None:
+    def reference() -> int:
         from .data import TokenDataset
 
         n = TokenDataset(p("data", "hq_math")).num_windows("train")
         tokens = int(c.reference_epochs * n * c.seq_len)
-        _train(study, study.train_cfg(data=str(p("data", "hq_math")), out=str(p("runs", "reference")),
+        return _train(study, study.train_cfg(data=str(p("data", "hq_math")), out=str(p("runs", "reference")),
                                       model=str(study.base_ckpt), max_tokens=tokens, lr=c.reference_lr, seed=0, data_seed=0))
 
     ref_tokens = c.reference_epochs * 450_000 * c.corpora_scale
     stages.append(Stage("reference", f"continue the base on HQ math for {c.reference_epochs:g} epochs",
-                        ref_tokens / study.train_rate, is_finished(p("runs", "reference")), reference))
+                        0.0, is_finished(p("runs", "reference")), reference, tokens=ref_tokens, kind="train"))
 
     # 6. score -----------------------------------------------------------------------------
-    def score() -> None:
+    def score() -> int:
         from .scoring import score as do_score
 
         m = do_score(ScoreConfig(data=str(p("data", "web_math")), model=str(p("runs", "reference", "final")),
                                  out=str(p("scores", "web_math")), split="train", device=c.device, progress=c.progress,
                                  overwrite=True))
         print(f"      mean reference loss {m['mean_loss']:.4f} over {m['windows']} windows", flush=True)
+        return m["windows"] * m["seq_len"]
 
-    stages.append(Stage("score", "reference losses of every web-math training token", 1_700_000 * c.corpora_scale / study.fwd_rate,
-                        (p("scores", "web_math") / "manifest.json").is_file(), score))
+    stages.append(Stage("score", "reference losses of every web-math training token", 0.0,
+                        (p("scores", "web_math") / "manifest.json").is_file(), score,
+                        tokens=1_700_000 * c.corpora_scale, kind="forward"))
 
     # 7. arms ------------------------------------------------------------------------------
     steps = _steps(c.cpt_tokens, study)
@@ -139,8 +135,8 @@ def build_stages(study: Study) -> list[Stage]:
         tcfg = study.train_cfg(**kw)
         label = "CLM (all tokens)" if arm["arm"] == "clm" else f"SLM {arm['strategy']} ratio {arm['ratio']:g}"
         stages.append(Stage(f"arm {arm['name']}", f"{label}, {c.cpt_tokens:,} tokens from the base, seed {arm['seed']}",
-                            c.cpt_tokens / study.train_rate, is_finished(tcfg.out),
-                            (lambda t=tcfg: _train(study, t))))
+                            0.0, is_finished(tcfg.out), (lambda t=tcfg: _train(study, t)),
+                            tokens=c.cpt_tokens, kind="train"))
 
     # 8. evaluate --------------------------------------------------------------------------
     per_arm = steps // ckpt_every + (steps % ckpt_every != 0)
@@ -180,11 +176,11 @@ def stratified(rows: list[dict], n: int) -> list[dict]:
 
 def _evaluate(study: Study) -> None:
     import torch
-    from tqdm.auto import tqdm
 
     from .data import TokenDataset
     from .evaluate import dataset_token_losses, dump_token_losses, fewshot_accuracy, loss_summary, read_jsonl
     from .model import load_model, resolve_device
+    from .runtime import progress
 
     c = study.cfg
     device = resolve_device(c.device)
@@ -193,7 +189,7 @@ def _evaluate(study: Study) -> None:
     questions = stratified(read_jsonl(study.corpora / "fewshot_eval.jsonl"), c.fewshot_questions)
     exemplars = read_jsonl(study.corpora / "fewshot_exemplars.jsonl")
     jobs = _eval_jobs(study)
-    for ckpt, out, step, tokens in tqdm(jobs, desc="evaluate", unit="ckpt", disable=not c.progress):
+    for ckpt, out, step, tokens in progress(jobs, desc="evaluate", unit="ckpt", enabled=c.progress):
         model = load_model(ckpt, device).eval()
         result = {"checkpoint": str(ckpt), "step": step, "tokens": tokens}
         for name, ds, n in (("target", target, c.eval_windows_target), ("noisy", noisy, c.eval_windows_noisy)):

@@ -92,8 +92,13 @@ class StudyConfig:
     """Progress bars inside stages."""
 
     @staticmethod
-    def base_values(flags: dict) -> dict:
-        return dict(QUICK) if flags.get("quick") else {}
+    def base_values(values: dict) -> dict:
+        """The defaults under what the user gave: QUICK's budgets when quick is true (--quick, quick=true or
+        `quick: true` in YAML alike)."""
+        quick = values.get("quick", False)
+        if isinstance(quick, str):
+            quick = quick.strip().lower() in ("true", "1", "yes")
+        return dict(QUICK) if quick is True or quick == 1 else {}
 
     def validate(self) -> None:
         for r in self.ratios:
@@ -142,9 +147,34 @@ class StudyConfig:
 class Stage:
     name: str
     detail: str
-    cost: float  # estimated seconds
+    cost: float  # estimated seconds (a stage with a `kind` is estimated from its tokens instead)
     done: bool
-    run: object
+    run: object  # a training or scoring stage's run() returns the tokens it processed
+    tokens: float = 0.0  # tokens trained ("train") or scored ("forward")
+    kind: str = ""  # "train" / "forward": estimated at the speed measured on the finished stages of that kind
+
+
+# tokens/s assumed for a kind of stage until one of that kind has run
+PRIOR_RATES = {"train": 12_000.0, "forward": 40_000.0}
+
+
+def measured_rates(done: dict[str, tuple[float, float]], prior: dict[str, float] = PRIOR_RATES) -> dict[str, float]:
+    """Tokens/s per kind of stage: tokens done / seconds taken by the stages of that kind run so far
+    (``done[kind] = (tokens, seconds)``); the prior for a kind none of whose stages ran yet."""
+    rates = dict(prior)
+    for kind, (tokens, seconds) in done.items():
+        if tokens > 0 and seconds > 0:
+            rates[kind] = tokens / seconds
+    return rates
+
+
+def stage_seconds(stage: Stage, rates: dict[str, float]) -> float:
+    return stage.tokens / rates[stage.kind] if stage.kind in rates else stage.cost
+
+
+def eta(stages: list[Stage], rates: dict[str, float]) -> float:
+    """Seconds left for the stages not done, at the given speeds."""
+    return sum(stage_seconds(s, rates) for s in stages if not s.done)
 
 
 class Study:
@@ -154,8 +184,6 @@ class Study:
         self.cfg = cfg
         self.root = Path(cfg.out)
         self.timings: dict[str, float] = {}
-        self.train_rate = 12_000.0  # tokens/s estimates, refined after each training stage
-        self.fwd_rate = 40_000.0
 
     # paths -------------------------------------------------------------------------------
     def p(self, *parts: str) -> Path:
@@ -218,15 +246,23 @@ class Study:
         stages = self.stages()
         total = len(stages)
         t_start = time.perf_counter()
+        done: dict[str, tuple[float, float]] = {}  # kind -> (tokens, seconds) of the stages run so far
         for i, st in enumerate(stages, 1):
-            remaining = sum(s.cost for s in stages[i - 1:] if not s.done)
             if st.done:
                 print(f"[{i}/{total}] {st.name}: cached", flush=True)
                 continue
-            print(f"[{i}/{total}] {st.name}: {st.detail} (stage ~{_fmt(st.cost)}, study ETA {_fmt(remaining)})", flush=True)
+            rates = measured_rates(done)  # refined by every training/scoring stage that finished
+            speed = f" at {rates[st.kind]:,.0f} tok/s measured" if st.kind in done else ""
+            print(f"[{i}/{total}] {st.name}: {st.detail} (stage ~{_fmt(stage_seconds(st, rates))}{speed}, "
+                  f"study ETA {_fmt(eta(stages[i - 1:], rates))})", flush=True)
             t0 = time.perf_counter()
-            st.run()
-            self.timings[st.name] = round(time.perf_counter() - t0, 2)
+            work = st.run()
+            seconds = time.perf_counter() - t0
+            self.timings[st.name] = round(seconds, 2)
+            if st.kind:
+                tokens = work if isinstance(work, (int, float)) and work > 0 else st.tokens
+                was = done.get(st.kind, (0.0, 0.0))
+                done[st.kind] = (was[0] + tokens, was[1] + seconds)
         t0 = time.perf_counter()
         self.write_index()
         report = write_report(self.root)
@@ -271,4 +307,4 @@ def run_study(cfg: StudyConfig) -> Path:
         return Study(cfg).run()
 
 
-__all__ = ["Stage", "Study", "StudyConfig", "run_study"]
+__all__ = ["Stage", "Study", "StudyConfig", "eta", "measured_rates", "run_study"]

@@ -17,23 +17,26 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import dist
 from .checkpoint import (capture_state, checkpoint_dirs, checkpoint_step, drop_auto_checkpoints, is_finished,
                          prepare_run_dir, read_metrics, restore_state, truncate_metrics)
-from .config import TrainConfig, save_config
+from .config import TrainConfig, save_config, to_dict
 from .data import TokenDataset
 from .evaluate import dataset_token_losses, loss_summary
-from .files import DirLock, UserError, json_line, replacing, write_json
+from .files import DirLock, UserError, replacing, write_json
 from .model import (PRESETS, apply_lora, build_model, check_lora_targets, check_compatible, count_parameters, is_checkpoint, load_model,
                     resolve_device, save_checkpoint_dir)
 from .objective import Objective
+from .runtime import progress
 from .step import RefLosses, StepMetrics, Trainer, train_step
+from .tracking import MetricsLogger, check_installed
 
 
 class WindowOrder:
@@ -116,19 +119,22 @@ def step_windows(order: WindowOrder, step: int, batch_size: int, grad_accum: int
     return [order.indices(base + m * per_micro, batch_size) for m in range(grad_accum)]
 
 
-def train(cfg: TrainConfig, console: bool = True) -> dict:
+def train(cfg: TrainConfig, console: bool = True, callbacks: Iterable[Callable[[dict], Any]] = ()) -> dict:
     """Run training as configured; returns the run summary (also written to run.json).
 
     Rank 0 holds the run directory's lock for the whole run; ``--overwrite`` moves the old run aside
     and deletes it only once the new one is complete (it comes back if the new one fails).
+    Each callback gets every metrics row (a dict, as written to metrics.jsonl) on rank 0.
     """
+    check_installed(cfg.report_to)  # a missing tracker package: before anything starts
     device = dist.local_device(resolve_device(cfg.device))
     dist.init(device)
     with contextlib.ExitStack() as stack:
         dist.enter_on_main(stack, lambda: DirLock(cfg.out, "run directory", inside=False),
                            lambda: replacing(cfg.out, cfg.overwrite and not cfg.resume, is_finished,
                                              lambda p: bool(checkpoint_dirs(p))))
-        return _train(cfg, console, device)
+        logger = stack.enter_context(MetricsLogger(cfg.report_to, callbacks))  # closed on errors too
+        return _train(cfg, console, device, logger)
 
 
 def _check_budget(cfg: TrainConfig, ds: TokenDataset, world: int) -> None:
@@ -150,7 +156,7 @@ def _check_same_batch(was: int, now: int, cfg: TrainConfig, world: int) -> None:
                         f"that their product with the ranks stays {was}")
 
 
-def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
+def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: MetricsLogger) -> dict:
     world, rank = dist.world_size(), dist.rank()
     torch.manual_seed(cfg.seed)  # whatever draws from the global generator (e.g. LoRA dropout) is seeded too
     dist.agree(dist.check_parallel, cfg.parallel)
@@ -190,6 +196,8 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
             return next((r for r in reversed(read_metrics(out)) if r.get("type") == "eval" and r["step"] == step), None)
 
         last_eval = dist.agree(kept_rows, main_only=True)
+    # rank 0's sinks (metrics.jsonl, trackers); a tracker that fails to start stops every rank
+    dist.agree(logger.open, out, to_dict(cfg), step if cfg.resume else None, main_only=True)
     order = WindowOrder(n_train, cfg.data_seed)
     prov = ds.provenance("train")
     slm = cfg.objective == "slm"
@@ -231,23 +239,19 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
         if final or only_final:
             save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path, info, state_dict=sd)
 
-    def log(row: dict) -> None:
-        if dist.is_main():
-            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json_line(row) + "\n")
-
     def run_eval(step: int) -> dict:
         losses = dataset_token_losses(model, ds, "validation", cfg.eval_windows, cfg.batch_size * 2,
                                       device, cfg.precision)
         summary = loss_summary(losses)
         row = {"type": "eval", "step": step, "tokens": step * tokens_per_step, "loss": summary["loss"],
                "ppl": summary["ppl"], "eval_tokens": summary["tokens"]}
-        log(row)
+        logger.log(row)
         return row
 
     grad_norm = torch.zeros((), device=device)
-    bar = tqdm(total=steps, initial=step, desc=f"train {cfg.objective}{'-' + cfg.strategy if slm else ''}",
-               unit="step", disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)
+    # labelled by the run directory (a study's base, reference and arms) and the objective
+    bar = progress(total=steps, initial=step, desc=f"train {out.name} ({cfg.objective}{'-' + cfg.strategy if slm else ''})",
+                   unit="step", enabled=cfg.progress and dist.is_main())
     t_log, step_log, paused = time.perf_counter(), step, 0.0
     t_ckpt = time.monotonic()
     fwd_model.train()
@@ -278,10 +282,10 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
                 row.update(noise_share_selected=vals["noise_sel"] / n_sel, noise_share_all=vals["noise_all"] / n_all)
             if cfg.max_nonfinite_steps:
                 row["nonfinite_steps"] = int(t.nonfinite)
-            log(row)
+            logger.log(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", sel=f"{row['loss_selected']:.3f}",
                             tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
-            if console and not cfg.progress and dist.is_main():
+            if console and bar.disable and dist.is_main():  # no bar (off, or not a terminal): a plain line
                 print(f"step {step}/{steps} loss {row['loss']:.4f} sel {row['loss_selected']:.4f} "
                       f"frac {row['selected_fraction']:.2f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s", flush=True)
             t_log, step_log, paused = time.perf_counter(), step, 0.0

@@ -13,17 +13,7 @@ Pure functions over numpy arrays, tensors and state dicts:
 """
 from __future__ import annotations
 
-from .buckets import bucket_transitions, high_low_threshold
-from .cosine import cosine_matrix, flatten_delta, full_delta, lora_delta
-from .dynamics import CATEGORIES, DynamicsResult, classify_dynamics, dynamics_examples
-from .efficiency import data_efficiency, tokens_to_reach
-from .selection_diag import (
-    most_least_selected,
-    provenance_shares,
-    selection_html,
-    split_losses,
-    token_selection_rates,
-)
+from importlib import import_module
 
 __all__ = [
     "CATEGORIES",
@@ -44,3 +34,21 @@ __all__ = [
     "token_selection_rates",
     "tokens_to_reach",
 ]
+
+# imported on first use: `slm --help` builds the `analyze` parser without importing torch
+_LAZY = {"bucket_transitions": "buckets", "high_low_threshold": "buckets", "cosine_matrix": "cosine",
+         "flatten_delta": "cosine", "full_delta": "cosine", "lora_delta": "cosine", "CATEGORIES": "dynamics",
+         "DynamicsResult": "dynamics", "classify_dynamics": "dynamics", "dynamics_examples": "dynamics",
+         "data_efficiency": "efficiency", "tokens_to_reach": "efficiency", "most_least_selected": "selection_diag",
+         "provenance_shares": "selection_diag", "selection_html": "selection_diag", "split_losses": "selection_diag",
+         "token_selection_rates": "selection_diag"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
