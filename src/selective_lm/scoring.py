@@ -74,6 +74,13 @@ def score(cfg: ScoreConfig) -> dict:
     from .columns import is_hf_dataset_dir
 
     device = dist.local_device(resolve_device(cfg.device))
+    if is_hf_dataset_dir(cfg.data) or cfg.hf_out:
+        from .runtime import interactive
+
+        if not (cfg.progress and interactive()):  # datasets' own bars follow the package's rule
+            import datasets
+
+            datasets.disable_progress_bars()
     if is_hf_dataset_dir(cfg.data):
         return _score_hf_dataset(cfg, device)
     dist.init(device)
