@@ -109,10 +109,8 @@ class LoraConfig:
     """LoRA alpha; the update is B·A·(alpha / r)."""
     dropout: float = 0.0
     """Dropout on the LoRA branch."""
-    targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    """Module names to adapt."""
+    targets: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Linear modules to adapt: all-linear (every linear layer except the output head, in any architecture) or names as the model calls them (e.g. q_proj,v_proj; c_attn for GPT-2; query_key_value for GPT-NeoX)."""
 
     def validate(self) -> None:
         if self.r < 0:
@@ -223,6 +221,8 @@ class TrainConfig:
         if self.temperature <= 0:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
         self.lora.validate()
+        if self.lora.r == 0:  # LoRA off: its other keys mean nothing (a run saved with other ones resumes)
+            self.lora = LoraConfig()
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")

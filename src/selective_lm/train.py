@@ -31,7 +31,7 @@ from .data import TokenDataset
 from .evaluate import dataset_token_losses, loss_summary
 from .files import DirLock, UserError, json_line, replacing, write_json
 from .model import (PRESETS, apply_lora, build_model, check_lora_targets, check_compatible, count_parameters, is_checkpoint, load_model,
-                    resolve_device, save_checkpoint_dir)
+                    lora_summary, resolve_device, save_checkpoint_dir)
 from .objective import Objective
 from .step import RefLosses, StepMetrics, Trainer, train_step
 
@@ -161,6 +161,10 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
     resume_from = dist.agree(prepare_run_dir, cfg, ds.fingerprint, main_only=True)
     ref = dist.agree(RefLosses, cfg, ds, device) if cfg.objective == "slm" else None
     model, base_path = dist.agree(_init_model, cfg, ds, out, device)
+    lora = lora_summary(model) if cfg.lora.r > 0 else {}
+    if lora and console and dist.is_main():
+        print(f"LoRA r={cfg.lora.r} on {', '.join(lora['lora_targets'])}: {lora['trainable_parameters']:,} trainable "
+              f"parameters of {lora['parameters']:,} ({lora['trainable_percent']:.2f}%)", flush=True)
     fwd_model = dist.agree(dist.parallelize, model, device, cfg.parallel, cfg.compile, cfg.precision,
                            cfg.activation_checkpointing)
     steps = total_steps(cfg, n_train, ds.seq_len, world)
@@ -226,10 +230,10 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
                 "tokens": step * tokens_per_step, "windows_per_step": per_step, "metrics": sums,
                 "nonfinite": float(t.nonfinite), "first_nonfinite": int(t.first_nonfinite)})
             d = out / "checkpoints" / f"step_{step:06d}"
-            save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, info, state, state_dict=sd)
+            save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, info, state, state_dict=sd, run_dir=out)
             drop_auto_checkpoints(out, keep=d)
         if final or only_final:
-            save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path, info, state_dict=sd)
+            save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path, info, state_dict=sd, run_dir=out)
 
     def log(row: dict) -> None:
         if dist.is_main():
@@ -305,6 +309,7 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
         save(step, only_final=True)
     summary = {"status": "complete", "steps": steps, "tokens": steps * tokens_per_step,
                "parameters": count_parameters(model), "trainable_parameters": count_parameters(model, True),
+               **{k: lora[k] for k in ("lora_targets", "trainable_percent") if k in lora},
                "final_val_loss": last_eval["loss"] if last_eval else None,
                "final_val_ppl": last_eval["ppl"] if last_eval else None,
                "checkpoints": [checkpoint_step(d) for d in checkpoint_dirs(out)], **meta}
