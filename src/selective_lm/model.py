@@ -21,7 +21,7 @@ import torch
 
 from .config import LoraConfig
 from .dist import first_line
-from .files import UserError, atomic_dir, commit_dir, sha256_file, write_json
+from .files import UserError, atomic_dir, commit_dir, default_mode, sha256_file, write_json
 from .loss import token_losses
 
 # Named shapes. vocab_size and max_position_embeddings come from the dataset at build time.
@@ -247,6 +247,8 @@ def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None
             write_json(tmp / "slm_meta.json", meta)
         if state is not None:
             torch.save(state, tmp / "training_state.pt")
+        for f in tmp.iterdir():  # safetensors writes 0600 files; a checkpoint's files get the usual mode
+            f.chmod(default_mode())
         write_index(tmp)
         commit_dir(tmp, out)
     except RuntimeError as e:  # torch.save and safetensors report a full disk as a RuntimeError ("unexpected pos")
@@ -261,12 +263,49 @@ def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None
     return out
 
 
+def link_checkpoint_dir(src: str | Path, out: str | Path, meta: dict | None = None,
+                        skip: tuple[str, ...] = ("training_state.pt",)) -> Path:
+    """Write ``out`` atomically as checkpoint ``src`` without the files in ``skip``, the weights not copied:
+    its files are hard links to ``src``'s where the filesystem allows (else copies). An adapter's relative
+    base path is rewritten for the new place; ``meta`` replaces slm_meta.json when given."""
+    src, out = Path(src), Path(out)
+    tmp = atomic_dir(out)
+    try:
+        own = {"slm_meta.json"} if meta is not None else set()
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.name not in (*skip, *own, INDEX_FILE, "adapter_config.json"):
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:  # another filesystem, or one without hard links
+                    shutil.copy2(f, tmp / f.name)
+        if (src / "adapter_config.json").is_file():
+            cfg = json.loads((src / "adapter_config.json").read_text())
+            base = Path(cfg.get("base_model_name_or_path") or "")
+            if cfg.get("base_model_name_or_path") and not base.is_absolute():
+                cfg["base_model_name_or_path"] = os.path.relpath((src / base).resolve(), out.resolve())
+            (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+            own.add("adapter_config.json")
+        if meta is not None:
+            write_json(tmp / "slm_meta.json", meta)
+        known = {}
+        if (src / INDEX_FILE).is_file():
+            known = {k: v for k, v in json.loads((src / INDEX_FILE).read_text())["files"].items() if k not in own}
+        write_index(tmp, known)
+        commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 INDEX_FILE = "index.json"
 
 
-def write_index(directory: Path) -> None:
-    """Size and sha256 of every file of a checkpoint directory, written last (the directory's seal)."""
-    files = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
+def write_index(directory: Path, known: dict | None = None) -> None:
+    """Size and sha256 of every file of a checkpoint directory, written last (the directory's seal).
+    ``known``: entries of files whose content is known (linked from a sealed checkpoint), not hashed again."""
+    known = known or {}
+    files = {f.name: known.get(f.name) or {"size": f.stat().st_size, "sha256": sha256_file(f)}
              for f in sorted(directory.iterdir()) if f.is_file() and f.name != INDEX_FILE}
     write_json(directory / INDEX_FILE, {"files": files})
 

@@ -24,14 +24,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import dist
-from .checkpoint import (capture_state, checkpoint_dirs, checkpoint_step, drop_auto_checkpoints, is_finished,
-                         prepare_run_dir, read_metrics, restore_state, truncate_metrics)
+from .checkpoint import (capture_state, checkpoint_dirs, checkpoint_step, drop_auto_checkpoints, drop_states,
+                         is_finished, prepare_run_dir, read_metrics, restore_state, truncate_metrics)
 from .config import TrainConfig, save_config
 from .data import TokenDataset
 from .evaluate import dataset_token_losses, loss_summary
 from .files import DirLock, UserError, json_line, replacing, write_json
 from .model import (PRESETS, apply_lora, build_model, check_lora_targets, check_compatible, count_parameters, is_checkpoint, load_model,
-                    lora_summary, resolve_device, save_checkpoint_dir)
+                    link_checkpoint_dir, lora_summary, resolve_device, save_checkpoint_dir)
 from .objective import Objective
 from .step import RefLosses, StepMetrics, Trainer, train_step
 
@@ -225,14 +225,17 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
             return
         info = {**meta, "step": step, "tokens": step * tokens_per_step, "auto": auto}
         sd = sd if sharded else None  # unsharded: the model saves its own parameters
+        d = out / "checkpoints" / f"step_{step:06d}"
         if not only_final:
             state = capture_state(step, osd, scheduler, {
                 "tokens": step * tokens_per_step, "windows_per_step": per_step, "metrics": sums,
                 "nonfinite": float(t.nonfinite), "first_nonfinite": int(t.first_nonfinite)})
-            d = out / "checkpoints" / f"step_{step:06d}"
             save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, info, state, state_dict=sd, run_dir=out)
             drop_auto_checkpoints(out, keep=d)
-        if final or only_final:
+            drop_states(out, keep=d)  # only the newest checkpoint resumes; older ones keep their weights
+        if (final or only_final) and d.is_dir():  # the last checkpoint holds these weights: final/ links to them
+            link_checkpoint_dir(d, out / "final", info)
+        elif final or only_final:
             save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path, info, state_dict=sd, run_dir=out)
 
     def log(row: dict) -> None:
@@ -315,5 +318,6 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device) -> dict:
                "checkpoints": [checkpoint_step(d) for d in checkpoint_dirs(out)], **meta}
     if dist.is_main():
         write_json(out / "run.json", summary)
+        drop_states(out)  # a finished run is never resumed: its checkpoints keep their weights only
     dist.barrier()
     return summary
