@@ -20,6 +20,7 @@ from conftest import dist_env, free_port
 from safetensors.torch import load_file
 
 import selective_lm.objective as objective_mod
+import selective_lm.train as train_mod
 from selective_lm.config import EvalConfig, ScoreConfig, TrainConfig
 from selective_lm.evaluate import evaluate, load_token_losses
 from selective_lm.files import UserError
@@ -87,15 +88,30 @@ def _worker(rank, world, port, data, ref, root):
             with _Recorder() as rec:
                 train(cfg, console=False)
             out[name] = rec.calls
-        # kill right after the step-2 checkpoint (simulated: what a kill leaves behind), then resume
+        # the same run interrupted as step 3 begins (after the step-2 checkpoint, the only one then holding a
+        # training state), kept as fsdp-topk-cut, then resumed
         run = root / "multi" / "fsdp-topk"
         if rank == 0:
-            shutil.copytree(run, root / "multi" / "fsdp-topk-uncut")
-            for p in (run / "final", run / "checkpoints" / "step_000004"):
-                shutil.rmtree(p)
-            (run / "run.json").unlink()
+            os.replace(run, root / "multi" / "fsdp-topk-uncut")
         dist.barrier()
         cfg = _jobs(data, ref, root)["fsdp-topk"][0]
+        real_step = train_mod.train_step
+
+        def stop(t, step, *a, **k):
+            if step == 2:
+                raise KeyboardInterrupt
+            return real_step(t, step, *a, **k)
+
+        train_mod.train_step = stop
+        try:
+            train(cfg, console=False)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            train_mod.train_step = real_step
+        if rank == 0:
+            shutil.copytree(run, root / "multi" / "fsdp-topk-cut")
+        dist.barrier()
         cfg.resume = True
         train(cfg, console=False)
         score(ScoreConfig(data=str(data), model=str(ref / "ref" / "final"), out=str(root / "multi" / "scores"),
@@ -171,6 +187,9 @@ def test_fsdp_checkpoint_is_a_plain_hf_directory_and_resume_is_exact(runs):
     root, _, _ = runs
     from transformers import AutoModelForCausalLM
 
+    from selective_lm.checkpoint import checkpoint_dirs, has_state
+
+    assert [has_state(d) for d in checkpoint_dirs(root / "multi" / "fsdp-topk-cut")] == [True]  # resumed from step 2
     AutoModelForCausalLM.from_pretrained(root / "multi" / "fsdp-topk" / "final")
     wa, wb = _weights(root / "multi" / "fsdp-topk"), _weights(root / "multi" / "fsdp-topk-uncut")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -258,10 +277,7 @@ def test_resume_under_another_world_size_with_the_same_global_batch(runs, tmp_pa
     """A 2-rank FSDP run cut after its step-2 checkpoint and resumed by one DDP process with batch 2B."""
     root, _, _ = runs
     cut = tmp_path / "moved-run"  # a moved run directory resumes too
-    shutil.copytree(root / "multi" / "fsdp-topk-uncut", cut)
-    for p in (cut / "final", cut / "checkpoints" / "step_000004"):
-        shutil.rmtree(p)
-    (cut / "run.json").unlink()
+    shutil.copytree(root / "multi" / "fsdp-topk-cut", cut)
     from selective_lm.config import from_dict, load_yaml
 
     saved = from_dict(TrainConfig, load_yaml(cut / "config.yaml"))

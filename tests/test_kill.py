@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+import selective_lm
 from selective_lm.cli import main
 
 KILLER = Path(__file__).with_name("killer.py")
@@ -19,7 +20,8 @@ RNG = random.Random(20261125)  # the "random" kill points, reproducible
 
 
 def killed(args, *spec):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(KILLER.parent)}
+    src = Path(selective_lm.__file__).parents[1]  # the killed process runs the code under test, not another install
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(KILLER.parent), str(src)])}
     r = subprocess.run([sys.executable, str(KILLER), *map(str, spec), "--", *map(str, args)], capture_output=True,
                        text=True, timeout=300, env=env)
     assert r.returncode == -9, f"not killed (exit {r.returncode}): {r.stderr[-2000:]}"
@@ -55,6 +57,7 @@ TRAIN_KILLS = [
     ("selective_lm.model.commit_dir", 2, "after", []),  # right after the step-6 checkpoint
     ("selective_lm.model.commit_dir", 4, "before", []),  # the last (step-10) checkpoint, half written
     ("selective_lm.model.commit_dir", 5, "before", []),  # between the last checkpoint and final/
+    ("selective_lm.checkpoint.write_json", 1, "after", []),  # step 3's index forgot its state, the file not gone
     ("selective_lm.train.write_json", 1, "before", []),  # final/ written, run.json not
     ("selective_lm.train.train_step", RNG.randint(1, 10), RNG.choice(["before", "after"]), []),
     ("selective_lm.train.train_step", RNG.randint(2, 9), "after", ["--ckpt-every", "0"]),  # no checkpoint at all

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from safetensors.torch import load_file
 import selective_lm.train as train_mod
 from selective_lm.config import TrainConfig
 from selective_lm.data import TokenDataset
-from selective_lm.model import load_model, model_token_losses
+from selective_lm.model import damaged_files, load_model, model_token_losses
 from selective_lm.scoring import load_scores
 from selective_lm.train import train
 
@@ -18,6 +19,12 @@ def cfg(data, out, **kw):
                 log_every=4, eval_windows=8, progress=False)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def weights(run):
@@ -30,9 +37,17 @@ def test_clm_loss_falls_and_artefacts(tiny_data, tmp_path):
     train_rows = [r for r in rows if r["type"] == "train"]
     assert train_rows[-1]["loss"] < train_rows[0]["loss"] - 0.5
     assert s["status"] == "complete" and s["checkpoints"] == [12, 24]
+    run = tmp_path / "run"
     for f in ("config.yaml", "run.json", "final/model.safetensors", "final/tokenizer.json",
-              "checkpoints/step_000012/training_state.pt"):
-        assert (tmp_path / "run" / f).exists(), f
+              "checkpoints/step_000012/model.safetensors"):
+        assert (run / f).exists(), f
+    # a finished run keeps no optimizer state; final/ shares the last checkpoint's files (hard links)
+    assert not list(run.rglob("training_state.pt"))
+    last, final = run / "checkpoints" / "step_000024", run / "final"
+    assert (final / "model.safetensors").stat().st_ino == (last / "model.safetensors").stat().st_ino
+    assert damaged_files(final) == [] and damaged_files(last) == [] and damaged_files(run / "checkpoints" / "step_000012") == []
+    modes = {f.name: f.stat().st_mode & 0o777 for f in final.iterdir()}
+    assert len(set(modes.values())) == 1 and modes["model.safetensors"] == modes["config.json"] == 0o666 & ~umask(), modes
     # the final directory is a plain HF checkpoint
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
@@ -105,3 +120,34 @@ def test_lora_trains_adapter_only(tiny_data, tmp_path):
     base = load_model(tmp_path / "lora" / "base")
     diff = sum((p1 - p2).abs().sum().item() for p1, p2 in zip(model.parameters(), base.parameters()))
     assert diff > 0
+
+
+def test_only_the_newest_checkpoint_keeps_a_training_state(tiny_data, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from selective_lm.checkpoint import checkpoint_dirs, has_state
+
+    real = train_mod.train_step
+
+    def stop(t, step, *a, **k):
+        if step == 7:
+            raise KeyboardInterrupt  # killed after the step-6 checkpoint
+        return real(t, step, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train_step", stop)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tiny_data, run, max_steps=8, ckpt_every=2), console=False)
+    monkeypatch.setattr(train_mod, "train_step", real)
+    ckpts = checkpoint_dirs(run)
+    assert [d.name for d in ckpts] == ["step_000002", "step_000004", "step_000006"]
+    assert [has_state(d) for d in ckpts] == [False, False, True]
+    assert all(damaged_files(d) == [] and (d / "model.safetensors").is_file() for d in ckpts)
+    # a drop cut short after step 4's index forgot its state: the file is there but never resumed from
+    shutil.copy(ckpts[2] / "training_state.pt", ckpts[1] / "training_state.pt")
+    shutil.rmtree(ckpts[2])
+    assert not has_state(ckpts[1])
+    capsys.readouterr()
+    s = train(cfg(tiny_data, run, max_steps=8, ckpt_every=2, resume=True), console=False)
+    assert "training starts again from step 0" in capsys.readouterr().err
+    assert s["checkpoints"] == [2, 4, 6, 8] and not list(run.rglob("training_state.pt"))

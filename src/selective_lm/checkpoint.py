@@ -4,15 +4,19 @@ Run directory::
 
     config.yaml              resolved TrainConfig (written before step 1)
     metrics.jsonl            one JSON object per log/eval line
-    checkpoints/step_NNNNNN/ HF (or PEFT adapter) directory + training_state.pt + slm_meta.json
-    final/                   the final weights as a loadable HF (or adapter) directory
+    checkpoints/step_NNNNNN/ HF (or PEFT adapter) directory + slm_meta.json; the newest checkpoint of an
+                             unfinished run also holds training_state.pt (what a resume needs)
+    final/                   the final weights as a loadable HF (or adapter) directory (hard links to the
+                             last checkpoint's files where the filesystem allows)
     base/                    LoRA runs from a preset only: the base the adapter applies to
     run.json                 {"status": "complete", ...}, written last
 """
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -23,7 +27,7 @@ import torch
 
 from . import dist
 from .config import TrainConfig, first_change
-from .files import UserError, atomic_write_text, read_json, remove_stale_temporaries
+from .files import UserError, atomic_write_text, read_json, remove_stale_temporaries, write_json
 
 # Options that may differ between an interrupted run and its resumption.
 # A checkpoint holds full, name-keyed tensors, so the parallelism and the world size may change
@@ -32,12 +36,70 @@ RESUME_FREE_KEYS = {"resume", "overwrite", "progress", "log_every", "device", "p
                     "activation_checkpointing", "compile", "batch_size", "grad_accum", "out", "report_to"}
 
 
+STATE_FILE = "training_state.pt"
+
+
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """The run's checkpoints (committed step_N directories), oldest first, with or without a training state."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step_") and (d / "training_state.pt").is_file()]
-    return sorted(dirs, key=lambda d: int(d.name.split("_")[1]))
+    dirs = [d for d in root.iterdir() if d.is_dir() and re.fullmatch(r"step_\d+", d.name)]
+    return sorted(dirs, key=checkpoint_step)
+
+
+def has_state(ckpt: Path) -> bool:
+    """Whether a checkpoint can resume a run: its training_state.pt is there and its index lists it (a
+    state whose drop was interrupted is no longer listed, so it is never resumed from)."""
+    if not (ckpt / STATE_FILE).is_file():
+        return False
+    try:
+        return STATE_FILE in read_json(ckpt / "index.json")["files"]
+    except FileNotFoundError:
+        return True  # written before checkpoints had an index
+    except (ValueError, KeyError, TypeError):
+        return True  # a damaged index: latest_intact reports it
+
+
+def drop_states(run_dir: str | Path, keep: Path | None = None) -> None:
+    """Delete the training state of every checkpoint older than ``keep`` (all of them when ``keep`` is None):
+    only the newest checkpoint resumes a run, and the weights stay (the analyses read them).
+
+    ``keep`` is flushed to disk first. An index forgets the state before the file goes, so a kill at any
+    point leaves every checkpoint intact (its index matches its files) and only listed states resumable.
+    """
+    if keep is not None:
+        fsync_dir(keep)
+    for d in checkpoint_dirs(run_dir):
+        if keep is not None and checkpoint_step(d) >= checkpoint_step(keep):
+            continue
+        remove_stale_temporaries(d, "index.json")  # a rewrite of the index cut short
+        state = d / STATE_FILE
+        if not state.exists():
+            continue
+        try:
+            index = read_json(d / "index.json")
+            listed = STATE_FILE in index["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no index or a damaged one: leave the checkpoint as it is
+        if listed:
+            del index["files"][STATE_FILE]
+            write_json(d / "index.json", index)
+        state.unlink()
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory's files and the directory itself (and its entry in the parent) to disk."""
+    for f in directory.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    for d in (directory, directory.parent):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def checkpoint_step(path: Path) -> int:
@@ -58,7 +120,8 @@ def is_finished(run_dir: str | Path) -> bool:
 
 
 def latest_intact(ckpts: list[Path]) -> Path | None:
-    """The newest checkpoint whose files match its index; a damaged one is skipped with a warning."""
+    """The newest checkpoint whose files match its index; a damaged one is skipped with a warning.
+    Pass checkpoints that hold a training state (:func:`has_state`) to find where a resume starts."""
     from .model import damaged_files
 
     for d in reversed(ckpts):
@@ -95,7 +158,10 @@ def prepare_run_dir(cfg: TrainConfig, dataset_fingerprint: str) -> Path | None:
         k, was, now = change
         raise UserError(f"cannot resume {out} with a changed config: {k} was {was!r}, now {now!r} "
                         "(use the original settings or start a new run with --overwrite)")
-    ckpt = latest_intact(ckpts)
+    ckpt = latest_intact([d for d in ckpts if has_state(d)])
+    if ckpt is None and ckpts:
+        print(f"slm: warning: no checkpoint in {out} holds an intact training state (only the newest keeps one): "
+              "training starts again from step 0", file=sys.stderr, flush=True)
     if ckpt is not None and (ckpt / "slm_meta.json").is_file():
         fp = read_json(ckpt / "slm_meta.json").get("dataset_fingerprint")
         if fp is not None and fp != dataset_fingerprint:

@@ -70,6 +70,9 @@ def _eval(cfg: EvalConfig) -> None:
     if "fewshot" in r:
         f = r["fewshot"]
         print(f"few-shot exact match: {f['accuracy']:.3f} ({f['correct']}/{f['n']}, {f['shots']} shots)")
+    for task, metrics in r.get("lm_eval", {}).get("results", {}).items():
+        shown = [f"{k.split(',')[0]} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and "stderr" not in k]
+        print(f"lm-eval {task}: {', '.join(shown)}")
 
 
 def _commands() -> dict[str, tuple[type, Callable, str]]:
@@ -79,7 +82,7 @@ def _commands() -> dict[str, tuple[type, Callable, str]]:
         "prepare": (PrepareConfig, _prepare, "corpus -> dataset directory of fixed token windows"),
         "score": (ScoreConfig, _score, "reference losses for every token of a dataset split"),
         "train": (TrainConfig, _train, "CLM or SLM training (full or LoRA)"),
-        "eval": (EvalConfig, _eval, "perplexity, per-token loss dumps, few-shot exact match"),
+        "eval": (EvalConfig, _eval, "perplexity, per-token loss dumps, few-shot exact match, lm-eval tasks"),
         "study": (StudyConfig, run_study, "Rho-1's experiment end to end with a report"),
     }
 

@@ -121,10 +121,8 @@ class LoraConfig:
     """LoRA alpha; the update is B·A·(alpha / r)."""
     dropout: float = 0.0
     """Dropout on the LoRA branch."""
-    targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    """Module names to adapt."""
+    targets: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Linear modules to adapt: all-linear (every linear layer except the output head, in any architecture) or names as the model calls them (e.g. q_proj,v_proj; c_attn for GPT-2; query_key_value for GPT-NeoX)."""
 
     def validate(self) -> None:
         if self.r < 0:
@@ -240,6 +238,8 @@ class TrainConfig:
         if self.temperature <= 0:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
         self.lora.validate()
+        if self.lora.r == 0:  # LoRA off: its other keys mean nothing (a run saved with other ones resumes)
+            self.lora = LoraConfig()
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -288,6 +288,12 @@ class EvalConfig:
     """Evaluate at most this many questions (0 = all)."""
     max_new_tokens: int = 48
     """Greedy decoding length for few-shot answers."""
+    lm_eval: list[str] = field(default_factory=list)
+    """lm-evaluation-harness tasks to run on the model (comma list; needs pip install 'selective-lm[eval]'); slm_fewshot is the --fewshot questions with the --exemplars prompts as an lm-eval task."""
+    lm_eval_tasks_dir: str | None = None
+    """Directory of extra lm-eval task YAMLs (lm-eval's --include_path); slm_fewshot is written there, so `lm_eval --include_path DIR --tasks slm_fewshot` runs it later (default: a temporary directory)."""
+    lm_eval_limit: int = 0
+    """Evaluate at most this many examples per lm-eval task (0 = all)."""
     out: str | None = None
     """Write the metrics JSON here (printed in any case)."""
     device: str = "auto"
@@ -300,11 +306,13 @@ class EvalConfig:
     def validate(self) -> None:
         if not self.model:
             raise UserError("missing --model: pass a checkpoint directory")
-        if not self.data and not self.fewshot:
-            raise UserError("nothing to evaluate: pass --data DIR [...] and/or --fewshot FILE")
+        if not self.data and not self.fewshot and not self.lm_eval:
+            raise UserError("nothing to evaluate: pass --data DIR [...], --fewshot FILE and/or --lm-eval TASKS")
+        if "slm_fewshot" in self.lm_eval and not self.fewshot:
+            raise UserError("lm-eval task slm_fewshot needs the questions: pass --fewshot FILE (and --exemplars FILE)")
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
-        for name in ("shots", "max_windows", "fewshot_limit"):
+        for name in ("shots", "max_windows", "fewshot_limit", "lm_eval_limit"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "max_new_tokens"):

@@ -1,4 +1,5 @@
-"""Evaluation: perplexity (sum of nats / number of tokens), per-token loss dumps, few-shot exact match."""
+"""Evaluation: perplexity (sum of nats / number of tokens), per-token loss dumps, few-shot exact match
+(and lm-evaluation-harness tasks, see :mod:`selective_lm.harness`)."""
 from __future__ import annotations
 
 import json
@@ -121,6 +122,27 @@ def normalize_answer(ans: str) -> str:
     return re.sub(r"\s+", " ", ans.strip().rstrip(".")).strip()
 
 
+def score_generation(generated: str, answer) -> tuple[bool, str | None]:
+    """(exact match, extracted answer) of a greedy continuation: the answer after "Answer:" in its first
+    paragraph, compared after :func:`normalize_answer`. The lm-eval task ``slm_fewshot`` scores the same way."""
+    pred = extract_answer(generated.split("\n\n")[0])
+    return pred is not None and normalize_answer(pred) == normalize_answer(str(answer)), pred
+
+
+def fewshot_prompt(tokenizer, question: dict, exemplars: list[dict], shots: int, limit: int) -> str:
+    """The prompt of one question: the first ``shots`` exemplars (fewer when the prompt would exceed ``limit``
+    tokens) and "Problem: q\nSolution:". It is tokenized as one string, as running text is in training
+    (and as lm-eval tokenizes a context)."""
+    tail = f"Problem: {question['question']}\nSolution:"
+    text = tail
+    for k in range(1, min(shots, len(exemplars)) + 1):
+        candidate = "".join(format_exemplar(ex) for ex in exemplars[:k]) + tail
+        if len(tokenizer.encode(candidate)) > limit:
+            break
+        text = candidate
+    return text
+
+
 @torch.inference_mode()
 def fewshot_accuracy(model, tokenizer, questions: list[dict], exemplars: list[dict], shots: int = 4,
                      max_new_tokens: int = 48, batch_size: int = 32, device: torch.device | str = "cpu",
@@ -136,19 +158,11 @@ def fewshot_accuracy(model, tokenizer, questions: list[dict], exemplars: list[di
     head = [] if bos_id is None else [bos_id]
     limit = (max_positions or model.config.max_position_embeddings) - max_new_tokens - len(head)
     eos = tokenizer.eos_token_id
-    prompts = []
-    for q in questions:
-        tail = tokenizer.encode(f"Problem: {q['question']}\nSolution:", add_special_tokens=False)
-        ids: list[int] = []
-        for ex in exemplars[:shots]:
-            e = tokenizer.encode(format_exemplar(ex), add_special_tokens=False)
-            if len(ids) + len(e) + len(tail) > limit:
-                break
-            ids += e
-        prompts.append(head + (ids + tail)[-limit:])
+    prompts = [head + tokenizer.encode(fewshot_prompt(tokenizer, q, exemplars, shots, limit),
+                                       add_special_tokens=False)[-limit:] for q in questions]
     was_training = model.training
     model.eval()
-    outcomes: dict[int, tuple[bool, str | None]] = {}
+    outcomes: dict[int, tuple[bool, str | None, str]] = {}
     starts = list(range(0, len(prompts), batch_size))[dist.rank()::dist.world_size()]  # torchrun: a share per rank
     for start in progress_bar(starts, desc="few-shot", enabled=progress, leave=False):
         chunk = prompts[start:start + batch_size]
@@ -161,10 +175,8 @@ def fewshot_accuracy(model, tokenizer, questions: list[dict], exemplars: list[di
         gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=eos, eos_token_id=eos)
         for i, row in enumerate(gen[:, width:].tolist()):
-            q = questions[start + i]
-            text = tokenizer.decode(row, skip_special_tokens=True).split("\n\n")[0]
-            pred = extract_answer(text)
-            outcomes[start + i] = (pred is not None and normalize_answer(pred) == normalize_answer(str(q["answer"])), pred)
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            outcomes[start + i] = (*score_generation(text, questions[start + i]["answer"]), text.split("\n\n")[0])
     model.train(was_training)
     if dist.world_size() > 1:
         import torch.distributed as tdist
@@ -175,11 +187,12 @@ def fewshot_accuracy(model, tokenizer, questions: list[dict], exemplars: list[di
     correct, records = 0, []
     per_family: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
-        ok, pred = outcomes[i]
+        ok, pred, output = outcomes[i]
         correct += ok
         per_family.setdefault(q.get("family", "all"), []).append(int(ok))
         if len(records) < 20:
-            records.append({"question": q["question"], "answer": q["answer"], "prediction": pred, "correct": ok})
+            records.append({"question": q["question"], "answer": q["answer"], "prediction": pred, "correct": ok,
+                            "output": output})
     n = len(questions)
     return {"accuracy": correct / max(1, n), "correct": correct, "n": n, "shots": min(shots, len(exemplars)),
             "per_family": {k: sum(v) / len(v) for k, v in sorted(per_family.items())}, "examples": records}
@@ -195,24 +208,32 @@ def evaluate(cfg: EvalConfig) -> dict:
     dist.init(device)
 
     def open_all():  # every input is checked before anything is computed or written
+        if cfg.lm_eval:
+            from .harness import require_lm_eval
+
+            require_lm_eval()
+            if dist.world_size() > 1:
+                raise UserError("--lm-eval runs in one process: start slm eval without torchrun (lm-eval spreads "
+                                "over GPUs itself with `accelerate launch -m lm_eval`)", agreed=True)
         datasets = [TokenDataset(d) for d in cfg.data]
         for ds in datasets:
             check_compatible(cfg.model, ds)
         questions, exemplars, tok = [], [], None
-        if cfg.fewshot:
-            questions = check_rows(read_jsonl(cfg.fewshot), cfg.fewshot, ("question", "answer"))
-            questions = questions[:cfg.fewshot_limit] if cfg.fewshot_limit else questions
+        tok_dir = cfg.model if (Path(cfg.model) / "tokenizer.json").is_file() else \
+            (datasets[0].tokenizer_dir if datasets else None)
+        if cfg.fewshot or cfg.lm_eval:
+            if cfg.fewshot:
+                questions = check_rows(read_jsonl(cfg.fewshot), cfg.fewshot, ("question", "answer"))
+                questions = questions[:cfg.fewshot_limit] if cfg.fewshot_limit else questions
             if cfg.exemplars:
                 exemplars = check_rows(read_jsonl(cfg.exemplars), cfg.exemplars, ("question", "solution", "answer"))
-            tok_dir = cfg.model if (Path(cfg.model) / "tokenizer.json").is_file() else \
-                (datasets[0].tokenizer_dir if datasets else None)
             if tok_dir is None:
                 raise UserError(f"no tokenizer in {cfg.model}: pass --data DIR so its tokenizer is used")
             tok = load_tokenizer(tok_dir)  # its tokenizer.json as saved, not a class AutoTokenizer picks by model type
-        return datasets, questions, exemplars, tok
+        return datasets, questions, exemplars, tok, tok_dir
 
-    datasets, questions, exemplars, tok = dist.agree(open_all)
-    model = load_model(cfg.model, device)
+    datasets, questions, exemplars, tok, tok_dir = dist.agree(open_all)
+    model = load_model(cfg.model, device) if datasets or cfg.fewshot else None
     results: dict = {"model": str(Path(cfg.model).resolve()), "split": cfg.split, "datasets": {}}
     for ds in datasets:
         losses = dataset_token_losses(model, ds, cfg.split, cfg.max_windows, cfg.batch_size, device,
@@ -229,6 +250,12 @@ def evaluate(cfg: EvalConfig) -> dict:
         bos_id = datasets[0].bos_id if datasets else (tok.bos_token_id if adds_bos(tok) else None)
         results["fewshot"] = fewshot_accuracy(model, tok, questions, exemplars, cfg.shots, cfg.max_new_tokens,
                                               cfg.batch_size, device, progress=cfg.progress, bos_id=bos_id)
+    if cfg.lm_eval:
+        from .harness import result_summary, run_lm_eval
+
+        del model  # lm-eval loads its own copy
+        bos = datasets[0].bos_id is not None if datasets else adds_bos(tok)
+        results["lm_eval"] = result_summary(run_lm_eval(cfg, questions, exemplars, tok_dir, device, add_bos=bos))
     if cfg.out and dist.is_main():
         write_json(cfg.out, results)
     return results

@@ -35,9 +35,14 @@ def _umask() -> int:
     return mask
 
 
+def default_mode() -> int:
+    """The mode a new file gets from open() under the current umask (mkstemp and safetensors make 0600)."""
+    return 0o666 & ~_umask()
+
+
 def _tmp_path(path: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; final files get the usual mode
+    os.fchmod(fd, default_mode())  # mkstemp makes 0600; final files get the usual mode
     os.close(fd)
     return Path(name)
 

@@ -2,8 +2,9 @@
 
 A checkpoint is a plain HF directory (config.json + model.safetensors + tokenizer files) that any
 HF tool loads with ``from_pretrained(path)``. A LoRA checkpoint is a PEFT adapter directory
-(adapter_config.json + adapter_model.safetensors) whose ``base_model_name_or_path`` is the absolute
-path of the base checkpoint; :func:`load_model` merges it.
+(adapter_config.json + adapter_model.safetensors) whose ``base_model_name_or_path`` names the base
+checkpoint: relative to the adapter directory when the base lies inside the run (``../base``, so a
+moved run keeps working), else absolute; :func:`load_model` merges it.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import torch
 
 from .config import LoraConfig
 from .dist import first_line
-from .files import UserError, atomic_dir, commit_dir, sha256_file, write_json
+from .files import UserError, atomic_dir, commit_dir, default_mode, sha256_file, write_json
 from .loss import token_losses
 
 # Named shapes. vocab_size and max_position_embeddings come from the dataset at build time.
@@ -96,11 +98,14 @@ def load_model(path: str | Path, device: torch.device | str = "cpu"):
     if bad := damaged_files(p):
         raise UserError(f"checkpoint {p} is damaged ({', '.join(bad[:3])} differ from its index.json): "
                         "use another checkpoint")
+    base = adapter_base(p) if is_adapter(p) else None
+    if base is not None and (bad := damaged_files(base)):
+        raise UserError(f"the base model {base} of LoRA checkpoint {p} is damaged ({', '.join(bad[:3])} differ "
+                        "from its index.json): restore it or train again")
     try:
-        if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
+        if base is not None:
             from peft import PeftModel
 
-            base = Path(json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"])
             model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
             model = PeftModel.from_pretrained(model, p).merge_and_unload()
         else:
@@ -111,21 +116,85 @@ def load_model(path: str | Path, device: torch.device | str = "cpu"):
     return model.to(device)
 
 
+def linear_modules(model) -> dict[str, torch.nn.Module]:
+    """The model's linear layers by full name: ``nn.Linear`` and GPT-2's ``Conv1D`` (what LoRA adapts)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
+
+
+def is_adapter(path: str | Path) -> bool:
+    """A LoRA (PEFT adapter) checkpoint: adapter_config.json and no config.json of its own."""
+    p = Path(path)
+    return (p / "adapter_config.json").is_file() and not (p / "config.json").is_file()
+
+
+def adapter_base(path: str | Path) -> Path:
+    """The base checkpoint of a LoRA adapter directory: its ``base_model_name_or_path``, resolved against
+    the adapter directory when relative; a one-line error when it is not there (any more)."""
+    p = Path(path)
+    try:
+        raw = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {p / 'adapter_config.json'} ({e.__class__.__name__}): the LoRA checkpoint is "
+                        "damaged; use another checkpoint") from None
+    if not raw:
+        raise UserError(f"LoRA checkpoint {p} names no base model (base_model_name_or_path in adapter_config.json): "
+                        "set it to the base checkpoint directory")
+    base = Path(raw).expanduser()
+    base = (p / base).resolve() if not base.is_absolute() else base
+    if not is_checkpoint(base):
+        raise UserError(f"the base model of LoRA checkpoint {p} is missing: {base} is not a checkpoint directory; "
+                        "move the base back there or set base_model_name_or_path in its adapter_config.json to "
+                        "where the base is now")
+    return base
+
+
+def base_reference(base: str | Path, checkpoint: str | Path, run_dir: str | Path | None) -> str:
+    """How an adapter at ``checkpoint`` records its ``base``: relative to the checkpoint directory when
+    the base lies inside ``run_dir`` (the run moves as one), else the absolute path."""
+    base, checkpoint = Path(base).resolve(), Path(checkpoint).resolve()
+    if run_dir is not None and base.is_relative_to(Path(run_dir).resolve()):
+        return os.path.relpath(base, checkpoint)
+    return str(base)
+
+
 def check_lora_targets(model, lora: LoraConfig) -> None:
-    """Refuse LoRA targets that match no module of the model (before anything is written)."""
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    if lora.targets != ["all-linear"] and not names & set(lora.targets):
-        raise UserError(f"lora.targets {', '.join(lora.targets)} match no linear module of this model (it has "
-                        f"{', '.join(sorted(names))}): set lora.targets to some of those")
+    """Refuse LoRA targets of which one matches no linear module of the model (before anything is written).
+
+    A target matches as in PEFT: a module's full name equals it or ends with ``.`` + it.
+    """
+    from .dist import unwrap_hf
+
+    hf = unwrap_hf(model)
+    names = linear_modules(hf)
+    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+    body = sorted({n.rsplit(".", 1)[-1] for n, m in names.items() if m is not head})
+    if lora.targets == ["all-linear"]:
+        if not body:
+            raise UserError("lora.targets all-linear: this model has no linear layer besides its output head; "
+                            "train it without LoRA (lora.r=0)")
+        return
+    missing = [t for t in lora.targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise UserError(f"lora.targets {', '.join(missing)} match no linear module of this model (it has "
+                        f"{', '.join(body)}): set lora.targets to some of those, or to all-linear")
 
 
 def apply_lora(model, lora: LoraConfig, seed: int = 0):
-    """Wrap ``model`` with PEFT LoRA adapters (only adapter weights train), initialised from ``seed``."""
+    """Wrap ``model`` with PEFT LoRA adapters (only adapter weights train), initialised from ``seed``.
+
+    ``all-linear`` (the default) adapts every linear layer except the output head, whatever the
+    architecture calls them (q_proj..., qkv_proj, c_attn, query_key_value, fc1...).
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
+    from transformers.pytorch_utils import Conv1D
 
-    cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                         target_modules=list(lora.targets), bias="none", task_type="CAUSAL_LM")
+    targets = "all-linear" if lora.targets == ["all-linear"] else list(lora.targets)
+    conv1d = any(isinstance(m, Conv1D) for m in model.modules())  # GPT-2 stores its weights transposed
+    cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                         bias="none", task_type="CAUSAL_LM", fan_in_fan_out=conv1d)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -135,14 +204,26 @@ def apply_lora(model, lora: LoraConfig, seed: int = 0):
                             f"({str(e).splitlines()[0][:160]}): set lora.targets to its module names") from None
 
 
+def lora_summary(model) -> dict:
+    """What a LoRA model adapts: the adapted modules' short names and its trainable parameters (count, %)."""
+    from peft.tuners.lora import LoraLayer
+
+    targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, LoraLayer)})
+    total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
+    return {"lora_targets": targets, "trainable_parameters": trainable, "parameters": total,
+            "trainable_percent": 100.0 * trainable / max(total, 1)}
+
+
 def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None = None,
                         base_path: str | Path | None = None, meta: dict | None = None,
-                        state: dict | None = None, state_dict: dict | None = None) -> Path:
+                        state: dict | None = None, state_dict: dict | None = None,
+                        run_dir: str | Path | None = None) -> Path:
     """Write a loadable HF (or PEFT adapter) directory atomically and return its path.
 
     ``state`` (optimizer, scheduler, RNG, loop position) goes to ``training_state.pt`` in the same
     directory, so weights and state appear together or not at all. ``state_dict`` (full tensors,
     e.g. gathered from an FSDP-sharded model) replaces the model's own parameters when given.
+    An adapter records ``base_path`` relative to ``out`` when the base lies inside ``run_dir``.
     """
     quiet_hf()
     out = Path(out)
@@ -153,7 +234,8 @@ def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None
             model.save_pretrained(tmp, safe_serialization=True, **kw)
             cfg_path = tmp / "adapter_config.json"
             cfg = json.loads(cfg_path.read_text())
-            cfg["base_model_name_or_path"] = str(Path(base_path).resolve()) if base_path else cfg.get("base_model_name_or_path")
+            if base_path:
+                cfg["base_model_name_or_path"] = base_reference(base_path, out, run_dir)
             cfg_path.write_text(json.dumps(cfg, indent=2))
         else:
             model.save_pretrained(tmp, safe_serialization=True, **kw)
@@ -165,6 +247,8 @@ def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None
             write_json(tmp / "slm_meta.json", meta)
         if state is not None:
             torch.save(state, tmp / "training_state.pt")
+        for f in tmp.iterdir():  # safetensors writes 0600 files; a checkpoint's files get the usual mode
+            f.chmod(default_mode())
         write_index(tmp)
         commit_dir(tmp, out)
     except RuntimeError as e:  # torch.save and safetensors report a full disk as a RuntimeError ("unexpected pos")
@@ -179,12 +263,49 @@ def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None
     return out
 
 
+def link_checkpoint_dir(src: str | Path, out: str | Path, meta: dict | None = None,
+                        skip: tuple[str, ...] = ("training_state.pt",)) -> Path:
+    """Write ``out`` atomically as checkpoint ``src`` without the files in ``skip``, the weights not copied:
+    its files are hard links to ``src``'s where the filesystem allows (else copies). An adapter's relative
+    base path is rewritten for the new place; ``meta`` replaces slm_meta.json when given."""
+    src, out = Path(src), Path(out)
+    tmp = atomic_dir(out)
+    try:
+        own = {"slm_meta.json"} if meta is not None else set()
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.name not in (*skip, *own, INDEX_FILE, "adapter_config.json"):
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:  # another filesystem, or one without hard links
+                    shutil.copy2(f, tmp / f.name)
+        if (src / "adapter_config.json").is_file():
+            cfg = json.loads((src / "adapter_config.json").read_text())
+            base = Path(cfg.get("base_model_name_or_path") or "")
+            if cfg.get("base_model_name_or_path") and not base.is_absolute():
+                cfg["base_model_name_or_path"] = os.path.relpath((src / base).resolve(), out.resolve())
+            (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+            own.add("adapter_config.json")
+        if meta is not None:
+            write_json(tmp / "slm_meta.json", meta)
+        known = {}
+        if (src / INDEX_FILE).is_file():
+            known = {k: v for k, v in json.loads((src / INDEX_FILE).read_text())["files"].items() if k not in own}
+        write_index(tmp, known)
+        commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 INDEX_FILE = "index.json"
 
 
-def write_index(directory: Path) -> None:
-    """Size and sha256 of every file of a checkpoint directory, written last (the directory's seal)."""
-    files = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
+def write_index(directory: Path, known: dict | None = None) -> None:
+    """Size and sha256 of every file of a checkpoint directory, written last (the directory's seal).
+    ``known``: entries of files whose content is known (linked from a sealed checkpoint), not hashed again."""
+    known = known or {}
+    files = {f.name: known.get(f.name) or {"size": f.stat().st_size, "sha256": sha256_file(f)}
              for f in sorted(directory.iterdir()) if f.is_file() and f.name != INDEX_FILE}
     write_json(directory / INDEX_FILE, {"files": files})
 
@@ -218,18 +339,15 @@ def model_fingerprint(path: str | Path) -> str:
             with open(f, "rb") as fh:
                 while block := fh.read(1 << 20):
                     h.update(block)
-    if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
-        base = json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"]
-        h.update(model_fingerprint(base).encode())
+    if is_adapter(p):
+        h.update(model_fingerprint(adapter_base(p)).encode())
     return h.hexdigest()
 
 
 def checkpoint_config(path: str | Path) -> dict:
     """The model config.json of a checkpoint directory (the base's for a LoRA adapter)."""
     p = Path(path)
-    cfg_dir = p
-    if not (p / "config.json").is_file() and (p / "adapter_config.json").is_file():
-        cfg_dir = Path(json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"])
+    cfg_dir = adapter_base(p) if is_adapter(p) else p
     try:
         cfg = json.loads((cfg_dir / "config.json").read_text())
     except (OSError, ValueError) as e:

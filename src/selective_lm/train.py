@@ -25,14 +25,14 @@ import numpy as np
 import torch
 
 from . import dist
-from .checkpoint import (capture_state, checkpoint_dirs, checkpoint_step, drop_auto_checkpoints, is_finished,
-                         prepare_run_dir, read_metrics, restore_state, truncate_metrics)
+from .checkpoint import (capture_state, checkpoint_dirs, checkpoint_step, drop_auto_checkpoints, drop_states,
+                         is_finished, prepare_run_dir, read_metrics, restore_state, truncate_metrics)
 from .config import TrainConfig, save_config, to_dict
 from .data import TokenDataset
 from .evaluate import dataset_token_losses, loss_summary
 from .files import DirLock, UserError, replacing, write_json
 from .model import (PRESETS, apply_lora, build_model, check_lora_targets, check_compatible, count_parameters, is_checkpoint, load_model,
-                    resolve_device, save_checkpoint_dir)
+                    link_checkpoint_dir, lora_summary, resolve_device, save_checkpoint_dir)
 from .objective import Objective
 from .runtime import progress
 from .step import RefLosses, StepMetrics, Trainer, train_step
@@ -167,6 +167,10 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     resume_from = dist.agree(prepare_run_dir, cfg, ds.fingerprint, main_only=True)
     ref = dist.agree(RefLosses, cfg, ds, device) if cfg.objective == "slm" else None
     model, base_path = dist.agree(_init_model, cfg, ds, out, device)
+    lora = lora_summary(model) if cfg.lora.r > 0 else {}
+    if lora and console and dist.is_main():
+        print(f"LoRA r={cfg.lora.r} on {', '.join(lora['lora_targets'])}: {lora['trainable_parameters']:,} trainable "
+              f"parameters of {lora['parameters']:,} ({lora['trainable_percent']:.2f}%)", flush=True)
     fwd_model = dist.agree(dist.parallelize, model, device, cfg.parallel, cfg.compile, cfg.precision,
                            cfg.activation_checkpointing)
     steps = total_steps(cfg, n_train, ds.seq_len, world)
@@ -229,15 +233,18 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
             return
         info = {**meta, "step": step, "tokens": step * tokens_per_step, "auto": auto}
         sd = sd if sharded else None  # unsharded: the model saves its own parameters
+        d = out / "checkpoints" / f"step_{step:06d}"
         if not only_final:
             state = capture_state(step, osd, scheduler, {
                 "tokens": step * tokens_per_step, "windows_per_step": per_step, "metrics": sums,
                 "nonfinite": float(t.nonfinite), "first_nonfinite": int(t.first_nonfinite)})
-            d = out / "checkpoints" / f"step_{step:06d}"
-            save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, info, state, state_dict=sd)
+            save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, info, state, state_dict=sd, run_dir=out)
             drop_auto_checkpoints(out, keep=d)
-        if final or only_final:
-            save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path, info, state_dict=sd)
+            drop_states(out, keep=d)  # only the newest checkpoint resumes; older ones keep their weights
+        if (final or only_final) and d.is_dir():  # the last checkpoint holds these weights: final/ links to them
+            link_checkpoint_dir(d, out / "final", info)
+        elif final or only_final:
+            save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path, info, state_dict=sd, run_dir=out)
 
     def run_eval(step: int) -> dict:
         losses = dataset_token_losses(model, ds, "validation", cfg.eval_windows, cfg.batch_size * 2,
@@ -309,10 +316,12 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
         save(step, only_final=True)
     summary = {"status": "complete", "steps": steps, "tokens": steps * tokens_per_step,
                "parameters": count_parameters(model), "trainable_parameters": count_parameters(model, True),
+               **{k: lora[k] for k in ("lora_targets", "trainable_percent") if k in lora},
                "final_val_loss": last_eval["loss"] if last_eval else None,
                "final_val_ppl": last_eval["ppl"] if last_eval else None,
                "checkpoints": [checkpoint_step(d) for d in checkpoint_dirs(out)], **meta}
     if dist.is_main():
         write_json(out / "run.json", summary)
+        drop_states(out)  # a finished run is never resumed: its checkpoints keep their weights only
     dist.barrier()
     return summary
