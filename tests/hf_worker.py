@@ -25,6 +25,9 @@ def main(data, scored, out, batch, accum, scope):
     tr.train()
     if tr.is_world_process_zero():
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
+    if torch.distributed.is_initialized():  # a rank leaving with gloo's threads alive aborts ("terminate called ...")
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
