@@ -224,3 +224,29 @@ def test_two_processes_equal_one_with_the_global_batch(tmp_path, tiny_data, scor
                      slm_args=SLMArguments(ratio=0.3, selection_scope=scope))
     for k, v in one.state_dict().items():
         assert torch.allclose(v, two[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_peft_lora_model_in_the_trainer(tmp_path, tiny_data, scored):
+    """A PEFT (LoRA) model: ratio 1.0 equals the Trainer's own update, and SLM moves only the adapters."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer
+
+    data = load_scored(scored)
+    ds = TokenDataset(tiny_data)
+
+    def run(cls, ratio, **kw):
+        torch.manual_seed(0)
+        model = get_peft_model(_model(ds), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                      init_lora_weights="gaussian"))
+        tr = cls(model=model, args=_args(tmp_path / f"{cls.__name__}{ratio}", 2, B // 2, 1), data_collator=SLMCollator(),
+                 optimizers=(_sgd(model), None), **kw)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        tr.train()
+        return model, before
+
+    own, _ = run(Trainer, 1.0, train_dataset=data.remove_columns(["ref_loss"]))
+    slm, _ = run(SLMTrainer, 1.0, train_dataset=data, slm_args=SLMArguments(ratio=1.0))
+    _assert_same(own, slm)
+    sel, before = run(SLMTrainer, 0.6, train_dataset=data, slm_args=SLMArguments(ratio=0.6))
+    changed = {n for n, p in sel.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
