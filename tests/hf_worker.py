@@ -1,5 +1,6 @@
 """One process of the multi-device HF Trainer test: `python -m torch.distributed.run ... hf_worker.py DATA SCORED OUT
 PER_DEVICE_BATCH ACCUM SCOPE` trains 2 SLM steps and rank 0 saves the weights to OUT."""
+import os
 import sys
 
 import torch
@@ -25,9 +26,14 @@ def main(data, scored, out, batch, accum, scope):
     tr.train()
     if tr.is_world_process_zero():
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
-    if torch.distributed.is_initialized():  # a rank leaving with gloo's threads alive aborts ("terminate called ...")
+    if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    # skip interpreter teardown: freeing the Trainer's DDP reducer destroys the gloo group, whose destructor joins
+    # a worker thread that waits for the GIL held by the joining thread (seen: a hang; and an abort, "terminate
+    # called without an active exception"); the weights are saved, so nothing is lost
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
