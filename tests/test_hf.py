@@ -1,8 +1,8 @@
 """SLM in the HF Trainer (selective_lm.hf) against `slm train`'s own step, and scores as a dataset column."""
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,13 +10,14 @@ import torch
 
 pytest.importorskip("accelerate")
 
-from selective_lm.columns import SLMCollator, export_scored, load_scored, save_scored, score_dataset  # noqa: E402
-from selective_lm.config import TrainConfig  # noqa: E402
-from selective_lm.data import TokenDataset  # noqa: E402
-from selective_lm.hf import SLMArguments, SLMLoss, SLMTrainer  # noqa: E402
-from selective_lm.model import build_model, load_model  # noqa: E402
-from selective_lm.objective import Objective  # noqa: E402
-from selective_lm.step import RefLosses, StepMetrics, Trainer as StepTrainer, train_step  # noqa: E402
+from selective_lm.columns import SLMCollator, export_scored, load_scored, save_scored, score_dataset
+from selective_lm.config import TrainConfig
+from selective_lm.data import TokenDataset
+from selective_lm.hf import SLMArguments, SLMLoss, SLMTrainer
+from selective_lm.model import build_model, load_model
+from selective_lm.objective import Objective
+from selective_lm.step import RefLosses, StepMetrics, train_step
+from selective_lm.step import Trainer as StepTrainer
 
 B = 4  # windows per optimizer step
 LR = 0.5

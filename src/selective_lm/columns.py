@@ -135,8 +135,8 @@ def score_dataset(dataset, model, column: str = REF_COLUMN, batch_size: int = 16
     """``dataset`` (a ``datasets.Dataset`` with ``input_ids``) with reference losses added as ``column``.
 
     ``model`` is a causal LM or a checkpoint directory. Rows may have any length; a batch is padded on
-    the right and the padding never reaches a real token's loss. The metadata for :func:`save_scored`
-    is in the returned dataset's ``info.description``-independent attribute ``slm_meta``.
+    the right and the padding never reaches a real token's loss. The returned dataset carries its
+    metadata as ``slm_meta``, for :func:`save_scored`.
     """
     import json
 

@@ -26,6 +26,7 @@ import dataclasses
 import torch
 from transformers import Trainer
 
+from .columns import REF_COLUMN
 from .config import SCOPES, STRATEGIES
 from .loss import IGNORE_INDEX, token_losses
 from .model import model_token_losses
@@ -33,7 +34,6 @@ from .objective import Objective
 from .selection import num_selected
 from .step import StepMetrics
 
-REF_COLUMN = "ref_loss"
 FORWARD_KEYS = ("attention_mask", "position_ids")  # what else a batch may carry that the model's forward needs
 
 
