@@ -251,3 +251,24 @@ def test_peft_lora_model_in_the_trainer(tmp_path, tiny_data, scored):
     sel, before = run(SLMTrainer, 0.6, train_dataset=data, slm_args=SLMArguments(ratio=0.6))
     changed = {n for n, p in sel.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed)
+
+
+@pytest.mark.parametrize("scope", ["microstep", "step"])
+def test_ragged_rows_and_nan_scores(tmp_path, tiny_data, scored, scope):
+    """Rows of different lengths (micro-batches padded differently) train; a NaN score is no score (never selected)."""
+    data = load_scored(scored).select(range(16))
+
+    def cut(r, i):
+        n = 33 - (i % 5) * 3
+        ref = list(r["ref_loss"][:n])
+        ref[5] = float("nan") if i % 2 else ref[5]
+        return {"input_ids": r["input_ids"][:n], "ref_loss": ref}
+
+    ragged = data.map(cut, with_indices=True)
+    model, tr = _hf_run(tmp_path, ragged, steps=2, tiny_data=tiny_data,
+                        slm_args=SLMArguments(ratio=0.5, selection_scope=scope))
+    logged = [r for r in tr.state.log_history if "selected_fraction" in r]
+    assert logged and all(abs(r["selected_fraction"] - 0.5) < 0.03 for r in logged)
+    bad = SLMCollator()
+    with pytest.raises(ValueError, match="one score per token"):
+        bad([{"input_ids": [1, 2, 3], "ref_loss": [0.0, 1.0]}])

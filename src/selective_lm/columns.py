@@ -122,6 +122,9 @@ def _row_losses(model, rows: list, device: torch.device, precision: str, pad_id:
     with torch.no_grad(), autocast_ctx(device, precision):
         tl = model_token_losses(model, ids.to(device), targets.to(device), attention_mask=attn.to(device))
     tl = tl.float().cpu().numpy()
+    if not np.isfinite(tl[targets.numpy() != IGNORE_INDEX]).all():
+        raise UserError("the reference model gives non-finite losses on these rows: it is broken (e.g. a diverged "
+                        "run); score with a healthy checkpoint")
     out = []
     for i, r in enumerate(rows):
         row = np.full(len(r), np.nan, dtype=np.float32)
@@ -162,13 +165,18 @@ def score_dataset(dataset, model, column: str = REF_COLUMN, batch_size: int = 16
                             f"{limit} positions: cut the rows to at most {limit} tokens")
         return {column: _row_losses(model, rows, device, precision, pad_id) if rows else []}
 
-    fp = hashlib.sha256(json.dumps([dataset._fingerprint, column, model_path or id(model)]).encode()).hexdigest()[:16]
-    kwargs = {"cache_file_name": str(Path(cache_dir) / f"scored-{fp}.arrow")} if cache_dir else {"keep_in_memory": True}
+    model_fp = model_fingerprint(model_path) if model_path else None
+    fp = hashlib.sha256(json.dumps([dataset._fingerprint, column, model_fp or id(model), precision]).encode()
+                        ).hexdigest()[:16]
+    if cache_dir:  # a cached result is reused only for the same data, model weights and precision
+        kwargs = {"cache_file_name": str(Path(cache_dir) / f"scored-{fp}.arrow"), "load_from_cache_file": bool(model_fp)}
+    else:
+        kwargs = {"keep_in_memory": True}
     scored = dataset.map(add, batched=True, batch_size=batch_size, new_fingerprint=fp, desc=f"score {column}", **kwargs)
     scored.slm_meta = {"format_version": 1, "kind": KIND, "column": column, "rows": len(scored),
                        "input_ids_sha256": _ids_digest(scored),
                        "model": str(Path(model_path).resolve()) if model_path else None,
-                       "model_fingerprint": model_fingerprint(model_path) if model_path else None}
+                       "model_fingerprint": model_fp}
     return scored
 
 
@@ -221,6 +229,9 @@ class SLMCollator:
         ref = torch.full((b, longest), float("nan")) if self.ref_column and self.ref_column in rows[0] else None
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
+            if ref is not None and len(r[self.ref_column]) != n:
+                raise ValueError(f"a row has {n} input_ids but {len(r[self.ref_column])} '{self.ref_column}' values: "
+                                 "the column needs one score per token (score after truncating or packing)")
             ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
             attn[i, :n] = 1
             labels[i, :n] = torch.as_tensor(r["labels"], dtype=torch.long) if "labels" in r else ids[i, :n]

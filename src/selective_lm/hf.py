@@ -4,7 +4,8 @@ Two ways in:
 
 - :class:`SLMTrainerMixin`: put it first in the bases of any ``transformers.Trainer`` subclass
   (:class:`SLMTrainer` is the mixin on ``Trainer``; ``class SLMSFTTrainer(SLMTrainerMixin, trl.SFTTrainer)``
-  works the same way). Reference losses come from a reference model (``ref_model=``, online) or from
+  works the same way; with offline scores pass ``data_collator=SLMCollator(...)``, as TRL's own collator drops
+  the column, and do not pack). Reference losses come from a reference model (``ref_model=``, online) or from
   a dataset column (offline; written by ``slm score --hf-out`` or :func:`selective_lm.columns.score_dataset`).
   The Trainer fetches all micro-batches of an optimizer step before the first forward
   (``get_batch_samples``), so the mixin knows the selected count of the whole step over all devices
@@ -84,6 +85,28 @@ def model_inputs(inputs: dict) -> tuple[torch.Tensor, dict]:
     return inputs["input_ids"][:, :-1], kwargs
 
 
+def _pad_to(t: torch.Tensor, shape: tuple[int, int], fill) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, shape[1] - t.shape[1], 0, shape[0] - t.shape[0]), value=fill)
+
+
+def _max_shape(tensors: list[torch.Tensor]) -> tuple[int, int]:
+    """The largest [rows, positions] over these tensors and every process (batches may be padded differently)."""
+    from . import dist
+
+    dims = torch.tensor([max(t.shape[0] for t in tensors), max(t.shape[1] for t in tensors)], device=tensors[0].device)
+    if dist.world_size() > 1:
+        torch.distributed.all_reduce(dims, op=torch.distributed.ReduceOp.MAX)
+    return tuple(int(d) for d in dims.tolist())
+
+
+def select_padded(obj: Objective, excess: list[torch.Tensor], valid: list[torch.Tensor], generator,
+                  shape: tuple[int, int]) -> list[torch.Tensor]:
+    """Objective.select over micro-batches (and processes) whose rows or lengths differ: each is padded to
+    ``shape`` with invalid positions, which are never selected, and its mask cut back."""
+    masks = obj.select([_pad_to(e, shape, 0.0) for e in excess], [_pad_to(v, shape, False) for v in valid], generator)
+    return [m[:v.shape[0], :v.shape[1]] for m, v in zip(masks, valid)]
+
+
 def _prepare_ref(ref_model, device) -> torch.nn.Module:
     ref_model = ref_model.to(device)
     ref_model.eval()
@@ -143,10 +166,11 @@ class SLMTrainerMixin:
         if any("labels" not in b for b in batches):
             raise ValueError("SLM needs 'labels' in every batch: use a data collator that sets them "
                              "(e.g. selective_lm.columns.SLMCollator or DataCollatorForLanguageModeling(mlm=False))")
+        self.model.train()  # the Trainer sets train mode only after this: the pre-pass must not depend on it
         targets = [shifted_targets(b["labels"]) for b in batches]
-        valids = [t != IGNORE_INDEX for t in targets]
+        valids = [self._valid(b, t) for b, t in zip(batches, targets)]
         plan = {"denom": obj.denominator(valids), "gen": obj.generator(self.state.global_step), "next": 0,
-                "masks": None, "excess": [None] * len(batches)}
+                "masks": None, "excess": [None] * len(batches), "shape": _max_shape(valids)}
         if obj.scope == "step" and len(batches) > 1:  # one micro-batch: the micro-step is the step
             if obj.needs_prepass:
                 with torch.no_grad(), self.compute_loss_context_manager():
@@ -154,9 +178,17 @@ class SLMTrainerMixin:
                         ids, kw = model_inputs(b)
                         tl = model_token_losses(self.model, ids, t, **kw)
                         plan["excess"][m] = self._excess(tl, self._ref(b, t), valids[m])
-            plan["masks"] = obj.select([e if e is not None else v.float() for e, v in zip(plan["excess"], valids)],
-                                       valids, plan["gen"])
+            plan["masks"] = select_padded(obj, [e if e is not None else v.float() for e, v in zip(plan["excess"], valids)],
+                                          valids, plan["gen"], plan["shape"])
         return plan
+
+    def _valid(self, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
+        """Positions with a target (and, for offline scores, a score: a NaN score is no score)."""
+        valid = targets != IGNORE_INDEX
+        ref = inputs.get(self.slm_args.ref_column) if self.ref_model is None else None
+        if ref is not None and ref.shape == inputs["input_ids"].shape:
+            valid = valid & ~torch.isnan(ref[:, 1:].to(valid.device))
+        return valid
 
     def _ref(self, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
         if self.ref_model is not None:
@@ -188,13 +220,16 @@ class SLMTrainerMixin:
             raise RuntimeError("compute_loss was called more often than the step has micro-batches")
         plan["next"] += 1
         targets = shifted_targets(inputs["labels"])
-        valid = targets != IGNORE_INDEX
+        valid = self._valid(inputs, targets)
         ids, kw = model_inputs(inputs)
         tl = model_token_losses(model, ids, targets, sparse_backward=obj.ratio < 1.0, **kw)
         excess = plan["excess"][m]
         if excess is None:
             excess = self._excess(tl, self._ref(inputs, targets), valid)
-        mask = plan["masks"][m] if plan["masks"] is not None else obj.select([excess], [valid], plan["gen"])[0]
+        if plan["masks"] is not None:
+            mask = plan["masks"][m]
+        else:
+            mask = select_padded(obj, [excess], [valid], plan["gen"], plan["shape"])[0]
         loss = obj.loss(tl, mask, plan["denom"])
         self.slm_metrics.add(tl.detach(), valid, mask, excess, None)
         return (loss, None) if return_outputs else loss
@@ -235,6 +270,7 @@ class SLMLoss:
         ids = kwargs.get("input_ids", args[0] if args else None)
         self._inputs = None if ids is None else {"input_ids": ids, **{k: kwargs[k] for k in FORWARD_KEYS
                                                                      if kwargs.get(k) is not None}}
+        self._training = module.training
 
     def remove(self) -> None:
         """Detach the input hook from the model."""
@@ -247,14 +283,16 @@ class SLMLoss:
         targets = shifted_targets(labels)
         valid = targets != IGNORE_INDEX
         tl = token_losses(outputs.logits[:, :-1], targets)
+        if num_items_in_batch is None:
+            raise ValueError("SLMLoss needs num_items_in_batch (the Trainer passes it when batches carry labels)")
+        k = num_selected(torch.as_tensor(num_items_in_batch).reshape(-1)[0], obj.ratio).clamp(min=1)
+        if not self._training:  # evaluation: the plain CLM loss, and no draw of the training generator
+            return tl.sum() / torch.as_tensor(num_items_in_batch, dtype=tl.dtype, device=tl.device).reshape(-1)[0]
         ids, kw = model_inputs(self._inputs)
         with torch.no_grad():
             ref = model_token_losses(self.ref_model, ids, targets, **kw).float()
         excess = torch.where(valid, tl.detach() - ref, torch.zeros_like(ref))
-        mask = obj.select([excess], [valid], obj.generator(self.calls))[0]
+        mask = select_padded(obj, [excess], [valid], obj.generator(self.calls), _max_shape([valid]))[0]
         self.calls += 1
-        if num_items_in_batch is None:  # no step count: a per-batch mean (the Trainer divides by accumulation)
-            denom = mask.sum().clamp(min=1)
-        else:  # the Trainer multiplies by the number of processes and DDP averages: Σ selected / K of the step
-            denom = num_selected(torch.as_tensor(num_items_in_batch).reshape(-1)[0], obj.ratio).clamp(min=1)
-        return (tl * mask.to(tl.dtype)).sum() / denom.to(tl.device, tl.dtype)
+        # the Trainer multiplies by the number of processes and DDP averages: Σ selected / K of the step
+        return (tl * mask.to(tl.dtype)).sum() / k.to(tl.device, tl.dtype)

@@ -91,6 +91,10 @@ def score(cfg: ScoreConfig) -> dict:
         return ds, _identity(ds, cfg.split, cfg.model)
 
     ds, ident = dist.agree(check)
+    if cfg.hf_out:  # refused before the scoring pass, not after it
+        from .columns import _check_out
+
+        dist.agree(_check_out, Path(cfg.hf_out), cfg.overwrite, main_only=True)
     with contextlib.ExitStack() as stack:
         dist.enter_on_main(stack, lambda: DirLock(cfg.out, "scores directory", inside=False))
         manifest = _score(cfg, ds, ident, device)
