@@ -37,13 +37,18 @@ def is_hf_dataset_dir(path: str | os.PathLike) -> bool:
     return (p / "dataset_info.json").is_file() and (p / "state.json").is_file() and not (p / "manifest.json").is_file()
 
 
+def _hash_row(h, row) -> None:
+    """Add one row of token ids to the running sha256 (length, then int64 bytes): the ids' record."""
+    a = np.asarray(row, dtype=np.int64)
+    h.update(len(a).to_bytes(8, "little"))
+    h.update(a.tobytes())
+
+
 def _ids_digest(dataset, batch: int = 4096) -> str:
     h = hashlib.sha256()
     for start in range(0, len(dataset), batch):
         for row in dataset[start:start + batch]["input_ids"]:
-            a = np.asarray(row, dtype=np.int64)
-            h.update(len(a).to_bytes(8, "little"))
-            h.update(a.tobytes())
+            _hash_row(h, row)
     return h.hexdigest()
 
 
@@ -91,8 +96,7 @@ def export_scored(data: str | os.PathLike, scores: str | os.PathLike, out: str |
                 ref = np.full(ids.shape, np.nan, dtype=np.float32)
                 ref[:, 1:] = sc[s:s + rows_per_chunk]
                 for row in ids:
-                    h.update(width.to_bytes(8, "little"))
-                    h.update(row.tobytes())
+                    _hash_row(h, row)
                 writer.write_table(pa.table({
                     "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1).astype(np.int32)), width),
                     column: pa.FixedSizeListArray.from_arrays(pa.array(ref.reshape(-1)), width)}))
