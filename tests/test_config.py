@@ -17,7 +17,7 @@ from selective_lm.config import (
     to_dict,
 )
 from selective_lm.files import UserError
-from selective_lm.study import StudyConfig
+from selective_lm.study.config import StudyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

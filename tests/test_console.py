@@ -10,7 +10,7 @@ import pytest
 
 from selective_lm.cli import EXAMPLES, _commands, main
 from selective_lm.runtime import cpu_quota, default_threads, interactive, progress
-from selective_lm.study import PRIOR_RATES, Stage, eta, measured_rates
+from selective_lm.study.plan import PRIOR_RATES, Stage, eta, measured_rates
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -76,7 +76,8 @@ def _eval(cfg: EvalConfig) -> None:
 
 
 def _commands() -> dict[str, tuple[type, Callable, str]]:
-    from .study import StudyConfig, run_study
+    from .study.config import StudyConfig
+    from .study.runner import run_study
 
     return {
         "prepare": (PrepareConfig, _prepare, "corpus -> dataset directory of fixed token windows"),

@@ -80,7 +80,7 @@ def _need(args, *names: str) -> None:
 
 
 def _losses(files) -> list[np.ndarray]:
-    from .collect import load_losses
+    from ..study.collect import load_losses
 
     out = [load_losses(f) for f in files]
     if len({a.size for a in out}) > 1:
@@ -103,7 +103,7 @@ def _eval_curve(run_dir) -> tuple:
 
 
 def _report(args, st) -> dict:
-    from ..report import write_report
+    from ..study.report import write_report
 
     path = write_report(st.dir)
     return {"report": path, "results": path.parent / "results.json",
@@ -113,7 +113,7 @@ def _report(args, st) -> dict:
 
 def _perplexity(args, st) -> dict:
     from ..evaluate import loss_summary
-    from .collect import section_groups, section_runs
+    from ..study.collect import section_groups, section_runs
 
     if st is None:
         _need(args, "losses")
@@ -126,7 +126,7 @@ def _perplexity(args, st) -> dict:
 
 
 def _efficiency(args, st) -> dict:
-    from .collect import section_efficiency, section_runs
+    from ..study.collect import section_efficiency, section_runs
     from .efficiency import data_efficiency
 
     if st is not None:
@@ -138,7 +138,7 @@ def _efficiency(args, st) -> dict:
 
 
 def _dynamics(args, st) -> dict:
-    from .collect import section_dynamics
+    from ..study.collect import section_dynamics
     from .dynamics import classify_dynamics, dynamics_examples
 
     if st is not None:
@@ -164,7 +164,7 @@ def _dynamics(args, st) -> dict:
 
 def _buckets(args, st) -> dict:
     from .buckets import bucket_transitions, high_low_threshold
-    from .collect import section_buckets
+    from ..study.collect import section_buckets
 
     if st is not None:
         return section_buckets(st, args.quantile)
@@ -178,7 +178,7 @@ def _selected(args, st) -> dict:
     import torch
 
     from ..selection import select_tokens
-    from .collect import MASK_DEFINITION, section_selected
+    from ..study.collect import MASK_DEFINITION, section_selected
     from .selection_diag import split_losses
 
     if st is not None:
@@ -193,7 +193,7 @@ def _selected(args, st) -> dict:
 
 
 def _cosine(args, st) -> dict:
-    from .collect import checkpoint_delta, read_state, section_cosine
+    from ..study.collect import checkpoint_delta, read_state, section_cosine
     from .cosine import cosine_matrix
 
     if st is not None:
@@ -211,7 +211,7 @@ def _cosine(args, st) -> dict:
 
 
 def _selection(args, st) -> dict:
-    from .collect import section_selection, training_shares
+    from ..study.collect import section_selection, training_shares
 
     if st is not None:
         return section_selection(st)
@@ -228,12 +228,12 @@ _HANDLERS = {"report": _report, "perplexity": _perplexity, "efficiency": _effici
 
 def run_analyze(args: argparse.Namespace) -> dict:
     """Run ``args.analysis``; print the JSON result (and write it to ``args.out``); return it."""
-    from .collect import Study, clean
+    from ..study.collect import StudyResults, clean
 
     name = args.analysis
     if name == "report" and not args.study:
         raise UserError("analyze report needs --study DIR (the out directory of `slm study`)")
-    st = Study(args.study) if args.study else None
+    st = StudyResults(args.study) if args.study else None
     try:
         result = clean(_HANDLERS[name](args, st))
     except ValueError as e:  # bad shapes or values in the given files

@@ -8,7 +8,7 @@ The models trained on this data are tiny, so the mix is deliberately easy: about
 each family's items are "easy" (one- and two-digit sums, times tables, ``x + a = b``),
 the rest "medium" (multi-digit numbers, two-step equations, unlike denominators, word
 problems with two operations). Every ``A = B = C`` chain of plain arithmetic in a
-solution is literally true; ``tests/test_mathgen.py`` checks this mechanically.
+solution is literally true; ``tests/study/test_mathgen.py`` checks this mechanically.
 """
 from __future__ import annotations
 

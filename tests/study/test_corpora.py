@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from selective_lm import corpora
-from selective_lm.corpora import (
+from selective_lm.study import corpora
+from selective_lm.study.corpora import (
     FILE_NAMES,
     OFFTOPIC_MODULES,
     PROSE_MODULES,
@@ -21,7 +21,7 @@ from selective_lm.corpora import (
     render_module_doc,
 )
 from selective_lm.files import UserError, read_json, sha256_file
-from selective_lm.mathgen import FAMILIES
+from selective_lm.study.mathgen import FAMILIES
 
 SCALE = 0.02
 
@@ -161,7 +161,7 @@ def test_deterministic(built: CorporaPaths, tmp_path: Path) -> None:
 
 
 def test_deterministic_across_hash_seeds(built: CorporaPaths, tmp_path: Path) -> None:
-    code = ("import sys; from selective_lm.corpora import build_default_corpora as b; "
+    code = ("import sys; from selective_lm.study.corpora import build_default_corpora as b; "
             f"b(sys.argv[1], seed=3, scale={SCALE}, progress=False)")
     env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=str(Path(corpora.__file__).parents[1]))
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "sub")], check=True, env=env)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterator
 
-from .files import UserError, atomic_write_text, read_json, sha256_file, write_json
+from ..files import UserError, atomic_write_text, read_json, sha256_file, write_json
 from .mathgen import FAMILIES, Problem, format_problem, iter_problems
 
 FORMAT_VERSION = 1
@@ -380,7 +380,7 @@ def is_cached(out_dir: str | Path, seed: int, scale: float) -> bool:
 def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 1.0, overwrite: bool = False,
                           progress: bool = True) -> CorporaPaths:
     """Write the default corpora into ``out_dir``, or return the cached ones (see the module docstring)."""
-    from .runtime import progress as progress_bar
+    from ..runtime import progress as progress_bar
 
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 100:
         raise UserError(f"scale must be a number in (0, 100], got {scale!r}")

@@ -1,6 +1,6 @@
 """The study report: ``STUDY/report/{results.json, plots/*.png, selection.html, report.md}``.
 
-:func:`write_report` runs :func:`~selective_lm.analysis.collect.collect` and renders its numbers; the
+:func:`write_report` runs :func:`~selective_lm.study.collect.collect` and renders its numbers; the
 report states what the numbers show, including where the paper's claims do not hold.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .analysis.collect import PAPER_DYNAMICS, collect, write_selection_html
-from .analysis.dynamics import CATEGORIES
-from .files import UserError, atomic_write_bytes, atomic_write_text, write_json
+from .collect import PAPER_DYNAMICS, collect, write_selection_html
+from ..analysis.dynamics import CATEGORIES
+from ..files import UserError, atomic_write_bytes, atomic_write_text, write_json
 
 _MARK = {True: "✅ holds", False: "❌ does not hold", None: "— undetermined"}
 

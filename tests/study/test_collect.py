@@ -1,7 +1,7 @@
-"""Tests for selective_lm.analysis.collect on a synthetic study directory.
+"""Tests for selective_lm.study.collect on a synthetic study directory.
 
 :func:`build_study` writes a small but complete study (index.json, eval dumps, run dirs with
-metrics.jsonl and safetensors weights, a tiny noisy dataset with provenance); tests/test_report.py
+metrics.jsonl and safetensors weights, a tiny noisy dataset with provenance); tests/study/test_report.py
 reuses it.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from synthetic_study import KEYS, NT, NW, SEQ, STEPS, build_study  # noqa: F401
 
-from selective_lm.analysis.collect import Study, claims, collect, section_groups, write_selection_html
+from selective_lm.study.collect import StudyResults, claims, collect, section_groups, write_selection_html
 from selective_lm.files import UserError
 
 def _walk_numbers(obj, path="") -> list:
@@ -89,7 +89,7 @@ def test_sections_values(better):
 
 
 def test_fixed_mask_is_topk_of_base_minus_reference(better):
-    st = Study(better)
+    st = StudyResults(better)
     excess, masks = st.masks()
     base = st.noisy(st.base_point())
     k = int(masks[0.6].sum())

@@ -5,10 +5,11 @@ import math
 import shutil
 from pathlib import Path
 
-from .checkpoint import checkpoint_dirs, checkpoint_step, is_finished
-from .config import LoraConfig, PrepareConfig, ScoreConfig
-from .files import atomic_dir, commit_dir, read_json, write_json
-from .study import Stage, Study
+from ..checkpoint import checkpoint_dirs, checkpoint_step, is_finished
+from ..config import LoraConfig, PrepareConfig, ScoreConfig
+from ..files import atomic_dir, commit_dir, read_json, write_json
+from .layout import Study
+from .plan import Stage
 
 DATASETS = {"prose": "prose.jsonl", "hq_math": "hq_math.jsonl", "web_math": "web_math.jsonl"}
 # what each dataset's validation split is called in the stage lines
@@ -17,7 +18,7 @@ VAL_SETS = {"prose": "prose", "hq_math": "target (HQ math)", "web_math": "noisy 
 
 def _train(study: Study, tcfg) -> int:
     """Train one stage's run; returns its tokens (the study's ETA measures its speed with them)."""
-    from .train import train
+    from ..train import train
 
     out = Path(tcfg.out)
     tcfg.resume = (out / "config.yaml").is_file() and not is_finished(out)
@@ -37,7 +38,7 @@ def build_stages(study: Study) -> list[Stage]:
     c = study.cfg
     p = study.p
     stages: list[Stage] = []
-    from .model import PRESETS
+    from ..model import PRESETS
 
     # 1. corpora ---------------------------------------------------------------------------
     def corpora() -> None:
@@ -59,11 +60,11 @@ def build_stages(study: Study) -> list[Stage]:
         tmp = atomic_dir(tok_dir)
         try:
             if own_tok:
-                from .tokenizer import copy_tokenizer
+                from ..tokenizer import copy_tokenizer
 
                 copy_tokenizer(Path(own_tok), tmp)
             else:
-                from .data import train_tokenizer_from_inputs
+                from ..data import train_tokenizer_from_inputs
 
                 train_tokenizer_from_inputs([str(study.corpora / f) for f in DATASETS.values()], c.vocab_size, tmp)
             commit_dir(tmp, tok_dir)
@@ -76,7 +77,7 @@ def build_stages(study: Study) -> list[Stage]:
 
     # 3. prepare ---------------------------------------------------------------------------
     def prepare() -> None:
-        from .data import prepare as do_prepare
+        from ..data import prepare as do_prepare
 
         for name, file in DATASETS.items():
             if not (p("data", name) / "manifest.json").is_file():
@@ -97,7 +98,7 @@ def build_stages(study: Study) -> list[Stage]:
 
     # 5. reference -------------------------------------------------------------------------
     def reference() -> int:
-        from .data import TokenDataset
+        from ..data import TokenDataset
 
         n = TokenDataset(p("data", "hq_math")).num_windows("train")
         tokens = int(c.reference_epochs * n * c.seq_len)
@@ -110,7 +111,7 @@ def build_stages(study: Study) -> list[Stage]:
 
     # 6. score -----------------------------------------------------------------------------
     def score() -> int:
-        from .scoring import score as do_score
+        from ..scoring import score as do_score
 
         m = do_score(ScoreConfig(data=str(p("data", "web_math")), model=str(p("runs", "reference", "final")),
                                  out=str(p("scores", "web_math")), split="train", device=c.device, progress=c.progress,
@@ -177,10 +178,10 @@ def stratified(rows: list[dict], n: int) -> list[dict]:
 def _evaluate(study: Study) -> None:
     import torch
 
-    from .data import TokenDataset
-    from .evaluate import dataset_token_losses, dump_token_losses, fewshot_accuracy, loss_summary, read_jsonl
-    from .model import load_model, resolve_device
-    from .runtime import progress
+    from ..data import TokenDataset
+    from ..evaluate import dataset_token_losses, dump_token_losses, fewshot_accuracy, loss_summary, read_jsonl
+    from ..model import load_model, resolve_device
+    from ..runtime import progress
 
     c = study.cfg
     device = resolve_device(c.device)

@@ -19,11 +19,11 @@ from ..checkpoint import read_metrics
 from ..evaluate import load_token_losses
 from ..files import UserError, atomic_write_text, read_json
 from ..selection import select_tokens
-from . import selection_diag as diag
-from .buckets import bucket_transitions, high_low_threshold
-from .cosine import cosine_matrix, flatten_delta, full_delta, lora_delta
-from .dynamics import CATEGORIES, classify_dynamics, dynamics_examples
-from .efficiency import data_efficiency
+from ..analysis import selection_diag as diag
+from ..analysis.buckets import bucket_transitions, high_low_threshold
+from ..analysis.cosine import cosine_matrix, flatten_delta, full_delta, lora_delta
+from ..analysis.dynamics import CATEGORIES, classify_dynamics, dynamics_examples
+from ..analysis.efficiency import data_efficiency
 
 PAPER_DYNAMICS = {"H→H": 0.11, "L→H": 0.12, "H→L": 0.26, "L→L": 0.51}
 DYNAMICS_TOLERANCE = 0.10  # largest allowed |share - paper share| for claim 4
@@ -96,7 +96,7 @@ def training_shares(run_dir) -> dict:
     return out
 
 
-class Study:
+class StudyResults:
     """A study directory: index.json, eval points and cached loss dumps."""
 
     def __init__(self, study_dir):
@@ -185,7 +185,7 @@ class Study:
         return {int(k): v for k, v in (ds.manifest.get("provenance_labels") or diag.DEFAULT_PROVENANCE_LABELS).items()}
 
 
-def section_config(st: Study) -> dict:
+def section_config(st: StudyResults) -> dict:
     """seeds, ratios, lora, timings, datasets, study.yaml and the resolved train configs (base, CLM, reference)."""
     def load(f: Path):
         return yaml.safe_load(f.read_text(encoding="utf-8")) if f.is_file() else None
@@ -203,7 +203,7 @@ def _public(p: dict) -> dict:
     return {k: p[k] for k in ("step", "tokens", "target_loss", "target_ppl", "noisy_loss", "noisy_ppl", "accuracy")}
 
 
-def section_runs(st: Study) -> dict:
+def section_runs(st: StudyResults) -> dict:
     return {r["name"]: {**{k: r.get(k) for k in ("arm", "strategy", "ratio", "seed")}, "final": _public(c[-1]),
                         "group": "clm" if r.get("arm") == "clm" else f"slm-{r['strategy']}-{float(r['ratio']):g}",
                         "curve": [_public(p) for p in c]}
@@ -242,7 +242,7 @@ def section_groups(runs: dict, efficiency: dict | None = None) -> dict:
     return groups
 
 
-def section_dynamics(st: Study, k: int = 5, threshold: float = 0.2) -> dict:
+def section_dynamics(st: StudyResults, k: int = 5, threshold: float = 0.2) -> dict:
     out = {"paper": PAPER_DYNAMICS, "threshold": threshold, "runs": {},
            "definition": "per noisy validation token, a least-squares line over the checkpoints x=0..n (the base at "
                          "x=0); ΔL = fitted end - fitted start; ΔL<-thr H→L, ΔL>thr L→H, else L→L if the last loss "
@@ -276,7 +276,7 @@ def section_dynamics(st: Study, k: int = 5, threshold: float = 0.2) -> dict:
     return out
 
 
-def section_buckets(st: Study, quantile: float = 0.7) -> dict:
+def section_buckets(st: StudyResults, quantile: float = 0.7) -> dict:
     final, base = {r["name"]: st.noisy(st.curve(r)[-1]) for r in st.runs}, st.noisy(st.base_point())
     clm = {r.get("seed"): r["name"] for r in st.runs if r.get("arm") == "clm"}
     thr = {s: high_low_threshold(final[n], quantile) for s, n in clm.items()}
@@ -294,7 +294,7 @@ def section_buckets(st: Study, quantile: float = 0.7) -> dict:
     return out
 
 
-def section_selected(st: Study) -> dict:
+def section_selected(st: StudyResults) -> dict:
     _, masks = st.masks()
     out = {"definition": MASK_DEFINITION, "ratios": {}}
     for ratio, mask in masks.items():
@@ -313,7 +313,7 @@ def section_selected(st: Study) -> dict:
     return out
 
 
-def section_cosine(st: Study) -> dict:
+def section_cosine(st: StudyResults) -> dict:
     base_state, vecs, kinds = None, {}, {}
     for r in st.runs:
         ckpt = st.path(r["checkpoint"]) if r.get("checkpoint") else st.path(r["run_dir"]) / "final"
@@ -325,7 +325,7 @@ def section_cosine(st: Study) -> dict:
                           "flattened over all updated tensors", "names": names, "kinds": kinds, "matrix": mat}
 
 
-def section_selection(st: Study) -> dict:
+def section_selection(st: StudyResults) -> dict:
     excess, masks = st.masks()
     out: dict = {"definition": "training: noise share of the selected tokens vs of all tokens, from metrics.jsonl; "
                                "validation: " + MASK_DEFINITION, "validation": {}, "runs": {}}
@@ -430,7 +430,7 @@ def _guard(fn, *args):
 
 def collect(study_dir) -> dict:
     """All analyses of a finished study as a JSON-serialisable dict (the content of results.json)."""
-    st = Study(study_dir)
+    st = StudyResults(study_dir)
     runs = section_runs(st)
     ref = st.index.get("reference") or {}
     res: dict = {"study": str(st.dir), "config": section_config(st), "base": _public(st.base_point()),
@@ -447,7 +447,7 @@ def collect(study_dir) -> dict:
 
 def write_selection_html(study_dir, out_path, max_windows: int = 12) -> Path:
     """Noisy validation text of the first windows, top-k-selected tokens (largest ratio, fixed mask) highlighted."""
-    st = Study(study_dir)
+    st = StudyResults(study_dir)
     excess, masks = st.masks()
     ratio = max(masks)  # ValueError when the study has no SLM ratio
     ids, prov, ds = st.val_tokens(excess.size)

@@ -1,4 +1,4 @@
-"""Tests for selective_lm.report and the `slm analyze` subcommands on a synthetic study."""
+"""Tests for selective_lm.study.report and the `slm analyze` subcommands on a synthetic study."""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +11,10 @@ import pytest
 from synthetic_study import build_study
 
 from selective_lm.analysis.cli import NAMES, add_analyze_parser, run_analyze
-from selective_lm.analysis.collect import collect
+from selective_lm.study.collect import collect
 from selective_lm.evaluate import dump_token_losses
 from selective_lm.files import UserError
-from selective_lm.report import render, write_report
+from selective_lm.study.report import render, write_report
 
 SECTIONS = ("## Configuration", "## Results", "## Paper's claims", "## Perplexity", "## Downstream accuracy",
             "## Data efficiency", "## Token loss dynamics", "## Bucket transitions",
@@ -40,7 +40,7 @@ def analyze(*argv: str) -> dict:
 
 def test_write_report(study, monkeypatch):
     calls = []
-    monkeypatch.setattr("selective_lm.report.write_report", lambda d: calls.append(d) or write_report(d))
+    monkeypatch.setattr("selective_lm.study.report.write_report", lambda d: calls.append(d) or write_report(d))
     cli = analyze("report", "--study", study)  # `slm analyze report` = write_report
     path = Path(cli["report"])
     assert calls == [study] and path == study / "report" / "report.md" and len(cli["plots"]) == len(PLOTS)

@@ -1,0 +1,137 @@
+"""The study's configuration: every budget and choice of `slm study`, with why in configs/study-default.yaml."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import LoraConfig, check_ratio
+from ..files import UserError
+
+STRATEGY_NAMES = ("topk", "random", "stochastic")
+CORPUS_FILES = ("hq_math.jsonl", "web_math.jsonl", "prose.jsonl", "fewshot_eval.jsonl", "fewshot_exemplars.jsonl")
+# Keys that may change between invocations on the same study directory.
+FREE_KEYS = {"out", "overwrite", "progress", "seeds", "device", "quick"}
+
+# `--quick`: the same stages and report sections on a small budget (45 s measured; used by the end-to-end test).
+QUICK = dict(corpora_scale=0.12, base_tokens=120_000, reference_epochs=1.0, cpt_tokens=40_000,
+             ratios=[0.6], checkpoints=2, eval_windows_target=24, eval_windows_noisy=24,
+             fewshot_questions=48, batch_size=8, warmup_steps=3)
+
+
+@dataclass
+class StudyConfig:
+    """Rho-1's experiment: base → reference → score → CLM and SLM arms → evaluation → report."""
+
+    out: str = "slm-study"
+    """Study directory (every stage is cached there)."""
+    quick: bool = False
+    """Smaller budgets with the same stages and report sections (45 s on 2 CPU cores, measured 2026-11-25)."""
+    corpora: str | None = None
+    """Directory with hq_math.jsonl, web_math.jsonl, prose.jsonl, fewshot_eval.jsonl and fewshot_exemplars.jsonl; unset = the embedded default, generated into out/corpora."""
+    corpora_scale: float = 1.0
+    """Size of the embedded default corpora (1.0 ≈ 1.5M chars of HQ math, 5M of noisy web math, 3M of prose)."""
+    corpora_seed: int = 0
+    """Seed of the embedded default corpora."""
+    model: str = "tiny"
+    """Preset for the base model (pretrained on prose here), or a local HF checkpoint used as the base directly."""
+    tokenizer: str | None = None
+    """Local tokenizer directory; default: the checkpoint's own tokenizer, or a byte-level BPE trained on the corpora."""
+    vocab_size: int = 2048
+    """Vocabulary of the trained tokenizer."""
+    seq_len: int = 256
+    """Window length in tokens (few-shot prompts must fit in it)."""
+    batch_size: int = 16
+    """Windows per optimizer step in every training stage."""
+    base_tokens: int = 1_200_000
+    """Base pretraining budget on general prose (tokens)."""
+    base_lr: float = 3e-3
+    """Base pretraining peak learning rate."""
+    reference_epochs: float = 2.5
+    """Reference training epochs over the high-quality math corpus (continued from the base)."""
+    reference_lr: float = 4e-3
+    """Reference peak learning rate."""
+    cpt_tokens: int = 450_000
+    """Continual-pretraining budget of every arm (tokens seen, selected or not)."""
+    cpt_lr: float = 6e-3
+    """Continual-pretraining peak learning rate (the same for every arm)."""
+    warmup_steps: int = 10
+    """Warmup steps of every training stage."""
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
+    """SLM selection strategies to run."""
+    ratios: list[float] = field(default_factory=lambda: [0.6, 0.3])
+    """SLM token ratios (the paper used 0.6–0.7)."""
+    temperature: float = 1.0
+    """Temperature of stochastic selection."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds of the continual-pretraining arms (window order and selection randomness); e.g. 0,1,2."""
+    lora: LoraConfig | None = None
+    """Train every arm with LoRA, e.g. {r: 16, alpha: 32}; unset = full-parameter."""
+    checkpoints: int = 4
+    """Evaluated checkpoints per arm (evenly spaced; the base is checkpoint 0)."""
+    eval_windows_target: int = 64
+    """Target-domain (HQ math) validation windows evaluated at every checkpoint."""
+    eval_windows_noisy: int = 64
+    """Noisy web-math validation windows evaluated at every checkpoint (token dynamics, selection analyses)."""
+    fewshot_questions: int = 200
+    """Held-out math questions for few-shot exact match (greedy)."""
+    shots: int = 2
+    """Few-shot exemplars per prompt."""
+    device: str = "auto"
+    """cpu, cuda, or auto."""
+    overwrite: bool = False
+    """Delete the study directory's stages and start over."""
+    progress: bool = True
+    """Progress bars inside stages."""
+
+    @staticmethod
+    def base_values(values: dict) -> dict:
+        """The defaults under what the user gave: QUICK's budgets when quick is true (--quick, quick=true or
+        `quick: true` in YAML alike)."""
+        quick = values.get("quick", False)
+        if isinstance(quick, str):
+            quick = quick.strip().lower() in ("true", "1", "yes")
+        return dict(QUICK) if quick is True or quick == 1 else {}
+
+    def validate(self) -> None:
+        for r in self.ratios:
+            check_ratio(r, "ratios")
+        if not self.ratios or not self.seeds:
+            raise UserError("ratios and seeds must not be empty")
+        for s in self.strategies:
+            if s not in STRATEGY_NAMES:
+                raise UserError(f"unknown strategy '{s}' in strategies: choose from {', '.join(STRATEGY_NAMES)}")
+        if self.lora is not None:
+            if self.lora.r <= 0:
+                raise UserError(f"lora.r must be > 0, got {self.lora.r} (drop `lora` for full-parameter training)")
+        if self.corpora is not None:
+            for f in CORPUS_FILES:
+                if not (Path(self.corpora) / f).is_file():
+                    raise UserError(f"corpus file missing: {Path(self.corpora) / f} (corpora must hold {', '.join(CORPUS_FILES)})")
+        if self.tokenizer is not None and not (Path(self.tokenizer) / "tokenizer.json").is_file():
+            raise UserError(f"tokenizer not found: {self.tokenizer}/tokenizer.json")
+        for name in ("base_tokens", "cpt_tokens", "batch_size", "checkpoints", "seq_len"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.reference_epochs <= 0:
+            raise UserError(f"reference_epochs must be > 0, got {self.reference_epochs}")
+        self._check_model()
+
+    def _check_model(self) -> None:
+        from ..model import PRESETS, checkpoint_vocab, is_checkpoint
+
+        if self.model in PRESETS:
+            return
+        if not is_checkpoint(self.model):
+            raise UserError(f"model '{self.model}' is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+        vocab, _ = checkpoint_vocab(self.model)
+        tok = self.tokenizer or (self.model if (Path(self.model) / "tokenizer.json").is_file() else None)
+        if tok is None:
+            raise UserError(f"checkpoint {self.model} has no tokenizer: pass tokenizer=DIR with the tokenizer it was trained with")
+        from ..data import load_tokenizer
+
+        n = len(load_tokenizer(tok))
+        if n > vocab or (self.tokenizer and n != vocab):
+            raise UserError(f"checkpoint {self.model} has vocabulary {vocab} but tokenizer {tok} has {n} tokens: "
+                            "use the checkpoint's own tokenizer")
+
+
