@@ -168,6 +168,44 @@ def test_split_by_hash_and_fingerprint(tmp_path, shared_tok):
     assert sum(D.is_validation(d, 1, 0.3) != D.is_validation(d, 0, 0.3) for d in docs) > 0  # seed matters
 
 
+def test_split_field_and_test_fraction(tmp_path, shared_tok):
+    """A document's `split` field decides its split (train/validation/test); the rest go by the hash,
+    validation first, then test_fraction; the trained tokenizer never sees held-out text."""
+    docs = make_docs(60, seed=3)
+    rows = [{"text": d, **({"split": ("train", "validation", "test")[i % 3]} if i < 30 else {})}
+            for i, d in enumerate(docs)]
+    src = write_jsonl(tmp_path / "c.jsonl", rows)
+    m = prepare(cfg([src], tmp_path / "a", tokenizer=str(shared_tok), val_fraction=0.2, test_fraction=0.2, seq_len=16))
+    c = PrepareConfig(inputs=[src], out="x", val_fraction=0.2, test_fraction=0.2)
+    want = {n: [d for i, d in enumerate(docs) if D.split_of(d, rows[i].get("split"), c) == n]
+            for n in ("train", "validation", "test")}
+    assert all(D.split_of(docs[i], None, c) in ("train", "validation", "test") for i in range(30, 60))
+    tok = load_tokenizer(shared_tok)
+    for name, ds in want.items():
+        assert m["splits"][name]["documents"] == len(ds) > 10
+        flat = TokenDataset(tmp_path / "a").windows(name).reshape(-1)
+        assert np.array_equal(flat, np.array(expected_ids(tok, ds)[:len(flat)]))
+    assert m["documents_split_by_field"] == 30 and m["test_fraction"] == 0.2
+    # only split fields, no hash fractions: the splits the documents name
+    m2 = prepare(cfg([src], tmp_path / "b", tokenizer=str(shared_tok), val_fraction=0.0, seq_len=16))
+    assert set(m2["splits"]) == {"train", "validation", "test"}
+    assert m2["splits"]["train"]["documents"] == 40
+    # a bad split value is one clear error
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "hello world", "split": "dev"}])
+    with pytest.raises(UserError, match="split 'dev' is not one of train, validation, test"):
+        prepare(cfg([bad], tmp_path / "c", tokenizer=str(shared_tok)))
+    with pytest.raises(UserError, match="test_fraction"):
+        PrepareConfig(inputs=[src], out="y", val_fraction=0.5, test_fraction=0.5).validate()
+
+
+def test_tokenizer_from_inputs_skips_held_out_documents(tmp_path):
+    held = "zyxwzyxw qqqjjj " * 50
+    src = write_jsonl(tmp_path / "c.jsonl", [{"text": d} for d in make_docs(20)] + [{"text": held, "split": "test"}])
+    train_tokenizer_from_inputs([src], 300, tmp_path / "tok")
+    vocab = load_tokenizer(tmp_path / "tok").get_vocab()
+    assert not any("zyxw" in t or "qqq" in t for t in vocab)
+
+
 def test_dtype_choice_and_uint32_reader(tmp_path, shared_tok):
     assert token_dtype(300) == np.uint16 and token_dtype(65535) == np.uint16
     assert token_dtype(65536) == np.uint32 and token_dtype(150_000) == np.uint32

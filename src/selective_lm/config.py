@@ -48,9 +48,13 @@ class PrepareConfig:
     seq_len: int = 128
     """Tokens of context per training window; windows hold seq_len + 1 tokens."""
     val_fraction: float = 0.05
-    """Fraction of documents held out for the validation split (chosen by a seeded hash)."""
+    """Fraction of documents held out for the validation split (chosen by a seeded hash; documents with a `split_field` value keep it)."""
+    test_fraction: float = 0.0
+    """Fraction of documents held out for the test split (seeded hash, after validation); report final numbers on it, tune on validation."""
+    split_field: str = "split"
+    """JSONL/Parquet/HF field that names a document's split (train, validation or test) and overrides the hash, e.g. to split by problem rather than by document."""
     seed: int = 0
-    """Seed for the train/validation split."""
+    """Seed for the train/validation/test hash split."""
     overwrite: bool = False
     """Replace an existing dataset directory."""
     progress: bool = True
@@ -65,6 +69,9 @@ class PrepareConfig:
             raise UserError(f"seq_len must be >= 2, got {self.seq_len}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:
+            raise UserError(f"test_fraction must be in [0, 1) with val_fraction + test_fraction < 1, got "
+                            f"{self.test_fraction} (+ {self.val_fraction})")
         if self.tokenizer is None and self.vocab_size < 259:
             raise UserError(f"vocab_size must be >= 259 for a byte-level BPE, got {self.vocab_size}")
         self.bos = str(self.bos).lower()  # YAML reads `bos: true` as a bool

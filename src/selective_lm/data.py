@@ -1,8 +1,8 @@
 """`slm prepare` and the dataset reader: a corpus packed ONCE into fixed token windows.
 
 Reference scores are per token and depend on context, so training must see exactly the windows
-that were scored. :func:`prepare` tokenizes the inputs, splits documents into train/validation by a
-seeded hash of their text, packs each split ([BOS +] document tokens + EOS, in input order) into
+that were scored. :func:`prepare` tokenizes the inputs, splits documents into train/validation/test (by
+each document's ``split`` field where it has one, else by a seeded hash of its text), packs each split ([BOS +] document tokens + EOS, in input order) into
 consecutive non-overlapping windows of ``seq_len + 1`` tokens and writes flat memmaps::
 
     DIR/manifest.json          written last (the directory is moved into place as a whole)
@@ -39,7 +39,7 @@ __all__ = [
 FORMAT_VERSION = 1
 DATASET_KIND = "selective-lm-dataset"
 PROVENANCE_LABELS = {"0": "content", "1": "noise", "2": "offtopic"}
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
 
 _BATCH_CHARS = 1 << 20  # characters per encode_batch call
 _BATCH_DOCS = 2048
@@ -68,6 +68,18 @@ def dataset_fingerprint(manifest: dict) -> str:
 
 
 # --------------------------------------------------------------------------- packing
+def split_of(text: str, given: str | None, cfg: PrepareConfig) -> str:
+    """The document's own split field where it has one; else a seeded hash of its text (identical
+    documents always land in the same split): validation below val_fraction, then test_fraction."""
+    if given is not None:
+        return given
+    if cfg.val_fraction <= 0 and cfg.test_fraction <= 0:
+        return "train"
+    h = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=f"slm-split-{cfg.seed}".encode())
+    u = int.from_bytes(h.digest(), "big") / 2.0**64
+    return "validation" if u < cfg.val_fraction else "test" if u < cfg.val_fraction + cfg.test_fraction else "train"
+
+
 def is_validation(text: str, seed: int, val_fraction: float) -> bool:
     """Seeded hash split: identical documents always land in the same split."""
     if val_fraction <= 0:
@@ -232,14 +244,16 @@ def _pack(docs, tokenizer, writers: dict[str, _SplitWriter], cfg: PrepareConfig,
                 writers[name].add(arr.astype(dtype), np.concatenate(provs[name]) if state["provenance"] else None)
         batch.clear()
 
-    for text, spans in docs:
+    for text, spans, given in docs:
         if spans and not state["provenance"]:
             if batch:
                 run()
             state["provenance"] = True
             for w in writers.values():
                 w.enable_provenance()
-        split = "validation" if is_validation(text, cfg.seed, cfg.val_fraction) else "train"
+        split = split_of(text, given, cfg)
+        state["seen"].add(split)
+        state["by_field"] += given is not None
         pieces = split_long(text, chunk) if chunk and not spans and len(text) > chunk else [text]
         for i, piece in enumerate(pieces):
             batch.append((piece, spans, split, i == 0, i == len(pieces) - 1))
@@ -287,7 +301,8 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
     if cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)  # fail fast, before reading the corpus
         resolve_bos(tokenizer, cfg.bos, cfg.tokenizer)
-    names = SPLITS if cfg.val_fraction > 0 else ("train",)  # validation is routed by is_validation
+    # the hash routes to validation/test by their fractions; a document's split field to any split
+    required = ["train"] + [n for n, f in (("validation", cfg.val_fraction), ("test", cfg.test_fraction)) if f > 0]
     tmp = atomic_dir(out)
     try:
         tok_dir = tmp / "tokenizer"
@@ -297,11 +312,11 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
                                 "tokenizer_config.json (e.g. \"<|endoftext|>\")")
             copy_tokenizer(Path(cfg.tokenizer), tok_dir)
         else:
-            docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field)
+            # trained on the train split only: validation and test text stay unseen
+            docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field, split_field=cfg.split_field,
+                                  with_split=True)
             bar = progress(docs, desc=f"train tokenizer {out.name}", unit="doc", enabled=cfg.progress, delay=0.5)
-            # trained on the train split only: validation text stays unseen
-            train_tokenizer((t for t, _ in bar if not is_validation(t, cfg.seed, cfg.val_fraction)),
-                            cfg.vocab_size, tok_dir)
+            train_tokenizer((t for t, _, g in bar if split_of(t, g, cfg) == "train"), cfg.vocab_size, tok_dir)
         tokenizer = load_tokenizer(tok_dir)
         eos_id = tokenizer.eos_token_id
         bos_id = resolve_bos(tokenizer, cfg.bos, cfg.tokenizer or "trained by prepare")
@@ -310,25 +325,31 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
         window_len = cfg.seq_len + 1
 
         stats: dict = {}
-        writers = {name: _SplitWriter(tmp, name, dtype, window_len) for name in names}
-        state = {"provenance": False, "labels": set()}
-        docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field, stats=stats)
+        writers = {name: _SplitWriter(tmp, name, dtype, window_len) for name in SPLITS}
+        state = {"provenance": False, "labels": set(), "seen": set(), "by_field": 0}
+        docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field, stats=stats, split_field=cfg.split_field,
+                              with_split=True)
         try:
             _pack(progress(docs, desc=f"prepare {out.name}", unit="doc", enabled=cfg.progress, delay=0.5),
                   tokenizer, writers, cfg, eos_id, state, bos_id)
         finally:
             splits = {name: w.close() for name, w in writers.items()}
-        dropped = {name: w.npending for name, w in writers.items()}
         if stats["documents"] == 0:
             raise UserError(f"no documents in {', '.join(cfg.inputs)} (all inputs are empty): add text")
+        names = [n for n in SPLITS if n in required or n in state["seen"]]
+        for name in set(SPLITS) - set(names):  # a split no document went to
+            for f in (tmp / f"{name}.bin", tmp / f"{name}.prov.bin"):
+                f.unlink(missing_ok=True)
+            splits.pop(name)
+        dropped = {name: writers[name].npending for name in names}
         for name in names:
             s = splits[name]
             if s["documents"] == 0:
                 raise UserError(
                     f"the {name} split got no documents ({stats['documents']} documents in all, "
                     f"val_fraction={cfg.val_fraction}): add more documents"
-                    + (" or pass val_fraction=0 for no validation split" if name == "validation" else
-                       " or lower val_fraction"))
+                    + {"validation": " or pass val_fraction=0 for no validation split",
+                       "test": " or pass test_fraction=0 for no test split"}.get(name, " or lower val_fraction"))
             if s["windows"] == 0:
                 fix = "raise" if name == "validation" else "lower"
                 raise UserError(
@@ -356,6 +377,9 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
             "provenance_labels": _label_names(state["labels"]) if state["provenance"] else None,
             "seed": cfg.seed,
             "val_fraction": cfg.val_fraction,
+            "test_fraction": cfg.test_fraction,
+            "split_field": cfg.split_field,
+            "documents_split_by_field": state["by_field"],
             "text_field": cfg.text_field,
         }
         manifest["fingerprint"] = dataset_fingerprint(manifest)

@@ -279,18 +279,24 @@ def _read_text(path: Path, stats: dict) -> Iterator[tuple[str, list | None]]:
     with open_input(path) as f:
         text, n = decode_bytes(f.read())
     stats["replaced_bytes"] += n
-    yield text, None
+    yield text, None, None
 
 
-def _record(text, spans, where: str, stats: dict, text_field: str) -> tuple[str, list | None]:
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def _record(text, spans, where: str, stats: dict, text_field: str, split=None) -> tuple[str, list | None, str | None]:
     if not isinstance(text, str):
         raise UserError(f"{where}: field '{text_field}' must be a string, got {type(text).__name__}")
+    if split is not None and split not in SPLIT_NAMES:
+        raise UserError(f"{where}: split {split!r} is not one of {', '.join(SPLIT_NAMES)}: fix the field "
+                        "or pass split_field=NONE_SUCH to split by hash")
     text, n = clean_text(text)
     stats["replaced_bytes"] += n
-    return text, check_spans(spans, len(text), where)
+    return text, check_spans(spans, len(text), where), split
 
 
-def _read_jsonl(path: Path, text_field: str, spans_field: str, stats: dict):
+def _read_jsonl(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict):
     with open_input(path) as f:
         head: list[bytes] = []  # lines up to the first non-blank one (no seeking back in a compressed stream)
         for line in f:
@@ -314,7 +320,7 @@ def _read_jsonl(path: Path, text_field: str, spans_field: str, stats: dict):
             if text_field not in row:
                 keys = ", ".join(list(row)[:8])
                 raise UserError(f"{where}: no '{text_field}' field (keys: {keys}): pass text_field=NAME")
-            yield _record(row[text_field], row.get(spans_field), where, stats, text_field)
+            yield _record(row[text_field], row.get(spans_field), where, stats, text_field, row.get(split_field))
 
 
 def _jsonl_lines(f, path: Path, stats: dict):
@@ -330,7 +336,8 @@ def _jsonl_lines(f, path: Path, stats: dict):
         yield f"{path}:{lineno}", row
 
 
-def _read_table_batches(batches, columns: list[str], text_field: str, spans_field: str, name: str, stats: dict):
+def _read_table_batches(batches, columns: list[str], text_field: str, spans_field: str, split_field: str, name: str,
+                        stats: dict):
     if text_field not in columns:
         raise UserError(f"{name}: no '{text_field}' column (columns: {', '.join(columns)}): pass text_field=NAME")
     has_spans = spans_field in columns
@@ -338,15 +345,16 @@ def _read_table_batches(batches, columns: list[str], text_field: str, spans_fiel
     for batch in batches:
         texts = batch[text_field]
         spans = batch[spans_field] if has_spans else [None] * len(texts)
-        for text, sp in zip(texts, spans):
+        splits = batch[split_field] if split_field in columns else [None] * len(texts)
+        for text, sp, split in zip(texts, spans, splits):
             where = f"{name} row {row}"
             row += 1
             if text is None:
                 raise UserError(f"{where}: '{text_field}' is null: drop empty rows first")
-            yield _record(text, sp, where, stats, text_field)
+            yield _record(text, sp, where, stats, text_field, split)
 
 
-def _read_parquet(path: Path, text_field: str, spans_field: str, stats: dict):
+def _read_parquet(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict):
     import pyarrow.parquet as pq
 
     try:
@@ -354,12 +362,12 @@ def _read_parquet(path: Path, text_field: str, spans_field: str, stats: dict):
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
         raise UserError(f"{path}: not a readable Parquet file ({e})") from None
     columns = pf.schema_arrow.names
-    wanted = [c for c in (text_field, spans_field) if c in columns]
+    wanted = [c for c in (text_field, spans_field, split_field) if c in columns]
     batches = (b.to_pydict() for b in pf.iter_batches(batch_size=1024, columns=wanted)) if wanted else iter(())
-    yield from _read_table_batches(batches, columns, text_field, spans_field, str(path), stats)
+    yield from _read_table_batches(batches, columns, text_field, spans_field, split_field, str(path), stats)
 
 
-def _read_hf(path: Path, text_field: str, spans_field: str, stats: dict):
+def _read_hf(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict):
     import datasets
 
     try:
@@ -372,9 +380,9 @@ def _read_hf(path: Path, text_field: str, spans_field: str, stats: dict):
                             "point --inputs at the split directory you want")
         ds = ds["train"]
     columns = list(ds.column_names)
-    wanted = [c for c in (text_field, spans_field) if c in columns]
+    wanted = [c for c in (text_field, spans_field, split_field) if c in columns]
     batches = ds.select_columns(wanted).iter(batch_size=1024) if wanted else iter(())
-    yield from _read_table_batches(batches, columns, text_field, spans_field, str(path), stats)
+    yield from _read_table_batches(batches, columns, text_field, spans_field, split_field, str(path), stats)
 
 
 def source_record(kind: str, path: Path) -> dict:
@@ -389,8 +397,11 @@ def source_record(kind: str, path: Path) -> dict:
 
 
 def iter_documents(inputs: list[str], text_field: str = "text", spans_field: str = "spans",
-                   stats: dict | None = None) -> Iterator[tuple[str, list | None]]:
-    """Yield ``(text, spans)`` per non-empty document of ``inputs`` in a deterministic order.
+                   stats: dict | None = None, split_field: str = "split",
+                   with_split: bool = False) -> Iterator[tuple]:
+    """Yield ``(text, spans)`` per non-empty document of ``inputs`` in a deterministic order
+    (``(text, spans, split)`` with ``with_split``: the document's ``split_field`` value — train,
+    validation or test — or None where it has none).
 
     ``spans`` is a list of ``(start, end, label)`` character spans or None. When ``stats`` is
     given it receives ``replaced_bytes``, ``documents``, ``empty_documents``, ``sources``
@@ -407,16 +418,16 @@ def iter_documents(inputs: list[str], text_field: str = "text", spans_field: str
         if kind == "text":
             docs = _read_text(path, st)
         elif kind == "jsonl":
-            docs = _read_jsonl(path, text_field, spans_field, st)
+            docs = _read_jsonl(path, text_field, spans_field, split_field, st)
         elif kind == "parquet":
-            docs = _read_parquet(path, text_field, spans_field, st)
+            docs = _read_parquet(path, text_field, spans_field, split_field, st)
         else:
-            docs = _read_hf(path, text_field, spans_field, st)
+            docs = _read_hf(path, text_field, spans_field, split_field, st)
         if kind != "hf" and split_ext(path)[1]:
             docs = _checked(docs, path)
-        for text, spans in docs:
+        for text, spans, split in docs:
             if not text:
                 st["empty_documents"] += 1
                 continue
             st["documents"] += 1
-            yield text, spans
+            yield (text, spans, split) if with_split else (text, spans)

@@ -127,13 +127,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
 
 def train_tokenizer_from_inputs(inputs: list[str], vocab_size: int, out_dir: str | Path,
                                 text_field: str = "text", progress: bool = False):
-    """Train one byte-level BPE on all documents of ``inputs`` (to share across several datasets)."""
+    """Train one byte-level BPE on the documents of ``inputs`` (to share across several datasets); documents
+    whose ``split`` field names validation or test are left out, so held-out text shapes no merge."""
     from .runtime import progress as progress_bar
 
     stats: dict = {}
-    docs = iter_documents(inputs, text_field=text_field, stats=stats)
+    docs = iter_documents(inputs, text_field=text_field, stats=stats, with_split=True)
     bar = progress_bar(docs, desc="train tokenizer", unit="doc", enabled=progress, delay=0.5)
-    tok = _train_bpe((text for text, _ in bar), vocab_size)
+    tok = _train_bpe((text for text, _, split in bar if split in (None, "train")), vocab_size)
     if stats["documents"] == 0:
         raise UserError(f"no documents in {', '.join(inputs)} (all inputs are empty): add text")
     _save_tokenizer(tok, out_dir)
