@@ -49,16 +49,18 @@ def test_random_is_uniform():
     assert chi2 < 43.8  # chi-square, 19 dof, p = 0.001
 
 
-def test_stochastic_single_draw_follows_softmax():
-    # With k = 1 Gumbel-top-k is exactly one draw from softmax(score / tau).
+@pytest.mark.parametrize("unit", ["nats", "std"])
+def test_stochastic_single_draw_follows_softmax(unit):
+    # With k = 1 Gumbel-top-k is exactly one draw from softmax(score / tau); tau in units of the
+    # scores' sample std with temperature_unit="std" (the default).
     g = torch.Generator().manual_seed(3)
     scores = torch.tensor([0.0, 1.0, 2.0, 0.5, -1.0])
     tau = 0.7
-    p = torch.softmax(scores / tau, 0)
+    p = torch.softmax(scores / (tau * (scores.std() if unit == "std" else 1.0)), 0)
     counts = torch.zeros(5)
     trials = 20000
     for _ in range(trials):
-        counts += select_tokens(scores, 0.2, "stochastic", temperature=tau, generator=g).float()
+        counts += select_tokens(scores, 0.2, "stochastic", temperature=tau, generator=g, temperature_unit=unit).float()
     expected = p * trials
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < 18.5  # 4 dof, p = 0.001
@@ -84,6 +86,22 @@ def test_stochastic_without_replacement_inclusion():
         counts += select_tokens(scores, 2 / 3, "stochastic", generator=g).float()
     freq = counts / trials
     assert torch.allclose(freq, torch.tensor(incl), atol=0.015)
+
+
+def test_std_temperature_is_scale_free_and_ignores_invalid_positions():
+    """τ in std units: scaling every score (a different loss scale) or filling invalid positions with
+    anything leaves the stochastic draw unchanged; in nats it does not."""
+    scores = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 2.5 + 1.0
+    valid = torch.rand(4, 50, generator=torch.Generator().manual_seed(1)) > 0.2
+    def draw(x, unit):
+        return select_tokens(x, 0.3, "stochastic", valid=valid, generator=torch.Generator().manual_seed(7),
+                             temperature_unit=unit)
+    junk = torch.where(valid, scores, torch.full_like(scores, 1e4))
+    assert torch.equal(draw(scores, "std"), draw(scores * 10 - 3, "std"))
+    assert torch.equal(draw(scores, "std"), draw(junk, "std"))
+    assert not torch.equal(draw(scores, "nats"), draw(scores * 10, "nats"))
+    with pytest.raises(ValueError, match="temperature_unit"):
+        select_tokens(scores, 0.3, "stochastic", temperature_unit="kelvin")
 
 
 def test_bad_arguments():

@@ -151,3 +151,46 @@ def test_only_the_newest_checkpoint_keeps_a_training_state(tiny_data, tmp_path, 
     s = train(cfg(tiny_data, run, max_steps=8, ckpt_every=2, resume=True), console=False)
     assert "training starts again from step 0" in capsys.readouterr().err
     assert s["checkpoints"] == [2, 4, 6, 8] and not list(run.rglob("training_state.pt"))
+
+
+def test_keep_labels_trains_on_those_tokens_only(tiny_data, tmp_path):
+    """keep_labels=[0] (the content-only control) equals CLM with every other label's targets ignored:
+    same update as a hand-masked loss, and the logged token count is the content count."""
+    from selective_lm.files import UserError
+    from selective_lm.step import Trainer
+
+    ds = TokenDataset(tiny_data)
+    prov = ds.provenance("train")
+    assert prov is not None and (np.asarray(prov) != 0).any()
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "k"), model="tiny", max_steps=2, batch_size=4, lr=1e-2,
+                      keep_labels=[0], progress=False, log_every=1, eval_windows=0)
+    summary = train(cfg, console=False)
+    assert summary["steps"] == 2
+    idx = np.array([0, 1, 2])
+    t = Trainer.__new__(Trainer)
+    t.cfg, t.ds, t.device = cfg, ds, torch.device("cpu")
+    _, _, targets = Trainer.batch(t, idx)
+    _, plain = ds.batch("train", idx)
+    keep = np.asarray(prov[idx, 1:]) == 0
+    assert torch.equal(targets[torch.from_numpy(keep)], plain[torch.from_numpy(keep)])
+    assert (targets[torch.from_numpy(~keep)] == -100).all()
+    cfg2 = TrainConfig(data=str(tiny_data), out=str(tmp_path / "bad"), model="tiny", keep_labels=[])
+    with pytest.raises(UserError, match="keep_labels"):
+        cfg2.validate()
+
+
+@pytest.mark.parametrize("strategy", ["topk", "random", "stochastic"])
+def test_topk_overlap_is_logged(tiny_data, reference, tmp_path, strategy):
+    """topk_overlap: 1 for top-k, near the ratio for random, in between for stochastic."""
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / strategy), model="tiny", objective="slm",
+                      strategy=strategy, ratio=0.3, ref_scores=str(reference / "scores"), max_steps=4, batch_size=4,
+                      progress=False, log_every=2, eval_windows=0)
+    train(cfg, console=False)
+    rows = [json.loads(x) for x in open(tmp_path / strategy / "metrics.jsonl") if '"train"' in x]
+    ov = np.mean([r["topk_overlap"] for r in rows])
+    if strategy == "topk":
+        assert ov == 1.0
+    elif strategy == "random":
+        assert 0.15 < ov < 0.45
+    else:
+        assert 0.35 < ov < 0.99

@@ -22,6 +22,7 @@ __all__ = ["EvalConfig", "LoraConfig", "PrepareConfig", "ScoreConfig", "TrainCon
 STRATEGIES = ("topk", "random", "stochastic")
 OBJECTIVES = ("clm", "slm")
 SCOPES = ("microstep", "step")
+TEMPERATURE_UNITS = ("std", "nats")
 PARALLEL = ("ddp", "fsdp")
 BOS_CHOICES = ("auto", "true", "false")
 
@@ -153,7 +154,11 @@ class TrainConfig:
     ratio: float = 0.6
     """Fraction of the batch's valid tokens selected by SLM, in (0, 1]."""
     temperature: float = 1.0
-    """Temperature of stochastic selection."""
+    """Temperature τ of stochastic selection (sampling ∝ exp(excess / τ)), in `temperature_unit`s."""
+    temperature_unit: str = "std"
+    """std: τ is in units of the standard deviation of the selection set's excess losses (τ = 1 keeps the same sharpness whatever the loss scale; the raw-nats τ = 1 of earlier versions overlapped top-k by ~90%); nats: τ in raw nats."""
+    keep_labels: list[int] | None = None
+    """Train only on target tokens whose provenance label (from `slm prepare` spans) is in this list, e.g. [0] = content only: the oracle noise-filtering control. Needs a dataset with provenance."""
     selection_scope: str = "microstep"
     """Tokens SLM ranks together: microstep (each micro-batch step, jointly over all ranks: N ranks × batch B select as 1 rank × N·B) or step (every micro-batch and rank of the optimizer step, as in one big batch; costs one extra no-grad forward)."""
     ref_scores: str | None = None
@@ -244,6 +249,10 @@ class TrainConfig:
         check_ratio(self.ratio)
         if self.temperature <= 0:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
+        _check_choice("temperature_unit", self.temperature_unit, TEMPERATURE_UNITS)
+        if self.keep_labels is not None and (not self.keep_labels or not all(
+                isinstance(x, int) and 0 <= x < 256 for x in self.keep_labels)):
+            raise UserError(f"keep_labels must be a non-empty list of provenance labels 0..255, got {self.keep_labels!r}")
         self.lora.validate()
         if self.lora.r == 0:  # LoRA off: its other keys mean nothing (a run saved with other ones resumes)
             self.lora = LoraConfig()

@@ -28,7 +28,7 @@ import torch
 from transformers import Trainer
 
 from .columns import REF_COLUMN
-from .config import SCOPES, STRATEGIES
+from .config import SCOPES, STRATEGIES, TEMPERATURE_UNITS
 from .loss import IGNORE_INDEX, token_losses
 from .model import model_token_losses
 from .objective import Objective
@@ -47,7 +47,9 @@ class SLMArguments:
     strategy: str = "topk"
     """topk (highest excess loss, the paper's SLM), random or stochastic (sampling ∝ exp(excess / temperature))."""
     temperature: float = 1.0
-    """Temperature of stochastic selection."""
+    """Temperature τ of stochastic selection, in `temperature_unit`s."""
+    temperature_unit: str = "std"
+    """std: τ in units of the selection set's excess-loss std (scale-free); nats: raw nats."""
     selection_scope: str = "microstep"
     """microstep: select over each micro-batch step across all devices; step: over the whole optimizer step."""
     ref_column: str = REF_COLUMN
@@ -64,9 +66,12 @@ class SLMArguments:
             raise ValueError(f"unknown selection_scope {self.selection_scope!r}: choose one of {', '.join(SCOPES)}")
         if self.strategy == "stochastic" and not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.temperature_unit not in TEMPERATURE_UNITS:
+            raise ValueError(f"unknown temperature_unit {self.temperature_unit!r}: choose one of {', '.join(TEMPERATURE_UNITS)}")
 
     def objective(self) -> Objective:
-        return Objective("slm", self.strategy, self.ratio, self.temperature, self.selection_scope, self.seed)
+        return Objective("slm", self.strategy, self.ratio, self.temperature, self.selection_scope, self.seed,
+                         self.temperature_unit)
 
 
 def shifted_targets(labels: torch.Tensor) -> torch.Tensor:

@@ -31,17 +31,17 @@ class Objective:
     """CLM (every valid token) or SLM (the selected ones), normalised over the whole optimizer step."""
 
     def __init__(self, objective: str = "clm", strategy: str = "topk", ratio: float = 1.0,
-                 temperature: float = 1.0, scope: str = "microstep", seed: int = 0):
+                 temperature: float = 1.0, scope: str = "microstep", seed: int = 0, temperature_unit: str = "std"):
         if scope not in SCOPES:
             raise ValueError(f"unknown selection scope {scope!r}: choose one of {', '.join(SCOPES)}")
         self.selective = objective == "slm"
         self.strategy, self.ratio, self.temperature = strategy, ratio, temperature
-        self.scope, self.seed = scope, seed
+        self.scope, self.seed, self.temperature_unit = scope, seed, temperature_unit
 
     @classmethod
     def from_config(cls, cfg) -> Objective:
         return cls(cfg.objective, cfg.strategy, cfg.ratio if cfg.objective == "slm" else 1.0, cfg.temperature,
-                   cfg.selection_scope, cfg.seed)
+                   cfg.selection_scope, cfg.seed, cfg.temperature_unit)
 
     @property
     def needs_prepass(self) -> bool:
@@ -76,6 +76,9 @@ class Objective:
         The global order is the one of a single process: micro-batch major, then rank, then window,
         so the selected set (ties and random draws included) does not depend on how the batch is split.
         """
+        return self._select(excess, valid, generator, self.strategy)
+
+    def _select(self, excess, valid, generator, strategy: str) -> list[torch.Tensor]:
         if not self.selective:
             return [v.bool() for v in valid]
         shapes = [e.shape for e in excess]
@@ -88,10 +91,19 @@ class Objective:
         if any(sh.numel() != n for sh in shapes):
             raise ValueError("micro-batches of one step must have the same number of positions")
         g = glob.view(world, 2, len(shapes), n).permute(1, 2, 0, 3).reshape(2, -1)
-        mask = select_tokens(g[0], self.ratio, self.strategy, valid=g[1] > 0, temperature=self.temperature,
-                             generator=generator)
+        mask = select_tokens(g[0], self.ratio, strategy, valid=g[1] > 0,
+                             temperature=self.temperature, generator=generator, temperature_unit=self.temperature_unit)
         mine = mask.view(len(shapes), world, n)[:, dist.rank()]
         return [m.view(sh) for m, sh in zip(mine, shapes)]
+
+    def topk_overlap(self, excess: list[torch.Tensor], valid: list[torch.Tensor],
+                     masks: list[torch.Tensor]) -> torch.Tensor | None:
+        """Selected tokens that top-k over the same set would also select (a device count; None for
+        top-k and CLM, where it is the selection itself): where stochastic sits between top-k and random."""
+        if not self.selective or self.strategy == "topk":
+            return None
+        top = self._select(excess, valid, None, "topk")
+        return sum((t & m).sum() for t, m in zip(top, masks))
 
     @staticmethod
     def loss(token_losses: torch.Tensor, mask: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ class RefLosses:
 class StepMetrics:
     """Running sums of the logged quantities, on the device; reduced over ranks only at log time."""
 
-    KEYS = ("loss_all", "n_all", "loss_sel", "n_sel", "ex_sum", "ex_sq", "ex_sel", "noise_sel", "noise_all")
+    KEYS = ("loss_all", "n_all", "loss_sel", "n_sel", "ex_sum", "ex_sq", "ex_sel", "noise_sel", "noise_all", "overlap")
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -54,7 +54,7 @@ class StepMetrics:
         self.acc = {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in self.KEYS}
 
     def add(self, tl: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, excess: torch.Tensor | None,
-            noise: torch.Tensor | None) -> None:
+            noise: torch.Tensor | None, overlap: torch.Tensor | None = None) -> None:
         vf, w = valid.to(torch.float32), mask.to(torch.float32)  # masks multiply: indexing would sync the host
         a = self.acc
         a["loss_all"] += (tl * vf).sum()
@@ -68,6 +68,8 @@ class StepMetrics:
         if noise is not None:
             a["noise_sel"] += (noise & mask).sum()
             a["noise_all"] += (noise & valid).sum()
+        if overlap is not None:
+            a["overlap"] += overlap
 
     def summed(self) -> dict[str, torch.Tensor]:
         """The running sums over all ranks, on the CPU (for a checkpoint); the sums stay as they are."""
@@ -105,6 +107,10 @@ class Trainer:
 
     def batch(self, idx: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         inputs, targets = self.ds.batch("train", idx)
+        if self.cfg.keep_labels is not None:  # the other labels' targets are ignored like padding
+            prov = self.ds.provenance("train")
+            keep = np.isin(np.asarray(prov[idx, 1:]), self.cfg.keep_labels)
+            targets = targets.masked_fill(torch.from_numpy(~keep), -100)
         return idx, inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
 
     def losses(self, model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -123,6 +129,7 @@ def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor
     refs: list[torch.Tensor | None] = [None] * len(micro)
     excess: list[torch.Tensor | None] = [None] * len(micro)
     masks = None
+    overlaps: list[torch.Tensor | None] = [None] * len(micro)
     if obj.selective and obj.scope == "step" and len(micro) > 1:  # one micro-batch: the micro-step is the step
         if obj.needs_prepass:  # rank the whole step's tokens before any backward
             with torch.no_grad():
@@ -138,10 +145,14 @@ def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor
                 excess[m] = tl.detach() - refs[m]
             mask = masks[m] if masks is not None else obj.select([excess[m]], [valids[m]], gen)[0]
             obj.loss(tl, mask, denom).backward()
+            if masks is None:
+                overlaps[m] = obj.topk_overlap([excess[m]], [valids[m]], [mask])
         noise = None
         if provenance is not None:
             noise = torch.from_numpy(np.asarray(provenance[idx, 1:]) != 0).to(t.device, non_blocking=True)
-        t.metrics.add(tl.detach(), valids[m], mask, excess[m], noise)
+        t.metrics.add(tl.detach(), valids[m], mask, excess[m], noise, overlaps[m])
+    if masks is not None and excess[0] is not None and (o := obj.topk_overlap(excess, valids, masks)) is not None:
+        t.metrics.acc["overlap"] += o
     params = [p for p in t.model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm

@@ -204,13 +204,16 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     dist.agree(logger.open, out, to_dict(cfg), step if cfg.resume else None, main_only=True)
     order = WindowOrder(n_train, cfg.data_seed)
     prov = ds.provenance("train")
+    if cfg.keep_labels is not None and prov is None:
+        raise UserError(f"keep_labels={cfg.keep_labels} needs provenance labels, but {cfg.data} has none: prepare "
+                        "JSONL with `spans` [[start, end, label], ...] or drop keep_labels")
     slm = cfg.objective == "slm"
     has_val = "validation" in ds.splits() and ds.num_windows("validation") > 0
     tokens_per_step = per_step * ds.seq_len
     meta = {"dataset": str(Path(cfg.data).resolve()), "dataset_fingerprint": ds.fingerprint,
             "objective": cfg.objective, "strategy": cfg.strategy if slm else None, "ratio": cfg.ratio if slm else 1.0,
             "selection_scope": cfg.selection_scope if slm else None,
-            "lora": cfg.lora.r > 0, "base": str(Path(base_path).resolve()) if base_path else None}
+            "keep_labels": cfg.keep_labels, "lora": cfg.lora.r > 0, "base": str(Path(base_path).resolve()) if base_path else None}
 
     def check_finite(step: int) -> None:
         """Stop before anything is logged as good or saved once too many steps were not finite."""
@@ -284,7 +287,8 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
             if slm:
                 mean = vals["ex_sum"] / n_all
                 row.update(excess_mean=mean, excess_std=math.sqrt(max(vals["ex_sq"] / n_all - mean * mean, 0.0)),
-                           excess_selected_mean=vals["ex_sel"] / n_sel)
+                           excess_selected_mean=vals["ex_sel"] / n_sel,
+                           topk_overlap=1.0 if cfg.strategy == "topk" else vals["overlap"] / n_sel)
             if prov is not None:
                 row.update(noise_share_selected=vals["noise_sel"] / n_sel, noise_share_all=vals["noise_all"] / n_all)
             if cfg.max_nonfinite_steps:
