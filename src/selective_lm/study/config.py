@@ -8,14 +8,15 @@ from ..config import LoraConfig, check_ratio
 from ..files import UserError
 
 STRATEGY_NAMES = ("topk", "random", "stochastic")
+BASELINE_NAMES = ("hq", "content")
 CORPUS_FILES = ("hq_math.jsonl", "web_math.jsonl", "prose.jsonl", "fewshot_eval.jsonl", "fewshot_exemplars.jsonl")
 # Keys that may change between invocations on the same study directory.
 FREE_KEYS = {"out", "overwrite", "progress", "seeds", "device", "quick"}
 
 # `--quick`: the same stages and report sections on a small budget (45 s measured; used by the end-to-end test).
 QUICK = dict(corpora_scale=0.12, base_tokens=120_000, reference_epochs=1.0, cpt_tokens=40_000,
-             ratios=[0.6], checkpoints=2, eval_windows_target=24, eval_windows_noisy=24,
-             fewshot_questions=48, batch_size=8, warmup_steps=3)
+             ratios=[0.6], checkpoints=3, eval_windows_target=24, eval_windows_noisy=24,
+             fewshot_questions=48, fewshot_external=48, batch_size=8, warmup_steps=3)
 
 
 @dataclass
@@ -61,19 +62,25 @@ class StudyConfig:
     ratios: list[float] = field(default_factory=lambda: [0.6, 0.3])
     """SLM token ratios (the paper used 0.6–0.7)."""
     temperature: float = 1.0
-    """Temperature of stochastic selection."""
+    """Temperature τ of stochastic selection, in units of the selection set's excess-loss std (temperature_unit)."""
+    temperature_unit: str = "std"
+    """std (τ relative to the excess spread, scale-free) or nats (raw τ, as in earlier versions)."""
+    baselines: list[str] = field(default_factory=lambda: list(BASELINE_NAMES))
+    """Baselines beside CLM: hq (CLM continued on the HQ math alone, same budget) and content (CLM on the same noisy windows with the loss on content tokens only: pure noise filtering)."""
     seeds: list[int] = field(default_factory=lambda: [0])
-    """Seeds of the continual-pretraining arms (window order and selection randomness); e.g. 0,1,2."""
+    """Seeds of whole pipelines (each: corpus sample corpora_seed+seed, base, reference, arms, data order, selection draws); a claim is tested only with >= 3, e.g. 0,1,2."""
     lora: LoraConfig | None = None
     """Train every arm with LoRA, e.g. {r: 16, alpha: 32}; unset = full-parameter."""
-    checkpoints: int = 4
-    """Evaluated checkpoints per arm (evenly spaced; the base is checkpoint 0)."""
+    checkpoints: int = 10
+    """Evaluated checkpoints per arm (evenly spaced; the base is checkpoint 0): the loss and data-efficiency curves."""
     eval_windows_target: int = 64
-    """Target-domain (HQ math) validation windows evaluated at every checkpoint."""
+    """Target-domain (HQ math) test windows evaluated at every checkpoint (and validation windows at the last, for tuning)."""
     eval_windows_noisy: int = 64
-    """Noisy web-math validation windows evaluated at every checkpoint (token dynamics, selection analyses)."""
+    """Noisy web-math test windows evaluated at every checkpoint (token dynamics, selection analyses)."""
     fewshot_questions: int = 200
-    """Held-out math questions for few-shot exact match (greedy)."""
+    """Test-split questions of our own generator for few-shot exact match (greedy)."""
+    fewshot_external: int = 200
+    """Questions from the external generator (reasoning-gym, pinned) for few-shot exact match; 0 = none."""
     shots: int = 2
     """Few-shot exemplars per prompt."""
     device: str = "auto"
@@ -100,6 +107,13 @@ class StudyConfig:
         for s in self.strategies:
             if s not in STRATEGY_NAMES:
                 raise UserError(f"unknown strategy '{s}' in strategies: choose from {', '.join(STRATEGY_NAMES)}")
+        for b in self.baselines:
+            if b not in BASELINE_NAMES:
+                raise UserError(f"unknown baseline '{b}' in baselines: choose from {', '.join(BASELINE_NAMES)}")
+        if self.temperature_unit not in ("std", "nats"):
+            raise UserError(f"unknown temperature_unit '{self.temperature_unit}': choose one of std, nats")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"seeds must be distinct, got {self.seeds}")
         if self.lora is not None:
             if self.lora.r <= 0:
                 raise UserError(f"lora.r must be > 0, got {self.lora.r} (drop `lora` for full-parameter training)")

@@ -20,28 +20,54 @@ class Study:
     def p(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
 
-    @property
-    def corpora(self) -> Path:
-        return Path(self.cfg.corpora) if self.cfg.corpora else self.p("corpora")
+    def seed_dir(self, seed: int) -> Path:
+        """One whole pipeline per seed: corpus sample, tokenizer, data, base, reference, scores, arms."""
+        return self.p(f"seed-{seed}")
+
+    def corpora(self, seed: int) -> Path:
+        return Path(self.cfg.corpora) if self.cfg.corpora else self.seed_dir(seed) / "corpora"
+
+    def external(self, seed: int) -> Path:
+        """The external few-shot questions (written by the corpora stage, never into a user's corpora)."""
+        return self.seed_dir(seed) / "external" / "fewshot_external.jsonl"
+
+    def data(self, seed: int, name: str) -> Path:
+        return self.seed_dir(seed) / "data" / name
+
+    def run_dir(self, seed: int, name: str) -> Path:
+        return self.seed_dir(seed) / "runs" / name
+
+    def eval_dir(self, seed: int, name: str) -> Path:
+        return self.seed_dir(seed) / "evals" / name
+
+    def scores(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "scores" / "web_math"
+
+    def base_ckpt(self, seed: int) -> Path:
+        from ..model import PRESETS
+
+        return self.run_dir(seed, "base") / "final" if self.cfg.model in PRESETS else Path(self.cfg.model)
+
+    def reference_ckpt(self, seed: int) -> Path:
+        return self.run_dir(seed, "reference") / "final"
 
     def arms(self) -> list[dict]:
+        """Every continual-pretraining run: per seed CLM, the baselines, then SLM × ratios × strategies."""
         runs = []
         for seed in self.cfg.seeds:
             runs.append({"name": f"clm-s{seed}", "arm": "clm", "strategy": None, "ratio": 1.0, "seed": seed})
+            for b in self.cfg.baselines:
+                runs.append({"name": f"{b}-s{seed}", "arm": b, "strategy": None, "ratio": 1.0, "seed": seed})
             for ratio in self.cfg.ratios:
                 for strategy in self.cfg.strategies:
                     runs.append({"name": f"{strategy}-r{ratio:g}-s{seed}", "arm": "slm", "strategy": strategy,
                                  "ratio": ratio, "seed": seed})
         for r in runs:
-            r["run_dir"] = str(self.p("runs", r["name"]))
-            r["eval_dir"] = str(self.p("evals", r["name"]))
+            short = r["name"].rsplit("-s", 1)[0]
+            r["run_dir"] = str(self.run_dir(r["seed"], short))
+            r["eval_dir"] = str(self.eval_dir(r["seed"], short))
+            r["data"] = str(self.data(r["seed"], "hq_math" if r["arm"] == "hq" else "web_math"))
         return runs
-
-    @property
-    def base_ckpt(self) -> Path:
-        from ..model import PRESETS
-
-        return self.p("runs", "base", "final") if self.cfg.model in PRESETS else Path(self.cfg.model)
 
     # config identity -----------------------------------------------------------------------
     def check_dir(self) -> None:
@@ -67,20 +93,26 @@ class Study:
 
     def write_index(self) -> None:
         old = read_json(self.p("index.json")).get("timings", {}) if self.p("index.json").is_file() else {}
+        c = self.cfg
+        pipelines = {}
+        for seed in c.seeds:
+            pipelines[str(seed)] = {
+                "root": str(self.seed_dir(seed)), "corpora": str(self.corpora(seed)),
+                "external": str(self.external(seed)),
+                "datasets": {"target": str(self.data(seed, "hq_math")), "noisy": str(self.data(seed, "web_math")),
+                             "prose": str(self.data(seed, "prose"))},
+                "base": {"run_dir": str(self.run_dir(seed, "base")), "checkpoint": str(self.base_ckpt(seed)),
+                         "eval_dir": str(self.eval_dir(seed, "base"))},
+                "reference": {"run_dir": str(self.run_dir(seed, "reference")),
+                              "checkpoint": str(self.reference_ckpt(seed)),
+                              "eval_dir": str(self.eval_dir(seed, "reference"))},
+                "scores": str(self.scores(seed))}
         index = {
-            "seeds": self.cfg.seeds, "ratios": self.cfg.ratios, "strategies": self.cfg.strategies,
-            "lora": dataclasses.asdict(self.cfg.lora) if self.cfg.lora else None,
-            "model": self.cfg.model, "seq_len": self.cfg.seq_len, "cpt_tokens": self.cfg.cpt_tokens,
-            "datasets": {"target": str(self.p("data", "hq_math")), "noisy": str(self.p("data", "web_math")),
-                         "prose": str(self.p("data", "prose"))},
-            "base": {"run_dir": str(self.p("runs", "base")), "checkpoint": str(self.base_ckpt),
-                     "eval_dir": str(self.p("evals", "base"))},
-            "reference": {"run_dir": str(self.p("runs", "reference")), "checkpoint": str(self.p("runs", "reference", "final")),
-                          "eval_dir": str(self.p("evals", "reference"))},
-            "ref_val_losses": str(self.p("evals", "reference", "step_final", "noisy.losses.bin")),
-            "runs": self.arms(),
-            "timings": {**old, **self.timings},
+            "version": 2, "quick": c.quick, "seeds": c.seeds, "ratios": c.ratios, "strategies": c.strategies,
+            "baselines": c.baselines, "temperature": c.temperature, "temperature_unit": c.temperature_unit,
+            "lora": dataclasses.asdict(c.lora) if c.lora else None, "model": c.model, "seq_len": c.seq_len,
+            "cpt_tokens": c.cpt_tokens, "checkpoints": c.checkpoints, "tune_split": "validation", "report_split": "test",
+            "eval_windows": {"target": c.eval_windows_target, "noisy": c.eval_windows_noisy},
+            "pipelines": pipelines, "runs": self.arms(), "timings": {**old, **self.timings},
         }
         write_json(self.p("index.json"), index)
-
-

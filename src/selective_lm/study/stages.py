@@ -35,25 +35,49 @@ def _steps(tokens: int, study: Study) -> int:
 
 
 def build_stages(study: Study) -> list[Stage]:
-    c = study.cfg
-    p = study.p
+    """The stages of every seed's pipeline in order (corpora → … → arms), then one evaluation stage."""
     stages: list[Stage] = []
+    for seed in study.cfg.seeds:
+        stages += _pipeline(study, seed)
+    jobs = _eval_jobs(study)
+    steps = _steps(study.cfg.cpt_tokens, study)
+    every = max(1, math.ceil(steps / study.cfg.checkpoints))
+    done = sum(1 for _ in study.root.glob("seed-*/evals/*/*/metrics.json"))
+    todo = max(len(jobs), 2 * len(study.cfg.seeds) + len(study.arms()) * math.ceil(steps / every) - done)
+    stages.append(Stage("evaluate", f"{todo} checkpoints: test-split perplexity and per-token losses, few-shot "
+                        "(own and external questions), validation at each run's end", 3.0 * todo + 2,
+                        not jobs and _all_checkpoints_done(study), lambda: _evaluate(study)))
+    return stages
+
+
+def _pipeline(study: Study, seed: int) -> list[Stage]:
+    c = study.cfg
+    tag = f"s{seed} "
     from ..model import PRESETS
 
-    # 1. corpora ---------------------------------------------------------------------------
-    def corpora() -> None:
-        from .corpora import build_default_corpora
+    stages: list[Stage] = []
+    corpora_dir, ext = study.corpora(seed), study.external(seed)
 
-        build_default_corpora(study.corpora, seed=c.corpora_seed, scale=c.corpora_scale, progress=c.progress)
+    # 1. corpora (+ the external few-shot questions) ----------------------------------------
+    def corpora() -> None:
+        if c.corpora is None:
+            from .corpora import build_default_corpora
+
+            build_default_corpora(corpora_dir, seed=c.corpora_seed + seed, scale=c.corpora_scale, progress=c.progress)
+        if c.fewshot_external:
+            from .external import write_external
+
+            write_external(ext, c.fewshot_external, seed=c.corpora_seed + seed, exclude=_own_questions(corpora_dir))
 
     from .corpora import is_cached
 
-    corpora_done = c.corpora is not None or is_cached(study.corpora, c.corpora_seed, float(c.corpora_scale))
-    stages.append(Stage("corpora", f"embedded default corpora (scale {c.corpora_scale:g})", 25 * c.corpora_scale,
-                        corpora_done, corpora))
+    own_done = c.corpora is not None or is_cached(corpora_dir, c.corpora_seed + seed, float(c.corpora_scale))
+    stages.append(Stage(tag + "corpora", f"embedded default corpora (seed {c.corpora_seed + seed}, scale {c.corpora_scale:g})"
+                        + (f" and {c.fewshot_external} external questions" if c.fewshot_external else ""),
+                        25 * c.corpora_scale, own_done and (not c.fewshot_external or ext.is_file()), corpora))
 
     # 2. tokenizer -------------------------------------------------------------------------
-    tok_dir = p("tokenizer")
+    tok_dir = study.seed_dir(seed) / "tokenizer"
     own_tok = c.tokenizer or (c.model if c.model not in PRESETS and (Path(c.model) / "tokenizer.json").is_file() else None)
 
     def tokenizer() -> None:
@@ -63,16 +87,16 @@ def build_stages(study: Study) -> list[Stage]:
                 from ..tokenizer import copy_tokenizer
 
                 copy_tokenizer(Path(own_tok), tmp)
-            else:
+            else:  # train documents only (a document's split field; see train_tokenizer_from_inputs)
                 from ..data import train_tokenizer_from_inputs
 
-                train_tokenizer_from_inputs([str(study.corpora / f) for f in DATASETS.values()], c.vocab_size, tmp)
+                train_tokenizer_from_inputs([str(corpora_dir / f) for f in DATASETS.values()], c.vocab_size, tmp)
             commit_dir(tmp, tok_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    stages.append(Stage("tokenizer", "copy the model's tokenizer" if own_tok else f"byte-level BPE, vocab {c.vocab_size}",
+    stages.append(Stage(tag + "tokenizer", "copy the model's tokenizer" if own_tok else f"byte-level BPE, vocab {c.vocab_size}",
                         10, (tok_dir / "tokenizer.json").is_file(), tokenizer))
 
     # 3. prepare ---------------------------------------------------------------------------
@@ -80,19 +104,23 @@ def build_stages(study: Study) -> list[Stage]:
         from ..data import prepare as do_prepare
 
         for name, file in DATASETS.items():
-            if not (p("data", name) / "manifest.json").is_file():
-                do_prepare(PrepareConfig(inputs=[str(study.corpora / file)], out=str(p("data", name)),
+            if not (study.data(seed, name) / "manifest.json").is_file():
+                # documents with a split field (the embedded corpora: split by problem) keep it;
+                # others (a user's corpora) are split by a seeded hash of the document
+                do_prepare(PrepareConfig(inputs=[str(corpora_dir / file)], out=str(study.data(seed, name)),
                                          tokenizer=str(tok_dir), seq_len=c.seq_len, val_fraction=0.05,
-                                         seed=c.corpora_seed, progress=c.progress, overwrite=True))
+                                         test_fraction=0.05, seed=c.corpora_seed + seed, progress=c.progress,
+                                         overwrite=True))
 
-    stages.append(Stage("prepare", "tokenize prose, HQ math and web math into fixed windows", 15 * c.corpora_scale,
-                        all((p("data", n) / "manifest.json").is_file() for n in DATASETS), prepare))
+    stages.append(Stage(tag + "prepare", "tokenize prose, HQ math and web math into train/validation/test windows",
+                        15 * c.corpora_scale, all((study.data(seed, n) / "manifest.json").is_file() for n in DATASETS),
+                        prepare))
 
     # 4. base ------------------------------------------------------------------------------
     if c.model in PRESETS:
-        base_cfg = study.train_cfg(data=str(p("data", "prose")), out=str(p("runs", "base")), model=c.model,
-                                   max_tokens=c.base_tokens, lr=c.base_lr, seed=0, data_seed=0)
-        stages.append(Stage("base", f"pretrain the {c.model} preset on prose, {c.base_tokens:,} tokens",
+        base_cfg = study.train_cfg(data=str(study.data(seed, "prose")), out=str(study.run_dir(seed, "base")),
+                                   model=c.model, max_tokens=c.base_tokens, lr=c.base_lr, seed=seed, data_seed=seed)
+        stages.append(Stage(tag + "base", f"pretrain the {c.model} preset on prose, {c.base_tokens:,} tokens",
                             0.0, is_finished(base_cfg.out), lambda: _train(study, base_cfg),
                             tokens=c.base_tokens, kind="train"))
 
@@ -100,65 +128,98 @@ def build_stages(study: Study) -> list[Stage]:
     def reference() -> int:
         from ..data import TokenDataset
 
-        n = TokenDataset(p("data", "hq_math")).num_windows("train")
+        n = TokenDataset(study.data(seed, "hq_math")).num_windows("train")
         tokens = int(c.reference_epochs * n * c.seq_len)
-        return _train(study, study.train_cfg(data=str(p("data", "hq_math")), out=str(p("runs", "reference")),
-                                      model=str(study.base_ckpt), max_tokens=tokens, lr=c.reference_lr, seed=0, data_seed=0))
+        return _train(study, study.train_cfg(data=str(study.data(seed, "hq_math")), out=str(study.run_dir(seed, "reference")),
+                                             model=str(study.base_ckpt(seed)), max_tokens=tokens, lr=c.reference_lr,
+                                             seed=seed, data_seed=seed))
 
-    ref_tokens = c.reference_epochs * 450_000 * c.corpora_scale
-    stages.append(Stage("reference", f"continue the base on HQ math for {c.reference_epochs:g} epochs",
-                        0.0, is_finished(p("runs", "reference")), reference, tokens=ref_tokens, kind="train"))
+    stages.append(Stage(tag + "reference", f"continue the base on HQ math (train split) for {c.reference_epochs:g} epochs",
+                        0.0, is_finished(study.run_dir(seed, "reference")), reference,
+                        tokens=c.reference_epochs * 450_000 * c.corpora_scale, kind="train"))
 
     # 6. score -----------------------------------------------------------------------------
     def score() -> int:
         from ..scoring import score as do_score
 
-        m = do_score(ScoreConfig(data=str(p("data", "web_math")), model=str(p("runs", "reference", "final")),
-                                 out=str(p("scores", "web_math")), split="train", device=c.device, progress=c.progress,
+        m = do_score(ScoreConfig(data=str(study.data(seed, "web_math")), model=str(study.reference_ckpt(seed)),
+                                 out=str(study.scores(seed)), split="train", device=c.device, progress=c.progress,
                                  overwrite=True))
         print(f"      mean reference loss {m['mean_loss']:.4f} over {m['windows']} windows", flush=True)
         return m["windows"] * m["seq_len"]
 
-    stages.append(Stage("score", "reference losses of every web-math training token", 0.0,
-                        (p("scores", "web_math") / "manifest.json").is_file(), score,
+    stages.append(Stage(tag + "score", "reference losses of every web-math training token", 0.0,
+                        (study.scores(seed) / "manifest.json").is_file(), score,
                         tokens=1_700_000 * c.corpora_scale, kind="forward"))
 
     # 7. arms ------------------------------------------------------------------------------
     steps = _steps(c.cpt_tokens, study)
     ckpt_every = max(1, math.ceil(steps / c.checkpoints))  # the last checkpoint is the final step
     lora = c.lora or LoraConfig(r=0)
-    for arm in study.arms():
-        kw = dict(data=str(p("data", "web_math")), out=arm["run_dir"], model=str(study.base_ckpt), max_tokens=c.cpt_tokens,
-                  lr=c.cpt_lr, seed=arm["seed"], data_seed=arm["seed"], ckpt_every=ckpt_every, lora=lora)
+    for arm in (a for a in study.arms() if a["seed"] == seed):
+        kw = dict(data=arm["data"], out=arm["run_dir"], model=str(study.base_ckpt(seed)), max_tokens=c.cpt_tokens,
+                  lr=c.cpt_lr, seed=seed, data_seed=seed, ckpt_every=ckpt_every, lora=lora)
         if arm["arm"] == "slm":
             kw.update(objective="slm", strategy=arm["strategy"], ratio=arm["ratio"], temperature=c.temperature,
-                      ref_scores=str(p("scores", "web_math")))
+                      temperature_unit=c.temperature_unit, ref_scores=str(study.scores(seed)))
+        elif arm["arm"] == "content":
+            kw.update(keep_labels=[0])
         tcfg = study.train_cfg(**kw)
-        label = "CLM (all tokens)" if arm["arm"] == "clm" else f"SLM {arm['strategy']} ratio {arm['ratio']:g}"
-        stages.append(Stage(f"arm {arm['name']}", f"{label}, {c.cpt_tokens:,} tokens from the base, seed {arm['seed']}",
-                            0.0, is_finished(tcfg.out), (lambda t=tcfg: _train(study, t)),
+        stages.append(Stage(f"arm {arm['name']}", f"{ARM_LABELS.get(arm['arm']) or _slm_label(arm)}, {c.cpt_tokens:,} "
+                            f"tokens from the base", 0.0, is_finished(tcfg.out), (lambda t=tcfg: _train(study, t)),
                             tokens=c.cpt_tokens, kind="train"))
-
-    # 8. evaluate --------------------------------------------------------------------------
-    per_arm = steps // ckpt_every + (steps % ckpt_every != 0)
-    expected = 2 + per_arm * len(study.arms())
-    done = sum(1 for _ in p("evals").glob("*/*/metrics.json")) if p("evals").is_dir() else 0
-    todo = max(0, expected - done)
-    stages.append(Stage("evaluate", f"{todo} checkpoints: target/noisy perplexity, per-token losses, few-shot",
-                        3.0 * todo + 2, todo == 0 and not _eval_jobs(study), lambda: _evaluate(study)))
     return stages
 
 
-def _eval_jobs(study: Study) -> list[tuple[Path, Path, int, int]]:
-    """(checkpoint dir, eval dir, step, tokens) of every evaluation not yet written."""
-    p = study.p
-    jobs = [(study.base_ckpt, p("evals", "base", "step_000000"), 0, 0),
-            (p("runs", "reference", "final"), p("evals", "reference", "step_final"), -1, -1)]
+ARM_LABELS = {"clm": "CLM (all tokens)", "hq": "CLM on HQ math only", "content": "CLM on content tokens only",
+              "slm": ""}
+
+
+def _slm_label(arm: dict) -> str:
+    return f"SLM {arm['strategy']} ratio {arm['ratio']:g}"
+
+
+def _own_questions(corpora_dir: Path) -> set[str]:
+    """Normalised questions of our own corpora (problem lines and the few-shot files): the external
+    questions must not repeat them."""
+    import json
+    import re
+
+    out: set[str] = set()
+    norm = (lambda q: " ".join(q.lower().split()))
+    pat = re.compile(r"(?:Problem|Q): (.+)")
+    for name in ("hq_math.jsonl", "web_math.jsonl", "fewshot_eval.jsonl", "fewshot_exemplars.jsonl"):
+        path = corpora_dir / name
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                if "question" in row:
+                    out.add(norm(row["question"]))
+                out.update(norm(q) for q in pat.findall(row.get("text", "")))
+    return out
+
+
+def _all_checkpoints_done(study: Study) -> bool:
+    """Every arm finished (so no checkpoint is still to come and be evaluated)."""
+    return all(is_finished(a["run_dir"]) for a in study.arms())
+
+
+def _eval_jobs(study: Study) -> list[tuple]:
+    """(checkpoint dir, eval dir, step, tokens, seed, with validation) of every evaluation not yet written."""
+    jobs = []
+    for seed in study.cfg.seeds:
+        jobs += [(study.base_ckpt(seed), study.eval_dir(seed, "base") / "step_000000", 0, 0, seed, True),
+                 (study.reference_ckpt(seed), study.eval_dir(seed, "reference") / "step_final", -1, -1, seed, True)]
     for arm in study.arms():
-        for d in checkpoint_dirs(arm["run_dir"]):
+        dirs = checkpoint_dirs(arm["run_dir"])
+        for d in dirs:
             meta = read_json(d / "slm_meta.json")
-            jobs.append((d, Path(arm["eval_dir"]) / d.name, checkpoint_step(d), meta["tokens"]))
-    return [j for j in jobs if not (j[1] / "metrics.json").is_file()]
+            last = d == dirs[-1] and is_finished(arm["run_dir"])
+            jobs.append((d, Path(arm["eval_dir"]) / d.name, checkpoint_step(d), meta["tokens"], arm["seed"], last))
+    return [j for j in jobs if not (j[1] / "metrics.json").is_file() or
+            (j[5] and "validation" not in read_json(j[1] / "metrics.json"))]
 
 
 def stratified(rows: list[dict], n: int) -> list[dict]:
@@ -185,22 +246,31 @@ def _evaluate(study: Study) -> None:
 
     c = study.cfg
     device = resolve_device(c.device)
-    target, noisy = TokenDataset(study.p("data", "hq_math")), TokenDataset(study.p("data", "web_math"))
-    tok = target.tokenizer()
-    questions = stratified(read_jsonl(study.corpora / "fewshot_eval.jsonl"), c.fewshot_questions)
-    exemplars = read_jsonl(study.corpora / "fewshot_exemplars.jsonl")
+    per_seed: dict[int, dict] = {}
+    for seed in c.seeds:
+        target, noisy = TokenDataset(study.data(seed, "hq_math")), TokenDataset(study.data(seed, "web_math"))
+        corpora_dir = study.corpora(seed)
+        sets = {"own": stratified(read_jsonl(corpora_dir / "fewshot_eval.jsonl"), c.fewshot_questions)}
+        if c.fewshot_external and study.external(seed).is_file():
+            sets["external"] = stratified(read_jsonl(study.external(seed)), c.fewshot_external)
+        per_seed[seed] = {"target": target, "noisy": noisy, "tok": target.tokenizer(), "sets": sets,
+                          "exemplars": read_jsonl(corpora_dir / "fewshot_exemplars.jsonl")}
     jobs = _eval_jobs(study)
-    for ckpt, out, step, tokens in progress(jobs, desc="evaluate", unit="ckpt", enabled=c.progress):
+    for ckpt, out, step, tokens, seed, with_val in progress(jobs, desc="evaluate", unit="ckpt", enabled=c.progress):
+        e = per_seed[seed]
         model = load_model(ckpt, device).eval()
-        result = {"checkpoint": str(ckpt), "step": step, "tokens": tokens}
-        for name, ds, n in (("target", target, c.eval_windows_target), ("noisy", noisy, c.eval_windows_noisy)):
-            losses = dataset_token_losses(model, ds, "validation", n, 32, device)
-            dump_token_losses(losses, out / f"{name}.losses.bin", {"dataset": str(ds.path), "split": "validation",
-                                                                  "dataset_fingerprint": ds.fingerprint})
-            result[name] = loss_summary(losses)
+        result = {"checkpoint": str(ckpt), "step": step, "tokens": tokens, "test": {}}
+        evals = [("test", "target", e["target"], c.eval_windows_target), ("test", "noisy", e["noisy"], c.eval_windows_noisy)]
+        if with_val:
+            evals.append(("validation", "target", e["target"], c.eval_windows_target))
+        for split, name, ds, n in evals:
+            losses = dataset_token_losses(model, ds, split, n, 32, device)
+            dump_token_losses(losses, out / f"{split}.{name}.losses.bin", {"dataset": str(ds.path), "split": split,
+                                                                         "dataset_fingerprint": ds.fingerprint})
+            result.setdefault(split, {})[name] = loss_summary(losses)
         with torch.inference_mode():
-            result["fewshot"] = fewshot_accuracy(model, tok, questions, exemplars, c.shots, max_new_tokens=40,
-                                                 batch_size=100, device=device, max_positions=c.seq_len,
-                                                 bos_id=target.bos_id)
+            result["fewshot"] = {k: fewshot_accuracy(model, e["tok"], qs, e["exemplars"], c.shots, max_new_tokens=40,
+                                                     batch_size=100, device=device, max_positions=c.seq_len,
+                                                     bos_id=e["target"].bos_id) for k, qs in e["sets"].items()}
         write_json(out / "metrics.json", result)
         del model
