@@ -24,7 +24,7 @@ def _floor(res: dict, key: str) -> tuple[bool, str]:
 
 
 def _line(cid: str, claim: str, metric: str, names: tuple[str, str], cmp: dict, note: str = "") -> dict:
-    return {"id": cid, "claim": claim, "metric": metric, "a": names[0], "b": names[1], **cmp, "note": note}
+    return {"id": cid, "claim": claim, "metric": metric, "a_group": names[0], "b_group": names[1], **cmp, "note": note}
 
 
 def compare_groups(res: dict, cid: str, claim: str, a: str, b: str, metrics=METRICS) -> list[dict]:
@@ -44,7 +44,8 @@ def compare_groups(res: dict, cid: str, claim: str, a: str, b: str, metrics=METR
 def _speedup_line(res: dict, group: str) -> dict:
     e = ((res.get("data_efficiency") or {}).get("groups") or {}).get(group)
     claim = "SLM reaches CLM's final test target loss with fewer tokens (speed-up > 1)"
-    base = {"id": "b", "claim": claim, "metric": "final speed-up vs CLM", "a": group, "b": "clm", "note": ""}
+    base = {"id": "b", "claim": claim, "metric": "final speed-up vs CLM", "a_group": group, "b_group": "clm",
+            "note": ""}
     if not e:
         return {**base, "verdict": stats.NOT_TESTED, "verdict_text": "not tested (no efficiency curve)"}
     if e["unreached_final"]:
@@ -63,7 +64,7 @@ def _dynamics_lines(res: dict) -> list[dict]:
     for label, key in (("from the base", "clm_mean_shares"), ("within training", "clm_mean_shares_in_training")):
         sh = dyn.get(key)
         line = {"id": "d", "claim": "token loss dynamics shares resemble the paper's 11/12/26/51%",
-                "metric": f"CLM shares {label}", "a": "clm", "b": "paper", "n": dyn.get("clm_runs"), "note": ""}
+                "metric": f"CLM shares {label}", "a_group": "clm", "b_group": "paper", "n": dyn.get("clm_runs"), "note": ""}
         if not sh:
             out.append({**line, "verdict": stats.NOT_TESTED, "verdict_text": "not tested (no dynamics)"})
             continue
@@ -128,7 +129,7 @@ def findings(res: dict) -> list[dict]:
     for g, o in ((res.get("overlap") or {}).get("groups") or {}).items():
         if o["strategy"] == "stochastic" and o["overlap"]["mean"] is not None:
             out.append({"id": "f-overlap", "claim": "where stochastic selection sits between top-k and random",
-                        "metric": f"mean topk_overlap at ratio {o['ratio']:g}", "a": g, "b": "topk/random",
+                        "metric": f"mean topk_overlap at ratio {o['ratio']:g}", "a_group": g, "b_group": "topk/random",
                         "verdict": "finding", "verdict_text": "descriptive",
                         "note": f"overlap {o['overlap']['mean']:.3f} (top-k 1.0, random ≈ {o['ratio']:g}); position "
                                 f"{o['position']:.2f} on the random (0) → top-k (1) scale"
@@ -159,8 +160,8 @@ def headline(res: dict) -> list[dict]:
 def summary_text(res: dict) -> str:
     """One paragraph: what the study is and what it found."""
     cfg, cl = res.get("config") or {}, res.get("claims") or []
-    held = [f"{c['claim']} ({c['metric']})" for c in cl if c.get("verdict") == stats.HOLDS]
-    failed = [f"{c['claim']} ({c['metric']})" for c in cl if c.get("verdict") == stats.FAILS]
+    held = [f"({c['id']}) {c['metric']}" for c in cl if c.get("verdict") == stats.HOLDS]
+    failed = [f"({c['id']}) {c['metric']}" for c in cl if c.get("verdict") == stats.FAILS]
     untested = sum(c.get("verdict") == stats.NOT_TESTED for c in cl)
     nsig = sum(c.get("verdict") == stats.NOT_SIG for c in cl)
     best = ", ".join(f"{s} {b['ratio']:g}" for s, b in (res.get("best_ratio") or {}).items())

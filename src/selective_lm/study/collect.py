@@ -33,6 +33,9 @@ PROTOCOL = ("Headline numbers are on the test split (metrics.json 'test'); tunin
             "over seeds, and it is then reported on test. Each seed is a whole pipeline (corpus sample, base, "
             "reference, arms); groups aggregate over seeds.")
 _ERRORS = (UserError, ValueError, OSError, KeyError, IndexError, TypeError)
+RESULT_KEYS = ("study", "written_by", "quick", "protocol", "rules", "config", "pipelines", "runs", "groups",
+               "best_ratio", "data_efficiency", "overlap", "fig6", "fig6_final", "harder_noise", "dynamics", "buckets",
+               "cosine", "selection", "claims", "findings", "headline", "summary")
 PUBLIC = ("step", "tokens", "target_loss", "target_ppl", "noisy_loss", "noisy_ppl", "val_target_loss",
           "own_acc", "own_correct", "own_n", "ext_acc", "ext_correct", "ext_n")
 
@@ -332,7 +335,8 @@ def section_efficiency(st: StudyResults, runs: dict) -> dict:
         ref, scored = st.reference_tokens(r["seed"]), st.scored_tokens(r["seed"])
         out["runs"][name] = {"baseline": clm[r["seed"]], "curve": pts, "final": fin, "tokens_saved": saved,
                              "reference_tokens": ref, "scored_tokens": scored,
-                             "tokens_saved_net": saved - (ref or 0) - (scored or 0) if saved is not None else None}
+                             "tokens_saved_net": (saved - (ref or 0) - (scored or 0)) if saved is not None
+                             and r["arm"] == "slm" else None}  # only SLM needs a reference and a scoring pass
     by_group: dict = {}
     for name, e in out["runs"].items():
         if "curve" in e:
