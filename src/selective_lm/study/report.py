@@ -89,7 +89,6 @@ def claim_line(c: dict) -> str:
 
 
 def render(res: dict, images: dict, html_link: str | None) -> str:
-    cfg, groups = res["config"], res["groups"]
     md = ["# Selective Language Modeling (Rho-1) study report", ""]
     if res.get("quick"):
         md += ["> **Smoke test (`--quick`): a tiny run that checks the pipeline end to end. Its numbers mean "
