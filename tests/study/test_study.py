@@ -6,11 +6,8 @@ import pytest
 
 from selective_lm.cli import main
 
-SECTIONS = ("## Paper's claims", "## Perplexity", "## Downstream accuracy", "## Data efficiency",
-            "## Token loss dynamics", "## Bucket transitions", "## Selected vs unselected token loss",
-            "## Update-direction cosine similarity", "## Selection diagnostics")
-KEYS = ("config", "runs", "groups", "data_efficiency", "dynamics", "buckets", "selected_vs_unselected", "cosine",
-        "selection", "claims")
+from selective_lm.study.collect import RESULT_KEYS as KEYS
+from selective_lm.study.report import SECTIONS
 
 
 def refused(args, capsys, needle, out):

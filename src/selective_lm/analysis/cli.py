@@ -29,7 +29,7 @@ _ALONE = {
     "efficiency": "--baseline RUN_DIR --runs RUN_DIR [...]",
     "dynamics": "--losses A.bin B.bin [...] (checkpoint order)",
     "buckets": "--before X.bin --after Y.bin --baseline Z.bin",
-    "selected-loss": "--base X.bin --reference R.bin --losses A.bin [...]",
+    "selected-loss": "--reference R.bin --losses A.bin [...] (SLM's selection at each dump; --base X.bin: a fixed mask)",
     "cosine": "--runs DIR [...] (and --base DIR for full checkpoints)",
     "selection": "--runs RUN_DIR [...]",
 }
@@ -63,7 +63,8 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
             q.add_argument("--baseline", metavar="FILE", help="losses whose quantile sets the threshold")
             q.add_argument("--quantile", type=float, default=0.7, help="threshold quantile (default 0.7)")
         if name == "selected-loss":
-            q.add_argument("--base", metavar="FILE", help="losses of the model whose excess defines the mask")
+            q.add_argument("--base", metavar="FILE", help="optional: losses whose excess defines one fixed mask for all "
+                                                          "dumps (default: each dump's own excess, as SLM selects)")
             q.add_argument("--reference", metavar="FILE", help="reference-model losses on the same tokens")
             q.add_argument("--ratio", type=float, nargs="+", default=[0.6], help="selection ratios (default 0.6)")
         if name == "cosine":
@@ -113,16 +114,17 @@ def _report(args, st) -> dict:
 
 def _perplexity(args, st) -> dict:
     from ..evaluate import loss_summary
-    from ..study.collect import section_groups, section_runs
+    from ..study.collect import section_groups, section_pipelines, section_runs
 
     if st is None:
         _need(args, "losses")
         return {str(f): loss_summary(a) for f, a in zip(args.losses, _losses(args.losses))}
-    runs = section_runs(st)
-    return {"base": {k: v for k, v in st.base_point().items() if k not in ("dir", "is_base")},
+    runs, pipelines = section_runs(st), section_pipelines(st)
+    return {"split": "test", "pipelines": pipelines,
             "runs": {n: {"group": r["group"], **r["final"]} for n, r in runs.items()},
-            "groups": {g: {k: v[k] for k in ("runs", "target_ppl", "noisy_ppl", "accuracy")}
-                       for g, v in section_groups(runs).items()}}
+            "groups": {g: {k: v[k] for k in ("runs", "target_loss", "target_ppl", "noisy_ppl", "own_pooled",
+                                             "ext_pooled")}
+                       for g, v in section_groups(runs, pipelines).items()}}
 
 
 def _efficiency(args, st) -> dict:
@@ -130,7 +132,7 @@ def _efficiency(args, st) -> dict:
     from .efficiency import data_efficiency
 
     if st is not None:
-        return section_efficiency(section_runs(st))
+        return section_efficiency(st, section_runs(st))
     _need(args, "baseline", "runs")
     base = _eval_curve(args.baseline)
     return {"baseline": args.baseline, "definition": "curves from the eval rows of metrics.jsonl (tokens, loss)",
@@ -138,7 +140,7 @@ def _efficiency(args, st) -> dict:
 
 
 def _dynamics(args, st) -> dict:
-    from ..study.collect import section_dynamics
+    from ..study.tokens import section_dynamics
     from .dynamics import classify_dynamics, dynamics_examples
 
     if st is not None:
@@ -164,7 +166,7 @@ def _dynamics(args, st) -> dict:
 
 def _buckets(args, st) -> dict:
     from .buckets import bucket_transitions, high_low_threshold
-    from ..study.collect import section_buckets
+    from ..study.tokens import section_buckets
 
     if st is not None:
         return section_buckets(st, args.quantile)
@@ -175,25 +177,28 @@ def _buckets(args, st) -> dict:
 
 
 def _selected(args, st) -> dict:
-    import torch
-
-    from ..selection import select_tokens
-    from ..study.collect import MASK_DEFINITION, section_selected
+    from ..study.collect import topk_mask
+    from ..study.tokens import FIG6_DEFINITION, section_fig6
     from .selection_diag import split_losses
 
     if st is not None:
-        return section_selected(st)
-    _need(args, "base", "reference", "losses")
-    base, ref, *rest = _losses([args.base, args.reference, *args.losses])
-    out = {"definition": MASK_DEFINITION.replace("(ref_val_losses)", "(--reference)"), "ratios": {}}
+        return section_fig6(st)
+    _need(args, "reference", "losses")
+    ref, *rest = _losses([args.reference, *args.losses])
+    fixed = _losses([args.base])[0] if args.base else None
+    if fixed is not None and fixed.size != ref.size:
+        raise UserError("--base and --reference hold different numbers of tokens: pass dumps of the same windows")
+    out = {"definition": (FIG6_DEFINITION if fixed is None else "fixed top-k mask of --base loss - --reference loss, "
+                          "applied to every dump"), "ratios": {}}
     for r in args.ratio:
-        mask = select_tokens(torch.from_numpy(base - ref), r, "topk").numpy()
-        out["ratios"][f"{r:g}"] = {str(f): split_losses(a, mask) for f, a in zip(args.losses, rest)}
+        out["ratios"][f"{r:g}"] = {str(f): split_losses(a, topk_mask((a if fixed is None else fixed) - ref, r))
+                                   for f, a in zip(args.losses, rest)}
     return out
 
 
 def _cosine(args, st) -> dict:
-    from ..study.collect import checkpoint_delta, read_state, section_cosine
+    from ..study.collect import checkpoint_delta, read_state
+    from ..study.tokens import section_cosine
     from .cosine import cosine_matrix
 
     if st is not None:
@@ -211,10 +216,11 @@ def _cosine(args, st) -> dict:
 
 
 def _selection(args, st) -> dict:
-    from ..study.collect import section_selection, training_shares
+    from ..study.collect import section_runs, training_shares
+    from ..study.tokens import section_noise, section_selection
 
     if st is not None:
-        return section_selection(st)
+        return {"harder_noise": section_noise(st, section_runs(st)), "tokens": section_selection(st)}
     _need(args, "runs")
     missing = [d for d in args.runs if not (Path(d) / "metrics.jsonl").is_file()]
     if missing:

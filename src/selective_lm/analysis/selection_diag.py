@@ -145,7 +145,8 @@ def selection_html(
             newlines are preserved (``white-space: pre-wrap``).
         selected: one flag per token.
         title: page title and heading.
-        excess: optional per-token excess loss, shown as a tooltip.
+        excess: optional per-token excess loss, shown as a tooltip; entries with a NaN excess (or a
+            negative provenance code) are not tokens (separators) and are left out of the summary counts.
         provenance: optional per-token provenance code, shown as an underline colour.
         provenance_labels: names of provenance codes for the legend.
     """
@@ -165,10 +166,8 @@ def selection_html(
         if provenance is not None:
             code = int(provenance[i])
             classes.append(f"p{code}" if code >= 0 else "pneg")
-        if excess is not None:
-            value = float(excess[i])
-            shown = f"{value:.4f}" if math.isfinite(value) else str(value)
-            attrs = f' title="{html.escape(f"#{i} excess={shown}", quote=True)}"'
+        if excess is not None and math.isfinite(float(excess[i])):
+            attrs = f' title="{html.escape(f"#{i} excess={float(excess[i]):.4f}", quote=True)}"'
         spans.append(f'<span class="{" ".join(classes)}"{attrs}>{html.escape(str(tok))}</span>')
 
     css = [
@@ -187,9 +186,12 @@ def selection_html(
             css.append(f".{cls}{{border-bottom:3px solid {_prov_colour(code)};}}")
             name = provenance_labels.get(code, f"provenance {code}")
             legend.append(f'<span class="t {cls}">{html.escape(name)}</span>')
-    n_sel = sum(sel)
-    rate = f"{n_sel / n:.1%}" if n else "n/a"
-    summary = f"{n} tokens, {n_sel} selected ({rate})"
+    # only real tokens count: no separator entries (provenance < 0) and no entries without an excess (NaN)
+    real = [i for i in range(n) if (provenance is None or int(provenance[i]) >= 0)
+            and (excess is None or math.isfinite(float(excess[i])))]
+    n_real, n_sel = len(real), sum(sel[i] for i in real)
+    rate = f"{n_sel / n_real:.1%}" if n_real else "n/a"
+    summary = f"{n_real} tokens, {n_sel} selected ({rate})"
     if excess is not None:
         summary += "; hover a token for its excess loss"
     safe_title = html.escape(title)

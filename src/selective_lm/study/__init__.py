@@ -3,7 +3,8 @@
 The study is an application of the library (data, model, scoring, objective, train, evaluate), kept
 apart from it: ``config`` (StudyConfig), ``layout`` (paths, arms, index.json), ``plan`` (stages and
 ETA), ``stages`` (what each stage runs), ``runner`` (the loop and ``run_study``), ``corpora`` /
-``mathgen`` (the embedded default data), ``collect`` (results.json) and ``report`` (report.md, plots).
+``mathgen`` (the embedded default data), ``collect`` (results.json; with ``stats``, ``tokens``, ``claims``),
+``report`` (report.md) and ``plots``.
 Stages: corpora → tokenizer → prepare → base → reference → score → arms → evaluate → report.
 """
 from __future__ import annotations

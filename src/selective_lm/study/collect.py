@@ -1,6 +1,10 @@
-"""A finished study directory (`slm study`) -> the JSON-serialisable results dict of ``results.json``.
+"""A finished study directory (`slm study`, index.json version 2) -> the dict of ``results.json``.
 
-:func:`collect` runs every analysis; each ``section_*`` also runs alone for ``slm analyze``.
+Headline numbers come from the **test** split (``metrics.json["test"]``); tuning choices (the best ratio of
+each strategy) from the **validation** split only. Each seed is a whole pipeline (corpus sample, base,
+reference, arms); groups (arm kind + strategy + ratio) aggregate over seeds. :func:`collect` runs every
+analysis; each ``section_*`` also runs alone for ``slm analyze``. Token-level analyses live in
+:mod:`.tokens`, statistics in :mod:`.stats`, the claims in :mod:`.claims`.
 """
 from __future__ import annotations
 
@@ -17,20 +21,23 @@ from safetensors.torch import load_file
 
 from ..checkpoint import read_metrics
 from ..evaluate import load_token_losses
-from ..files import UserError, atomic_write_text, read_json
-from ..selection import select_tokens
-from ..analysis import selection_diag as diag
-from ..analysis.buckets import bucket_transitions, high_low_threshold
-from ..analysis.cosine import cosine_matrix, flatten_delta, full_delta, lora_delta
-from ..analysis.dynamics import CATEGORIES, classify_dynamics, dynamics_examples
-from ..analysis.efficiency import data_efficiency
+from ..files import UserError, read_json
+from ..analysis.cosine import flatten_delta, full_delta, lora_delta
+from ..analysis.efficiency import tokens_to_reach
+from . import stats
 
-PAPER_DYNAMICS = {"H→H": 0.11, "L→H": 0.12, "H→L": 0.26, "L→L": 0.51}
-DYNAMICS_TOLERANCE = 0.10  # largest allowed |share - paper share| for claim 4
-MASK_DEFINITION = ("fixed top-k mask over all noisy validation tokens: excess = base-model loss (the common start of "
-                   "every continual run) - reference-model loss (ref_val_losses); the k = round(ratio x N) tokens with "
-                   "the highest excess are 'selected'. The same mask is applied to every run and checkpoint.")
-_ERRORS = (UserError, ValueError, OSError, KeyError)
+DEFAULT_LABELS = {0: "content", 1: "noise", 2: "offtopic", 3: "wrong_solution", 4: "near_duplicate",
+                  5: "perturbed_table", 6: "other_notation"}
+PROTOCOL = ("Headline numbers are on the test split (metrics.json 'test'); tuning choices are made on the validation "
+            "split only: the best ratio of a strategy is the one with the lowest mean final validation target loss "
+            "over seeds, and it is then reported on test. Each seed is a whole pipeline (corpus sample, base, "
+            "reference, arms); groups aggregate over seeds.")
+_ERRORS = (UserError, ValueError, OSError, KeyError, IndexError, TypeError)
+RESULT_KEYS = ("study", "written_by", "quick", "protocol", "rules", "config", "pipelines", "runs", "groups",
+               "best_ratio", "data_efficiency", "overlap", "fig6", "fig6_final", "harder_noise", "dynamics", "buckets",
+               "cosine", "selection", "claims", "findings", "headline", "summary")
+PUBLIC = ("step", "tokens", "target_loss", "target_ppl", "noisy_loss", "noisy_ppl", "val_target_loss",
+          "own_acc", "own_correct", "own_n", "ext_acc", "ext_correct", "ext_n")
 
 
 def clean(obj):
@@ -42,21 +49,19 @@ def clean(obj):
 def load_losses(path) -> np.ndarray:
     """A per-token loss dump as a flat float64 array (UserError when missing)."""
     if not (p := Path(path)).is_file() or not p.with_suffix(".json").is_file():
-        raise UserError(f"per-token loss dump not found: {p} (or its .json sidecar): write it with `slm eval dump=DIR`")
+        raise UserError(f"per-token loss dump not found: {p} (or its .json sidecar): re-run the study's eval stage")
     return np.asarray(load_token_losses(p), dtype=np.float64).reshape(-1)
 
 
-def stats(values) -> dict:
-    """Mean and sample std (0 when n = 1) of the finite values."""
-    v = [float(x) for x in values if x is not None and math.isfinite(x)]
-    sd = (float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) if v else None
-    return {"mean": float(np.mean(v)) if v else None, "std": sd, "n": len(v)}
+def topk_mask(excess: np.ndarray, ratio: float) -> np.ndarray:
+    """The selection SLM makes at a checkpoint: top-k (k = round(ratio × N)) of the excess loss, as in training."""
+    from ..selection import select_tokens
+
+    return select_tokens(torch.from_numpy(np.ascontiguousarray(excess)), ratio, "topk").numpy()
 
 
-def pearson(x, y) -> float | None:
-    """Pearson r over the pairs where both are present; None with < 2 pairs or a constant side."""
-    a, b = np.array([(a, b) for a, b in zip(x, y) if a is not None and b is not None] or [(0, 0)], dtype=float).T
-    return None if np.ptp(a) == 0 or np.ptp(b) == 0 else float(np.corrcoef(a, b)[0, 1])
+def group_of(run: dict) -> str:
+    return run["arm"] if run.get("arm") != "slm" else f"slm-{run['strategy']}-{float(run['ratio']):g}"
 
 
 def read_state(ckpt) -> dict:
@@ -84,10 +89,10 @@ def checkpoint_delta(ckpt, base_state=None) -> tuple[torch.Tensor, str]:
 
 
 def training_shares(run_dir) -> dict:
-    """noise_share_selected / noise_share_all of the train rows of metrics.jsonl: first, last, mean; a curve."""
+    """noise_share_selected / noise_share_all / topk_overlap of the train rows of metrics.jsonl; a curve."""
     rows = [r for r in read_metrics(run_dir) if r.get("type") == "train"]
     out: dict = {}
-    for key in ("noise_share_selected", "noise_share_all"):
+    for key in ("noise_share_selected", "noise_share_all", "topk_overlap"):
         v = [r[key] for r in rows if r.get(key) is not None]
         out[key] = {"first": v[0], "last": v[-1], "mean": float(np.mean(v)), "n": len(v)} if v else None
     pts = [[r.get("tokens"), r.get("noise_share_selected"), r.get("noise_share_all")] for r in rows
@@ -96,8 +101,24 @@ def training_shares(run_dir) -> dict:
     return out
 
 
+def _point(f: Path) -> dict:
+    m, num = read_json(f), re.fullmatch(r"step_(\d+)", f.parent.name)
+    test, val, fs = m.get("test") or {}, m.get("validation") or {}, m.get("fewshot") or {}
+    t, n, v = test.get("target") or {}, test.get("noisy") or {}, val.get("target") or {}
+    own, ext = fs.get("own") or {}, fs.get("external") or {}
+    return {"dir": f.parent, "step": int(m.get("step", num.group(1) if num else -1)), "tokens": float(m.get("tokens", 0)),
+            "target_loss": t.get("loss"), "target_ppl": t.get("ppl"), "noisy_loss": n.get("loss"),
+            "noisy_ppl": n.get("ppl"), "val_target_loss": v.get("loss"),
+            "own_acc": own.get("accuracy"), "own_correct": own.get("correct"), "own_n": own.get("n"),
+            "ext_acc": ext.get("accuracy"), "ext_correct": ext.get("correct"), "ext_n": ext.get("n")}
+
+
+def public(p: dict) -> dict:
+    return {k: p.get(k) for k in PUBLIC}
+
+
 class StudyResults:
-    """A study directory: index.json, eval points and cached loss dumps."""
+    """A v2 study directory: index.json, per-seed pipelines, eval points and cached loss dumps."""
 
     def __init__(self, study_dir):
         self.dir, idx = Path(study_dir), Path(study_dir) / "index.json"
@@ -108,13 +129,17 @@ class StudyResults:
             self.index = read_json(idx)
         except ValueError:
             raise UserError(f"{idx} is not valid JSON: re-run `slm study` to rewrite it") from None
-        if not isinstance(self.index, dict) or "base" not in self.index or not self.index.get("runs"):
-            raise UserError(f"{idx} lists no base or no runs: re-run `slm study` to finish the study")
+        if not isinstance(self.index, dict) or not self.index.get("runs") or not self.index.get("pipelines"):
+            raise UserError(f"{idx} lists no pipelines or no runs (study layout v2 expected): re-run `slm study`")
         self.runs: list[dict] = self.index["runs"]
-        self.seeds = list(self.index.get("seeds") or sorted({r.get("seed", 0) for r in self.runs}))
+        self.seeds = list(self.index.get("seeds") or sorted({r["seed"] for r in self.runs}))
         self.ratios = [float(r) for r in (self.index.get("ratios") or sorted(
-            {float(r["ratio"]) for r in self.runs if r.get("arm") != "clm"}))]
+            {float(r["ratio"]) for r in self.runs if r.get("arm") == "slm"}))]
         self._cache: dict = {}
+        study_yaml = self.dir / "study.yaml"
+        cfg = (yaml.safe_load(study_yaml.read_text(encoding="utf-8")) or {}) if study_yaml.is_file() else {}
+        self.study_cfg = cfg if isinstance(cfg, dict) else {}
+        self.quick = bool(self.index.get("quick", self.study_cfg.get("quick", False)))
 
     def path(self, p) -> Path:
         """Resolve an index path: as given, relative to the study dir, or by its tail (a moved study)."""
@@ -123,302 +148,236 @@ class StudyResults:
                                                                  for i in range(1, len(q.parts))]
         return next((c for c in cands if c.exists()), cands[0])
 
+    def pipeline(self, seed) -> dict:
+        pl = self.index["pipelines"].get(str(seed))
+        if pl is None:
+            raise UserError(f"index.json has no pipeline for seed {seed}: re-run `slm study`")
+        return pl
+
     def evals(self, eval_dir) -> list[dict]:
         """Eval points (one per step_*/metrics.json), sorted by (tokens, step)."""
         d = self.path(eval_dir)
-        pts: dict[int, dict] = {}
-        for f in sorted(d.glob("step_*/metrics.json")):
-            m, num = read_json(f), re.fullmatch(r"step_(\d+)", f.parent.name)
-            step = int(m.get("step", num.group(1) if num else 0) or 0)
-            t, n, fs = m.get("target") or {}, m.get("noisy") or {}, m.get("fewshot") or {}
-            pts.setdefault(step, {"dir": f.parent, "step": step, "tokens": float(m.get("tokens") or 0),
-                                  "target_loss": t.get("loss"), "target_ppl": t.get("ppl"), "noisy_loss": n.get("loss"),
-                                  "noisy_ppl": n.get("ppl"), "accuracy": fs.get("accuracy")})
-        if not pts:
-            raise UserError(f"no step_*/metrics.json under {d}: re-run the study's eval stage (`slm study`)")
-        return sorted(pts.values(), key=lambda p: (p["tokens"], p["step"]))
+        if d not in self._cache:
+            pts = [_point(f) for f in sorted(d.glob("step_*/metrics.json"))]
+            if not pts:
+                raise UserError(f"no step_*/metrics.json under {d}: re-run the study's eval stage (`slm study`)")
+            self._cache[d] = sorted(pts, key=lambda p: (p["tokens"], p["step"]))
+        return self._cache[d]
 
-    def base_point(self) -> dict:
-        return self._cache.get("base") or self._cache.setdefault(
-            "base", dict(self.evals(self.index["base"]["eval_dir"])[-1], tokens=0.0, is_base=True))
+    def base_point(self, seed) -> dict:
+        return dict(self.evals(self.pipeline(seed)["base"]["eval_dir"])[-1], tokens=0.0, is_base=True)
+
+    def ref_point(self, seed) -> dict:
+        return self.evals(self.pipeline(seed)["reference"]["eval_dir"])[-1]
 
     def curve(self, run: dict) -> list[dict]:
-        """Eval points of a continual run, the base's point first (tokens 0)."""
-        pts = self.evals(run["eval_dir"])
-        return pts if pts[0]["step"] == 0 else [self.base_point()] + pts
+        """Eval points of a continual run, the base's point of its pipeline first (tokens 0)."""
+        pts = [p for p in self.evals(run["eval_dir"]) if p["tokens"] > 0 or p["step"] > 0]
+        return [self.base_point(run["seed"])] + pts
 
-    def noisy(self, point: dict) -> np.ndarray:
-        f = Path(point["dir"]) / "noisy.losses.bin"
+    def dump(self, point: dict, name: str = "test.noisy") -> np.ndarray:
+        f = Path(point["dir"]) / f"{name}.losses.bin"
         return self._cache[f] if f in self._cache else self._cache.setdefault(f, load_losses(f))
 
-    def masks(self) -> tuple[np.ndarray, dict[float, np.ndarray]]:
-        """Excess (base - reference) on the noisy validation tokens and the fixed top-k mask per ratio."""
-        if "masks" not in self._cache:
-            base, ref_key = self.noisy(self.base_point()), self.index.get("ref_val_losses")
-            if not ref_key:
-                raise UserError(f"{self.dir / 'index.json'} has no ref_val_losses: re-run `slm study`")
-            ref = load_losses(self.path(ref_key))
-            if ref.shape != base.shape:
-                raise UserError(f"{self.path(ref_key)} holds {ref.size} losses but the base's noisy dump "
-                                f"{base.size}: re-run the reference eval on the same validation windows")
-            scores = torch.from_numpy(base - ref)
-            self._cache["masks"] = (base - ref, {r: select_tokens(scores, r, "topk").numpy() for r in self.ratios})
-        return self._cache["masks"]
+    def ref_noisy(self, seed) -> np.ndarray:
+        return self.dump(self.ref_point(seed))
 
-    def val_tokens(self, n_tokens: int):
-        """(token ids [W, seq_len], provenance [W, seq_len] or None, dataset) aligned with the noisy dumps."""
+    def excess(self, point: dict, seed) -> np.ndarray:
+        """That checkpoint's per-token test-noisy loss minus its pipeline's reference loss on the same tokens."""
+        cur, ref = self.dump(point), self.ref_noisy(seed)
+        if cur.shape != ref.shape:
+            raise UserError(f"{point['dir']} holds {cur.size} test-noisy losses but the reference {ref.size}: "
+                            "the eval stage must dump the same windows for every model")
+        return cur - ref
+
+    def test_tokens(self, seed, n_tokens: int):
+        """(token ids [W, seq_len], provenance [W, seq_len] or None, dataset) aligned with the test-noisy dumps."""
         from ..data import TokenDataset
 
-        ds = TokenDataset(self.path(self.index["datasets"]["noisy"]))
-        win, prov = ds.windows("validation"), ds.provenance("validation")
-        w = n_tokens // ds.seq_len
-        if n_tokens % ds.seq_len or w > win.shape[0]:
-            raise UserError(f"{n_tokens} noisy validation losses are not whole windows of {ds.seq_len} tokens of "
-                            f"{ds.path} ({win.shape[0]} windows): the dumps do not belong to this dataset")
-        return np.asarray(win[:w, 1:]), (None if prov is None else np.asarray(prov[:w, 1:])), ds
+        key = ("tokens", seed)
+        if key not in self._cache:
+            ds = TokenDataset(self.path(self.pipeline(seed)["datasets"]["noisy"]))
+            win, prov = ds.windows("test"), ds.provenance("test")
+            w = n_tokens // ds.seq_len
+            if n_tokens % ds.seq_len or w > win.shape[0]:
+                raise UserError(f"{n_tokens} test-noisy losses are not whole windows of {ds.seq_len} tokens of "
+                                f"{ds.path} ({win.shape[0]} windows): the dumps do not belong to this dataset")
+            self._cache[key] = (np.asarray(win[:w, 1:]), None if prov is None else np.asarray(prov[:w, 1:]), ds)
+        return self._cache[key]
+
+    def strings(self, seed, n_tokens: int) -> list[str]:
+        ids, _, ds = self.test_tokens(seed, n_tokens)
+        return list(map(self.decoder(ds), ids.reshape(-1).tolist()))
 
     @staticmethod
     def decoder(ds):  # token id -> text, cached
         return functools.lru_cache(maxsize=None)(lambda i: ds.tokenizer().decode([int(i)]))
+
     @staticmethod
     def labels(ds) -> dict:
-        return {int(k): v for k, v in (ds.manifest.get("provenance_labels") or diag.DEFAULT_PROVENANCE_LABELS).items()}
+        return {int(k): v for k, v in (ds.manifest.get("provenance_labels") or DEFAULT_LABELS).items()}
+
+    def reference_tokens(self, seed) -> float | None:
+        """Training tokens of the pipeline's reference run: run.json, else metrics.jsonl, else final/slm_meta.json."""
+        d = self.path(self.pipeline(seed)["reference"]["run_dir"])
+        if (d / "run.json").is_file() and read_json(d / "run.json").get("tokens") is not None:
+            return float(read_json(d / "run.json")["tokens"])
+        rows = [r["tokens"] for r in read_metrics(d) if r.get("type") == "train" and r.get("tokens") is not None]
+        if rows:
+            return float(rows[-1])
+        meta = d / "final" / "slm_meta.json"
+        return float(read_json(meta)["tokens"]) if meta.is_file() and "tokens" in read_json(meta) else None
+
+    def scored_tokens(self, seed) -> float | None:
+        """Tokens the reference scored (the scores manifest's shape: windows × seq_len)."""
+        m = self.path(self.pipeline(seed)["scores"]) / "manifest.json"
+        return float(np.prod(read_json(m)["shape"])) if m.is_file() else None
 
 
 def section_config(st: StudyResults) -> dict:
-    """seeds, ratios, lora, timings, datasets, study.yaml and the resolved train configs (base, CLM, reference)."""
+    """Study settings, seeds, ratios, timings (with a total) and the resolved train configs of the first pipeline."""
     def load(f: Path):
         return yaml.safe_load(f.read_text(encoding="utf-8")) if f.is_file() else None
 
-    out = {k: st.index.get(k) for k in ("lora", "timings", "datasets", "model", "seq_len", "cpt_tokens", "strategies")}
-    out.update(seeds=st.seeds, ratios=st.ratios, study=load(st.dir / "study.yaml"))
-    clm = next((r for r in st.runs if r.get("arm") == "clm"), st.runs[0])
+    keys = ("version", "lora", "model", "seq_len", "cpt_tokens", "strategies", "temperature", "temperature_unit",
+            "checkpoints", "tune_split", "report_split", "eval_windows")
+    out = {k: st.index.get(k) for k in keys}
+    timings = st.index.get("timings") or {}
+    out.update(seeds=st.seeds, ratios=st.ratios, study=st.study_cfg, quick=st.quick, timings=timings,
+               timings_total=float(sum(v for v in timings.values() if isinstance(v, (int, float)))))
+    pl, clm = st.pipeline(st.seeds[0]), next((r for r in st.runs if r.get("arm") == "clm"), st.runs[0])
+    out["datasets"] = pl.get("datasets")
     out["train"] = {k: load(st.path(v["run_dir"]) / "config.yaml") for k, v in (
-        ("base", st.index["base"]), ("continual", clm), ("reference", st.index.get("reference") or {}))
-        if v.get("run_dir")}
+        ("base", pl["base"]), ("continual", clm), ("reference", pl.get("reference") or {})) if v.get("run_dir")}
     return out
-
-
-def _public(p: dict) -> dict:
-    return {k: p[k] for k in ("step", "tokens", "target_loss", "target_ppl", "noisy_loss", "noisy_ppl", "accuracy")}
 
 
 def section_runs(st: StudyResults) -> dict:
-    return {r["name"]: {**{k: r.get(k) for k in ("arm", "strategy", "ratio", "seed")}, "final": _public(c[-1]),
-                        "group": "clm" if r.get("arm") == "clm" else f"slm-{r['strategy']}-{float(r['ratio']):g}",
-                        "curve": [_public(p) for p in c]}
+    return {r["name"]: {**{k: r.get(k) for k in ("arm", "strategy", "ratio", "seed")}, "group": group_of(r),
+                        "final": public(c[-1]), "curve": [public(p) for p in c]}
             for r, c in ((r, st.curve(r)) for r in st.runs)}
 
 
-def section_efficiency(runs: dict) -> dict:
-    out = {"runs": {}, "definition": "tokens an SLM run needs to reach the final target-domain validation loss of "
-                                     "the same seed's CLM run (interpolated); speedup = CLM tokens / SLM tokens"}
-    clm = {r["seed"]: n for n, r in runs.items() if r["arm"] == "clm"}
-    for name, r in runs.items():
-        if r["arm"] != "clm" and r["seed"] not in clm:
-            out["runs"][name] = {"error": f"no CLM run with seed {r['seed']}"}
-        elif r["arm"] != "clm":
-            base, run = ([(p["tokens"], p["target_loss"]) for p in runs[n]["curve"] if p["target_loss"] is not None]
-                         for n in (clm[r["seed"]], name))
-            de = data_efficiency(*zip(*base), *zip(*run)) if base and run else {"error": "no target losses"}
-            out["runs"][name] = {"baseline": clm[r["seed"]], **de, "reached_at_start": de.get("speedup") == math.inf}
+def section_pipelines(st: StudyResults) -> dict:
+    out = {}
+    for s in st.seeds:
+        out[str(s)] = {"base": public(st.base_point(s)), "reference": public(st.ref_point(s)),
+                       "reference_tokens": st.reference_tokens(s), "scored_tokens": st.scored_tokens(s)}
     return out
 
 
-def section_groups(runs: dict, efficiency: dict | None = None) -> dict:
-    eff, groups = (efficiency or {}).get("runs", {}), {}
+METRICS = ("target_loss", "target_ppl", "noisy_loss", "noisy_ppl", "val_target_loss", "own_acc", "ext_acc")
+
+
+def _group(finals: list[dict], **kw) -> dict:
+    g = {**kw, **{k: stats.summary([f.get(k) for f in finals]) for k in METRICS}}
+    for kind in ("own", "ext"):
+        g[f"{kind}_pooled"] = stats.pooled_accuracy([{"correct": f.get(f"{kind}_correct"), "n": f.get(f"{kind}_n")}
+                                                     for f in finals if f.get(f"{kind}_correct") is not None])
+    return g
+
+
+def section_groups(runs: dict, pipelines: dict | None = None) -> dict:
+    """Groups over seeds: mean/std/n of every final test metric, pooled accuracy with Wilson CI; reference and base."""
+    groups: dict = {}
     for name, r in runs.items():
         groups.setdefault(r["group"], {"arm": r["arm"], "strategy": r["strategy"], "ratio": r["ratio"], "runs": []})
         groups[r["group"]]["runs"].append(name)
-    for g in groups.values():
-        fin = [runs[n]["final"] for n in g["runs"]]
-        for k in ("target_ppl", "noisy_ppl", "accuracy", "target_loss", "tokens"):
-            g[k] = stats([f[k] for f in fin])
-        sp = [eff.get(n, {}).get("speedup") for n in g["runs"]]
-        g["speedup"] = stats(sp) if g["arm"] != "clm" and all(s is not None for s in sp) else None
-        g["seeds"] = [runs[n]["seed"] for n in g["runs"]]
-        g["note"] = ("n=1: std is 0 (single seed, no variance estimate)" if len(fin) == 1
-                     else f"mean ± sample std over {len(fin)} seeds")
-    return groups
-
-
-def section_dynamics(st: StudyResults, k: int = 5, threshold: float = 0.2) -> dict:
-    out = {"paper": PAPER_DYNAMICS, "threshold": threshold, "runs": {},
-           "definition": "per noisy validation token, a least-squares line over the checkpoints x=0..n (the base at "
-                         "x=0); ΔL = fitted end - fitted start; ΔL<-thr H→L, ΔL>thr L→H, else L→L if the last loss "
-                         "<= the last checkpoint's mean loss, else H→H"}
-    strings = None
-    for run in st.runs:
-        pts = st.curve(run)
-        res = classify_dynamics(np.stack([st.noisy(p) for p in pts]), threshold)
-        if strings is None:
-            try:
-                ids, _, ds = st.val_tokens(res.categories.size)
-                strings = list(map(st.decoder(ds), ids.reshape(-1).tolist()))
-            except _ERRORS as e:
-                strings, out["examples_error"] = [], str(e)
-        own = [p for p in pts if not p.get("is_base")]  # the run's own checkpoints, as in the paper
-        within = classify_dynamics(np.stack([st.noisy(p) for p in own]), threshold) if len(own) >= 2 else None
-        out["runs"][run["name"]] = {
-            "arm": run.get("arm"), "checkpoints": len(pts), "tokens": [p["tokens"] for p in pts],
-            "n_tokens": int(res.categories.size), "shares": res.shares, "counts": res.counts,
-            "last_mean": res.last_mean, "examples": dynamics_examples(res, strings, k=k) if strings else None,
-            "in_training": {"checkpoints": len(own), "shares": within.shares, "counts": within.counts}
-            if within else None}
-    clm = [r for r in out["runs"].values() if r["arm"] == "clm"]
-    out["clm_mean_shares"] = {c: float(np.mean([r["shares"][c] for r in clm])) for c in CATEGORIES} if clm else None
-    within = [r["in_training"]["shares"] for r in clm if r["in_training"]]
-    out["clm_mean_shares_in_training"] = ({c: float(np.mean([s[c] for s in within])) for c in CATEGORIES}
-                                          if within else None)
-    out["in_training_definition"] = ("the same rule over the run's own checkpoints only (the base excluded): the "
-                                     "paper's checkpoints start 1B tokens into training on the domain, after the "
-                                     "first large drop that the base point adds here")
+    out = {}
+    for key in ("reference", "base"):
+        pts = [p[key] for p in (pipelines or {}).values()]
+        if pts:
+            out[key] = _group(pts, arm=key, strategy=None, ratio=None, runs=[], seeds=list(pipelines))
+    for key, g in groups.items():
+        out[key] = _group([runs[n]["final"] for n in g["runs"]], **g, seeds=[runs[n]["seed"] for n in g["runs"]])
     return out
 
 
-def section_buckets(st: StudyResults, quantile: float = 0.7) -> dict:
-    final, base = {r["name"]: st.noisy(st.curve(r)[-1]) for r in st.runs}, st.noisy(st.base_point())
-    clm = {r.get("seed"): r["name"] for r in st.runs if r.get("arm") == "clm"}
-    thr = {s: high_low_threshold(final[n], quantile) for s, n in clm.items()}
-    out = {"quantile": quantile, "thresholds": {str(s): t for s, t in thr.items()}, "runs": {},
-           "definition": f"high = loss > the {quantile:g} quantile of the same seed's CLM final per-token losses on "
-                         "the noisy validation tokens; counts of tokens moving between the buckets"}
-    for r in st.runs:
-        if (s := r.get("seed")) not in thr:
-            out["runs"][r["name"]] = {"error": f"no CLM run with seed {s} to set the threshold"}
+def best_ratios(groups: dict) -> dict:
+    """Per strategy: the ratio with the lowest mean final *validation* target loss (test is never looked at)."""
+    out = {}
+    for strategy in sorted({g["strategy"] for g in groups.values() if g["arm"] == "slm"}):
+        cand = {k: g for k, g in groups.items() if g["arm"] == "slm" and g["strategy"] == strategy
+                and g["val_target_loss"]["mean"] is not None}
+        if cand:
+            best = min(cand, key=lambda k: cand[k]["val_target_loss"]["mean"])
+            out[strategy] = {"group": best, "ratio": cand[best]["ratio"], "chosen_by": "validation target loss",
+                             "validation": {f"{g['ratio']:g}": g["val_target_loss"]["mean"] for g in cand.values()},
+                             "test": {f"{g['ratio']:g}": g["target_loss"]["mean"] for g in cand.values()}}
+    return out
+
+
+def section_efficiency(st: StudyResults, runs: dict) -> dict:
+    """speed-up(t) = t / tokens the arm needs to reach the same seed's CLM test target loss at t, per CLM checkpoint."""
+    out: dict = {"definition": "for each CLM checkpoint t (test target loss l), the tokens an arm of the same seed "
+                               "needs to reach l (linear interpolation of its eval curve, base at 0 tokens); "
+                               "speed-up(t) = t / those tokens. Not reached within the arm's budget T: the tokens "
+                               "are > T (a lower bound), so speed-up < t/T (an upper bound), not an estimate.",
+                 "runs": {}, "groups": {}}
+    clm = {r["seed"]: n for n, r in runs.items() if r["arm"] == "clm"}
+    for name, r in runs.items():
+        if r["arm"] == "clm":
             continue
-        e = out["runs"][r["name"]] = {"threshold": thr[s],
-                                      "vs_base": bucket_transitions(base, final[r["name"]], thr[s])}
-        if r.get("arm") != "clm":
-            e["vs_clm"] = bucket_transitions(final[clm[s]], final[r["name"]], thr[s])
+        if r["seed"] not in clm:
+            out["runs"][name] = {"error": f"no CLM run with seed {r['seed']}"}
+            continue
+        c = [(p["tokens"], p["target_loss"]) for p in runs[clm[r["seed"]]]["curve"] if p["target_loss"] is not None]
+        own = [(p["tokens"], p["target_loss"]) for p in r["curve"] if p["target_loss"] is not None]
+        budget = own[-1][0]
+        pts = []
+        for t, loss in c[1:]:
+            need = tokens_to_reach(*zip(*own), loss)
+            pts.append({"tokens_clm": t, "loss": loss, "tokens_run": need, "reached": need is not None,
+                        "speedup": t / need if need else None,
+                        "speedup_upper_bound": t / budget if need is None else None})
+        fin = pts[-1] if pts else {}
+        saved = fin["tokens_clm"] - fin["tokens_run"] if fin.get("reached") else None
+        ref, scored = st.reference_tokens(r["seed"]), st.scored_tokens(r["seed"])
+        out["runs"][name] = {"baseline": clm[r["seed"]], "curve": pts, "final": fin, "tokens_saved": saved,
+                             "reference_tokens": ref, "scored_tokens": scored,
+                             "tokens_saved_net": (saved - (ref or 0) - (scored or 0)) if saved is not None
+                             and r["arm"] == "slm" else None}  # only SLM needs a reference and a scoring pass
+    by_group: dict = {}
+    for name, e in out["runs"].items():
+        if "curve" in e:
+            by_group.setdefault(runs[name]["group"], []).append(e)
+    for g, es in by_group.items():
+        n_ck = min(len(e["curve"]) for e in es)
+        curve = [{"tokens_clm": es[0]["curve"][i]["tokens_clm"],
+                  "speedup": stats.summary([e["curve"][i]["speedup"] for e in es]),
+                  "unreached": sum(not e["curve"][i]["reached"] for e in es)} for i in range(n_ck)]
+        fin = [e["final"].get("speedup") for e in es]
+        unreached = sum(s is None for s in fin)
+        test = stats.one_sample(fin, 1.0) if not unreached else None
+        out["groups"][g] = {"curve": curve, "final": test, "n": len(es), "unreached_final": unreached,
+                            "upper_bounds": [e["final"].get("speedup_upper_bound") for e in es
+                                             if not e["final"].get("reached")],
+                            "tokens_saved": stats.summary([e["tokens_saved"] for e in es]),
+                            "tokens_saved_net": stats.summary([e["tokens_saved_net"] for e in es])}
     return out
 
 
-def section_selected(st: StudyResults) -> dict:
-    _, masks = st.masks()
-    out = {"definition": MASK_DEFINITION, "ratios": {}}
-    for ratio, mask in masks.items():
-        def row(p, mask=mask):
-            return {"step": p["step"], "tokens": p["tokens"], "accuracy": p["accuracy"],
-                    **diag.split_losses(st.noisy(p), mask)}
-        runs = {r["name"]: [row(p) for p in st.curve(r)] for r in st.runs}
-        pts = [row(st.base_point())] + [x for r in st.runs for x, p in zip(runs[r["name"]], st.curve(r))
-                                        if not p.get("is_base")]
-        acc = [p["accuracy"] for p in pts]
-        out["ratios"][f"{ratio:g}"] = {
-            "ratio": ratio, "n_selected": int(mask.sum()), "n_tokens": int(mask.size), "runs": runs,
-            "correlation": {"accuracy_vs_selected": pearson(acc, [p["selected"] for p in pts]),
-                            "accuracy_vs_unselected": pearson(acc, [p["unselected"] for p in pts]),
-                            "n_points": sum(a is not None for a in acc)}}
-    return out
-
-
-def section_cosine(st: StudyResults) -> dict:
-    base_state, vecs, kinds = None, {}, {}
+def section_overlap(st: StudyResults, runs: dict) -> dict:
+    """Mean training `topk_overlap` of each SLM arm: top-k = 1 by definition, random ≈ ratio."""
+    unit = st.index.get("temperature_unit")
+    out = {"temperature": st.index.get("temperature"), "temperature_unit": unit,
+           "definition": "topk_overlap = share of the selected tokens that top-k at the same ratio would also "
+                         "select, averaged over the training steps; top-k = 1.0 by definition, random ≈ ratio; "
+                         "position = (overlap - ratio) / (1 - ratio): 0 = like random, 1 = like top-k"
+                         + ("; the stochastic temperature τ is in units of the selection set's excess-loss std"
+                            if unit == "std" else ""), "runs": {}, "groups": {}}
     for r in st.runs:
-        ckpt = st.path(r["checkpoint"]) if r.get("checkpoint") else st.path(r["run_dir"]) / "final"
-        if base_state is None and not (ckpt / "adapter_model.safetensors").is_file():
-            base_state = read_state(st.path(st.index["base"]["checkpoint"]))
-        vecs[r["name"]], kinds[r["name"]] = checkpoint_delta(ckpt, base_state)
-    names, mat = cosine_matrix(vecs)
-    return {"definition": "cosine between update directions: Δθ = final - base (full) or ΔW = B·A·α/r (LoRA), "
-                          "flattened over all updated tensors", "names": names, "kinds": kinds, "matrix": mat}
-
-
-def section_selection(st: StudyResults) -> dict:
-    excess, masks = st.masks()
-    out: dict = {"definition": "training: noise share of the selected tokens vs of all tokens, from metrics.jsonl; "
-                               "validation: " + MASK_DEFINITION, "validation": {}, "runs": {}}
-    try:
-        ids, prov, ds = st.val_tokens(excess.size)
-        decode, labels = st.decoder(ds), st.labels(ds)
-        for ratio, mask in masks.items():
-            out["validation"][f"{ratio:g}"] = {
-                "provenance": diag.provenance_shares(mask, prov.reshape(-1), labels) if prov is not None else None,
-                "tokens": diag.most_least_selected(ids.reshape(-1), mask, decode)}
-    except _ERRORS as e:
-        out["validation_error"] = str(e)
-    for r in st.runs:
-        tr = training_shares(st.path(r["run_dir"]))
-        if r.get("arm") == "clm":
-            tr = {"noise_share_all": tr["noise_share_all"], "curve": [[t, a] for t, _, a in tr["curve"]]}
-            out["runs"][r["name"]] = {"arm": "clm", "training": tr}
-        else:
-            key = f"{float(r['ratio']):g}"
-            out["runs"][r["name"]] = {"arm": r.get("arm"), "strategy": r.get("strategy"), "training": tr,
-                                      "validation_ratio": key, "validation": out["validation"].get(key)}
+        if r.get("arm") == "slm":
+            ov = training_shares(st.path(r["run_dir"]))["topk_overlap"]
+            out["runs"][r["name"]] = None if ov is None else ov["mean"]
+    for name, v in out["runs"].items():
+        out["groups"].setdefault(runs[name]["group"], {"strategy": runs[name]["strategy"],
+                                                       "ratio": runs[name]["ratio"], "values": []})["values"].append(v)
+    for g in out["groups"].values():
+        g["overlap"] = stats.summary(g.pop("values"))
+        m, r = g["overlap"]["mean"], float(g["ratio"])
+        g["position"] = (m - r) / (1 - r) if m is not None and r < 1 else None
     return out
-
-
-def _cmp(a: dict | None, b: dict | None, lower_better: bool, what: str, names: tuple[str, str]):
-    """Compare group stats a vs b: (a better beyond noise?, improvement, evidence text) or None."""
-    if not a or not b or a.get("mean") is None or b.get("mean") is None:
-        return None
-    diff = (b["mean"] - a["mean"]) if lower_better else (a["mean"] - b["mean"])
-    pooled, multi = math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2), max(a["n"], b["n"]) > 1
-    better = diff > pooled if multi else diff > 0
-    noise = f"pooled std {pooled:.3f}; counts only beyond it" if multi else "single seed: no variance estimate"
-    a_s, b_s = (f"{s['mean']:.3f} ± {s['std']:.3f} (n={s['n']})" for s in (a, b))
-    text = f"{what} {names[0]} {a_s} vs {names[1]} {b_s} (improvement {diff:+.3f}; {noise})"
-    return better, diff, text, pooled * multi
-
-
-def claims(res: dict) -> list[dict]:
-    """The paper's claims checked against the numbers: [{claim, holds, evidence}]."""
-    g = res.get("groups") or {}
-    clm = g.get("clm")
-    topk = {k: v for k, v in g.items() if v["strategy"] == "topk" and v["target_ppl"]["mean"] is not None}
-    ok = clm and clm["target_ppl"]["mean"] is not None
-    best = min(topk, key=lambda k: topk[k]["target_ppl"]["mean"]) if topk and ok else None
-    c1 = {"claim": "SLM beats CLM on target-domain quality at equal tokens", "holds": None,
-          "evidence": "no top-k SLM group or no CLM group with a final target perplexity"}
-    if best:
-        p = _cmp(topk[best]["target_ppl"], clm["target_ppl"], True, "target ppl", (best, "clm"))
-        a = _cmp(topk[best]["accuracy"], clm["accuracy"], False, "few-shot accuracy", (best, "clm"))
-        acc_ok = a is None or a[1] >= -a[3]  # accuracy not lower (beyond the pooled std with several seeds)
-        c1["holds"] = bool(p[0] and acc_ok)
-        c1["evidence"] = (f"best top-k group {best}: {p[2]}" + (f"; {a[2]}" if a else "; no accuracy") +
-                          ("" if c1["holds"] else ". SLM does not beat CLM here" +
-                           (" (perplexity not better beyond noise)" if not p[0] else " (accuracy lower)")))
-    c2 = {"claim": "SLM reaches CLM's final target-domain loss with fewer tokens", "holds": None,
-          "evidence": "no top-k SLM group or no CLM group"}
-    if best:
-        eff = [((res.get("data_efficiency") or {}).get("runs", {}).get(n) or {}, n) for n in topk[best]["runs"]]
-        sp = [math.inf if e.get("reached_at_start") else e.get("speedup") for e, _ in eff]
-        txt = "; ".join(f"{n}: {e['speedup']:.2f}× ({e['tokens_run']:.0f} vs {e['tokens_baseline']:.0f} tokens to "
-                        f"loss {e['target']:.4f})" if e.get("speedup") else f"{n}: " + (
-                            "at CLM's final loss from the start" if e.get("reached_at_start") else
-                            "never reaches CLM's final loss") for e, n in eff)
-        fin = [s for s in sp if s is not None and math.isfinite(s)] or [math.inf]
-        m, sd = float(np.mean(fin)), float(np.std(fin, ddof=1)) if len(fin) > 1 else 0.0
-        c2["holds"] = None not in sp and (bool(m - 1 > sd) if len(sp) > 1 else bool(m > 1))
-        txt += "" if None in sp else f"; mean speedup {m:.2f}×" + (
-            f" ± {sd:.2f} (must exceed 1 by more than the std)" if len(sp) > 1 else " (single seed)")
-        c2["evidence"] = f"group {best}: {txt}" + ("" if c2["holds"] else ". SLM does not get there with fewer tokens")
-    c3 = {"claim": "top-k beats random at the same ratio", "holds": None,
-          "evidence": "no ratio has both a top-k and a random group"}
-    per = [c for r in (res.get("config") or {}).get("ratios") or [] if (c := _cmp(
-        (g.get(f"slm-topk-{r:g}") or {}).get("target_ppl"), (g.get(f"slm-random-{r:g}") or {}).get("target_ppl"),
-        True, f"ratio {r:g}: target ppl", ("top-k", "random")))]
-    if per:
-        c3["holds"] = all(c[0] for c in per)
-        c3["evidence"] = "; ".join(c[2] + (" → top-k better" if c[0] else " → top-k not better") for c in per)
-    c4 = {"claim": "token loss dynamics shares resemble the paper's 11/12/26/51%", "holds": None,
-          "evidence": "no token loss dynamics for a CLM run"}
-    dyn = res.get("dynamics") or {}
-    variants = [(label, sh) for label, sh in (("from the base", dyn.get("clm_mean_shares")),
-                                              ("within training", dyn.get("clm_mean_shares_in_training"))) if sh]
-    if variants:
-        parts, holds = [], []
-        for label, sh in variants:
-            dev = max(abs(sh[c] - PAPER_DYNAMICS[c]) for c in CATEGORIES)
-            holds.append(dev <= DYNAMICS_TOLERANCE)
-            parts.append(f"CLM shares {label}: " + ", ".join(f"{c} {sh[c]:.1%} (paper {PAPER_DYNAMICS[c]:.0%})"
-                                                              for c in CATEGORIES)
-                         + f"; largest deviation {dev:.1%}")
-        c4["holds"] = bool(all(holds))
-        c4["evidence"] = "; ".join(parts) + f" (tolerance {DYNAMICS_TOLERANCE:.0%}; must hold for both)"
-    return [c1, c2, c3, c4]
 
 
 def _guard(fn, *args):
@@ -428,39 +387,25 @@ def _guard(fn, *args):
         return {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}
 
 
-def collect(study_dir) -> dict:
-    """All analyses of a finished study as a JSON-serialisable dict (the content of results.json)."""
+def collect(study_dir, writer: str = "slm analyze report") -> dict:
+    """All analyses of a finished v2 study as a JSON-serialisable dict (the content of results.json)."""
+    from . import claims as cl, tokens
+
     st = StudyResults(study_dir)
-    runs = section_runs(st)
-    ref = st.index.get("reference") or {}
-    res: dict = {"study": str(st.dir), "config": section_config(st), "base": _public(st.base_point()),
-                 "reference": _guard(lambda: _public(st.evals(ref["eval_dir"])[-1])), "runs": runs}
-    res["data_efficiency"] = _guard(section_efficiency, runs)
-    res["groups"] = section_groups(runs, res["data_efficiency"])
-    for key, fn in (("dynamics", section_dynamics), ("buckets", section_buckets),
-                    ("selected_vs_unselected", section_selected), ("cosine", section_cosine),
-                    ("selection", section_selection)):
-        res[key] = _guard(fn, st)
-    res["claims"] = claims(res)
+    runs, pipelines = section_runs(st), section_pipelines(st)
+    res: dict = {"study": str(st.dir), "written_by": writer, "quick": st.quick, "protocol": PROTOCOL,
+                 "rules": stats.RULES, "config": section_config(st), "pipelines": pipelines, "runs": runs}
+    res["groups"] = section_groups(runs, pipelines)
+    res["best_ratio"] = best_ratios(res["groups"])
+    res["data_efficiency"] = _guard(section_efficiency, st, runs)
+    res["overlap"] = _guard(section_overlap, st, runs)
+    res["fig6"] = _guard(tokens.section_fig6, st)
+    res["fig6_final"] = tokens.fig6_final(res["fig6"], runs) if "error" not in res["fig6"] else {}
+    for key, fn in (("harder_noise", tokens.section_noise), ("dynamics", tokens.section_dynamics),
+                    ("buckets", tokens.section_buckets), ("cosine", tokens.section_cosine),
+                    ("selection", tokens.section_selection)):
+        res[key] = _guard(fn, st, runs) if key == "harder_noise" else _guard(fn, st)
+    res["claims"], res["findings"] = cl.claims(res), cl.findings(res)
+    res["headline"] = cl.headline(res)
+    res["summary"] = cl.summary_text(res)
     return clean(res)
-
-
-def write_selection_html(study_dir, out_path, max_windows: int = 12) -> Path:
-    """Noisy validation text of the first windows, top-k-selected tokens (largest ratio, fixed mask) highlighted."""
-    st = StudyResults(study_dir)
-    excess, masks = st.masks()
-    ratio = max(masks)  # ValueError when the study has no SLM ratio
-    ids, prov, ds = st.val_tokens(excess.size)
-    decode, labels, seq = st.decoder(ds), {**st.labels(ds), -1: "window separator"}, ids.shape[1]
-    toks, sel, exc, pv = [], [], [], []
-    for w in range(min(max_windows, ids.shape[0])):
-        sl = slice(w * seq, (w + 1) * seq)
-        toks += [("\n\n" if w else "") + f"──── window {w} ────\n"] + [decode(int(i)) for i in ids[w]]
-        sel += [False] + masks[ratio][sl].tolist()
-        exc += [float("nan")] + excess[sl].tolist()
-        pv += [-1] + (prov[w].tolist() if prov is not None else [0] * seq)
-    title = f"Selected tokens at ratio {ratio:g} (top-k by base - reference excess loss)"
-    page = diag.selection_html(toks, sel, title=title, excess=exc, provenance=pv if prov is not None else None,
-                               provenance_labels=labels)
-    atomic_write_text(out_path, page)
-    return Path(out_path)

@@ -1,161 +1,49 @@
 """The study report: ``STUDY/report/{results.json, plots/*.png, selection.html, report.md}``.
 
-:func:`write_report` runs :func:`~selective_lm.study.collect.collect` and renders its numbers; the
-report states what the numbers show, including where the paper's claims do not hold.
+:func:`write_report` runs :func:`~selective_lm.study.collect.collect`, draws :mod:`.plots` and renders the
+numbers: a summary, the verdict on each paper claim (one line per claim × metric), the headline table
+(test split), the sections, and an appendix with the configuration and timings.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
-from matplotlib.figure import Figure
-
-from .collect import PAPER_DYNAMICS, collect, write_selection_html
 from ..analysis.dynamics import CATEGORIES
-from ..files import UserError, atomic_write_bytes, atomic_write_text, write_json
+from ..files import UserError, atomic_write_text, write_json
+from . import stats
+from .collect import collect
+from .plots import CAPTIONS, make_plots
+from .tokens import PAPER_DYNAMICS, write_selection_html
 
-_MARK = {True: "✅ holds", False: "❌ does not hold", None: "— undetermined"}
-
-
-# --------------------------------------------------------------------------- plots
-def _fig(w: float, h: float) -> Figure:
-    return Figure(figsize=(w, h), layout="constrained")  # no pyplot: no global state, Agg canvas on save
-
-
-def _save(fig: Figure, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    atomic_write_bytes(path, buf.getvalue())
+_MARK = {stats.HOLDS: "✅", stats.FAILS: "❌", stats.NOT_SIG: "➖", stats.NOT_TESTED: "⚪", "finding": "ℹ️"}
+SECTIONS = ("## Summary", "## Verdicts on the paper's claims", "## Headline table (test split)", "## Perplexity",
+            "## Accuracy", "## Data efficiency", "## Stochastic vs top-k selection", "## Harder noise",
+            "## Selected vs unselected tokens (paper Fig. 6/7)", "## Token loss dynamics", "## Bucket transitions",
+            "## Update-direction cosine similarity", "## Selection diagnostics", "## Appendix")
 
 
-def _mean_curves(groups: dict, rows_by_run: dict, key: str) -> dict:
-    """group -> (tokens, mean over seeds, std or None) of ``key`` vs tokens (runs interpolated onto the first)."""
-    out = {}
-    for name, g in groups.items():
-        cs = [np.array([(p["tokens"], p[key]) for p in rows_by_run.get(n) or [] if p.get(key) is not None],
-                       dtype=float).reshape(-1, 2).T for n in g["runs"]]
-        cs = [c for c in cs if c.shape[1]]
-        if cs:
-            ys = np.stack([np.interp(cs[0][0], c[0], c[1]) for c in cs])
-            out[name] = (cs[0][0], ys.mean(0), ys.std(0, ddof=1) if len(ys) > 1 else None)
-    return out
-
-
-def _lines(ax, curves: dict, colors: dict, title: str, ylabel: str, style: str = "-", label: bool = True) -> None:
-    for g, (t, m, s) in curves.items():
-        ax.plot(t, m, style, marker="o", ms=3, color=colors[g], label=g if label else None)
-        if s is not None:
-            ax.fill_between(t, m - s, m + s, color=colors[g], alpha=0.2)
-    ax.set(title=title, xlabel="training tokens", ylabel=ylabel)
-    ax.grid(alpha=0.3)
-
-
-def make_plots(res: dict, plots: Path) -> dict[str, str]:
-    """Write the PNGs that the data allow; returns name -> path relative to the report dir."""
-    groups, runs, made = res["groups"], res["runs"], {}
-    colors = {g: f"C{i % 10}" for i, g in enumerate(groups)}
-    curves = {n: r["curve"] for n, r in runs.items()}
-
-    def done(name: str, fig: Figure) -> None:
-        _save(fig, plots / f"{name}.png")
-        made[name] = f"plots/{name}.png"
-
-    for name, key, title in (("loss_target", "target_loss", "target-domain validation loss"),
-                             ("loss_noisy", "noisy_loss", "noisy (pretraining-domain) validation loss"),
-                             ("accuracy", "accuracy", "few-shot exact-match accuracy")):
-        c = _mean_curves(groups, curves, key)
-        if c:
-            fig = _fig(6.5, 4)
-            ax = fig.subplots()
-            _lines(ax, c, colors, title + (" (mean ± std over seeds)" if len(res["config"]["seeds"]) > 1 else ""),
-                   key.replace("_", " "))
-            ax.legend(fontsize=7)
-            done(name, fig)
-    sv = (res.get("selected_vs_unselected") or {}).get("ratios") or {}
-    if sv:
-        fig = _fig(5 * len(sv), 7)
-        axes = np.array(fig.subplots(2, len(sv), squeeze=False))
-        for j, (r, d) in enumerate(sv.items()):
-            for i, side in enumerate(("selected", "unselected")):
-                _lines(axes[i, j], _mean_curves(groups, d["runs"], side), colors,
-                       f"{side} tokens (fixed top-{float(r):.0%} mask)", "mean loss", label=(i, j) == (0, 0))
-        axes[0, 0].legend(fontsize=7)
-        done("selected_loss", fig)
-        r, d = max(sv.items(), key=lambda kv: float(kv[0]))
-        pts = [(runs[n]["group"], p) for n, rows in d["runs"].items() for p in rows if p["accuracy"] is not None]
-        if pts:
-            fig = _fig(10, 4)
-            for ax, side in zip(fig.subplots(1, 2), ("selected", "unselected")):
-                for g in groups:
-                    xy = [(p[side], p["accuracy"]) for gg, p in pts if gg == g and p[side] is not None]
-                    if xy:
-                        ax.scatter(*zip(*xy), color=colors[g], label=g, s=18)
-                corr = d["correlation"][f"accuracy_vs_{side}"]
-                ax.set(title=f"accuracy vs {side}-token loss (r = {'n/a' if corr is None else f'{corr:.2f}'})",
-                       xlabel=f"{side}-token loss (ratio {r})", ylabel="few-shot accuracy")
-                ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            done("accuracy_vs_loss", fig)
-    dyn = (res.get("dynamics") or {}).get("runs") or {}
-    if dyn:
-        rows = [("paper", PAPER_DYNAMICS)] + [(n, d["shares"]) for n, d in dyn.items()]
-        fig = _fig(7, 0.4 * len(rows) + 1.2)
-        ax = fig.subplots()
-        left = np.zeros(len(rows))
-        for i, c in enumerate(CATEGORIES):
-            v = np.array([s[c] for _, s in rows])
-            ax.barh([n for n, _ in rows], v, left=left, label=c, color=f"C{i}")
-            left += v
-        ax.invert_yaxis()
-        ax.set(title="token loss dynamics on noisy validation tokens", xlabel="share of tokens", xlim=(0, 1))
-        ax.legend(ncol=4, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.08))
-        done("dynamics", fig)
-    cos = res.get("cosine") or {}
-    if cos.get("matrix"):
-        m, names = np.array(cos["matrix"]), cos["names"]
-        fig = _fig(1.5 + 0.7 * len(names), 1.0 + 0.6 * len(names))
-        ax = fig.subplots()
-        im = ax.imshow(m, vmin=-1, vmax=1, cmap="RdBu_r")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="w" if abs(v) > 0.5 else "k")
-        fig.colorbar(im, ax=ax)
-        ax.set_title("cosine similarity of update directions")
-        done("cosine", fig)
-    sel = (res.get("selection") or {}).get("runs") or {}
-    share = {n: np.array([(t, s, a) for t, s, a in d["training"]["curve"] if None not in (t, s, a)]).reshape(-1, 3)
-             for n, d in sel.items() if d["arm"] != "clm"}
-    share = {n: v for n, v in share.items() if len(v)}
-    if share:
-        fig = _fig(6.5, 4)
-        ax = fig.subplots()
-        for i, (n, v) in enumerate(share.items()):
-            ax.plot(v[:, 0], v[:, 1], color=f"C{i % 10}", label=f"{n}: selected")
-            ax.plot(v[:, 0], v[:, 2], "--", lw=1, color=f"C{i % 10}", label=f"{n}: all tokens")
-        ax.set(title="noise share of training tokens", xlabel="training tokens", ylabel="share of injected noise")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        done("noise_share", fig)
-    return made
-
-
-# --------------------------------------------------------------------------- markdown
 def _f(x, nd: int = 3) -> str:
     if x is None:
         return "—"
     return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
-def _pm(s: dict | None, nd: int = 3) -> str:
+def _ms(s: dict | None, nd: int = 3, pct: bool = False) -> str:
+    """mean ± std (n); std shown as 'n/a' for n = 1 (no variance estimate)."""
     if not s or s.get("mean") is None:
         return "—"
-    return f"{s['mean']:.{nd}f}" + (f" ± {s['std']:.{nd}f}" if s["n"] > 1 else "")
+    f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.{nd}f}")
+    return f"{f(s['mean'])} ± {f(s['std']) if s.get('std') is not None else 'n/a'} (n={s['n']})"
 
 
 def _pct(x) -> str:
     return "—" if x is None else f"{x:.1%}"
+
+
+def _acc(w: dict | None) -> str:
+    if not w or w.get("accuracy") is None:
+        return "—"
+    return f"{w['accuracy']:.1%} [{w['ci95'][0]:.1%}, {w['ci95'][1]:.1%}] (n={w['n']})"
 
 
 def _code(x) -> str:
@@ -178,158 +66,279 @@ def _err(section) -> list[str]:
 
 
 def _img(images: dict, name: str, alt: str) -> list[str]:
-    return [f"![{alt}]({images[name]})", ""] if name in images else []
+    return [f"![{alt}]({images[name]})", "", f"_{CAPTIONS[name]}_", ""] if name in images else []
 
 
-def _budget(cfg: dict | None) -> str:
-    if not cfg:
-        return "—"
-    parts = [f"{k}={cfg[k]}" for k in ("max_tokens", "max_steps", "batch_size", "lr") if cfg.get(k)]
-    return ", ".join(parts) or "—"
+def claim_line(c: dict) -> str:
+    head = f"- {_MARK.get(c.get('verdict'), '•')} **({c['id']}) {c['claim']} — {c['metric']}**: "
+    if isinstance(c.get("a"), dict):  # a two-group comparison
+        ci = c.get("ci95")
+        body = (f"{c.get('a_group')} {_ms(c['a'], 4)} vs {c.get('b_group')} {_ms(c['b'], 4)}; difference "
+                f"{_f(c.get('diff'), 4)}" + (f" [95% CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else " [CI n/a]")
+                + f"; p = {stats.fmt_p(c.get('p'))} (one-sided Welch, {c.get('direction')}); Hedges' g = "
+                f"{_f(c.get('effect_size'), 2)}; n seeds {c['a']['n']}/{c['b']['n']}")
+    elif c.get("mean") is not None:  # one-sample (speed-up)
+        ci = c.get("ci95")
+        body = (f"{c.get('a_group')} speed-up {_ms(c, 2)}" + (f" [95% CI {ci[0]:.2f}, {ci[1]:.2f}]" if ci else " [CI n/a]")
+                + f"; p = {stats.fmt_p(c.get('p'))} (one-sided t-test vs 1); Cohen's d = {_f(c.get('effect_size'), 2)}"
+                f"; n seeds {c['n']}")
+    else:
+        body = ""
+    note = c.get("note") or ""
+    return head + body + (("; " if body else "") + note if note else "") + f" → **{c['verdict_text']}**"
 
 
 def render(res: dict, images: dict, html_link: str | None) -> str:
-    cfg, groups, runs = res["config"], res["groups"], res["runs"]
-    seeds = cfg.get("seeds") or []
-    train = cfg.get("train") or {}
-    model = cfg.get("model") or (train.get("base") or {}).get("model") or (cfg.get("study") or {}).get("model") or "—"
-    lora = cfg.get("lora") if (cfg.get("lora") or {}).get("r") else None
-    md = ["# Selective Language Modeling (Rho-1) study report", "",
-          (f"Study directory: `{res['study']}`. Written by `slm analyze report`; every number is in "
-           "[results.json](results.json)."), "", "## Configuration", "",
-          f"- Seeds: {', '.join(map(str, seeds))} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
-          + ("; single seed: no variance estimate, differences may be noise" if len(seeds) == 1 else "") + ")",
-          f"- Base model: `{model}`", f"- Selection ratios: {', '.join(f'{r:g}' for r in cfg.get('ratios') or [])}",
-          "- Training: " + (f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')}" if lora else "full-parameter"),
-          *[f"- {k.capitalize()} training budget: {_budget(train.get(k))}" for k in ("base", "reference", "continual")],
-          *[f"- {k.capitalize()} data: `{v}`" for k, v in (cfg.get("datasets") or {}).items()], ""]
-    study = {k: v for k, v in (cfg.get("study") or {}).items() if not isinstance(v, (dict, list))}
-    if study:
-        md += ["Study settings (study.yaml):", ""] + _table(["key", "value"], [[k, v] for k, v in study.items()])
-    if cfg.get("timings"):
-        md += ["Timings:", ""] + _table(["stage", "seconds"], [[k, _f(v, 1)] for k, v in cfg["timings"].items()])
-    base, ref = res.get("base") or {}, res.get("reference") or {}
-    md += ["## Results", "", ("Final checkpoints; mean ± sample std over seeds (no ± with one seed). Speedup: tokens "
-                              "CLM needs for its final target-domain loss / tokens the SLM run needs for it."), ""]
-    rows = [[g, len(v["runs"]), _pm(v["target_ppl"]), _pm(v["noisy_ppl"]), _pm(v["accuracy"]),
-             _pm(v["speedup"], 2) + "×" if v.get("speedup") else ("—" if v["arm"] == "clm" else "not reached")]
-            for g, v in groups.items()]
-    rows += [[n, "", _f(p.get("target_ppl")), _f(p.get("noisy_ppl")), _f(p.get("accuracy")), ""]
-             for n, p in (("base (start)", base), ("reference", ref)) if "error" not in p]
-    md += _table(["group", "runs", "target ppl", "noisy ppl", "few-shot accuracy", "speedup vs CLM"], rows)
-    md += ["## Paper's claims", ""]
-    md += [f"- {_MARK[c['holds']]}: **{c['claim']}**. {c['evidence']}" for c in res["claims"]] + [""]
-    failed = [c["claim"] for c in res["claims"] if c["holds"] is False]
-    if failed:
-        md += ["In this study the following claims do **not** hold: " + "; ".join(failed) + ".", ""]
-
-    md += ["## Perplexity", ""] + _table(
-        ["run", "group", "tokens", "target loss", "target ppl", "noisy loss", "noisy ppl"],
-        [[n, r["group"], _f(r["final"]["tokens"], 0), _f(r["final"]["target_loss"], 4), _f(r["final"]["target_ppl"]),
-          _f(r["final"]["noisy_loss"], 4), _f(r["final"]["noisy_ppl"])] for n, r in runs.items()])
-    md += _img(images, "loss_target", "target-domain validation loss vs tokens")
-    md += _img(images, "loss_noisy", "noisy validation loss vs tokens")
-    md += ["## Downstream accuracy", ""]
-    if any(r["final"]["accuracy"] is not None for r in runs.values()):
-        md += _table(["run", "group", "accuracy at start", "final accuracy"],
-                     [[n, r["group"], _f(r["curve"][0]["accuracy"]), _f(r["final"]["accuracy"])]
-                      for n, r in runs.items()])
-        md += _img(images, "accuracy", "few-shot accuracy vs tokens")
-    else:
-        md += ["_No few-shot evaluation in this study._", ""]
-
-    de = res.get("data_efficiency") or {}
-    md += ["## Data efficiency", "", de.get("definition", ""), "", "The paper reports 5–10× fewer tokens.", ""]
-    md += _err(de) + (_table(["run", "baseline", "CLM final target loss", "CLM tokens", "tokens to reach", "speedup"],
-                             [[n, e.get("baseline", "—"), _f(e.get("target"), 4), _f(e.get("tokens_baseline"), 0),
-                               _f(e.get("tokens_run"), 0) if e.get("tokens_run") is not None else "never",
-                               _f(e.get("speedup"), 2) + "×" if e.get("speedup") else "—"]
-                              for n, e in de.get("runs", {}).items()]) if "runs" in de else [])
-
-    dyn = res.get("dynamics") or {}
-    md += ["## Token loss dynamics", "", dyn.get("definition", ""), ""] + _err(dyn)
-    if dyn.get("runs"):
-        md += _table(["run", "checkpoints", *CATEGORIES],
-                     [["paper (Rho-1 §2.1)", "", *(_pct(PAPER_DYNAMICS[c]) for c in CATEGORIES)]]
-                     + [[n, d["checkpoints"], *(_pct(d["shares"][c]) for c in CATEGORIES)]
-                        for n, d in dyn["runs"].items()])
-        within = {n: d["in_training"] for n, d in dyn["runs"].items() if d.get("in_training")}
-        if within:
-            md += ["Within training — " + dyn.get("in_training_definition", "") + ":", ""]
-            md += _table(["run", "checkpoints", *CATEGORIES],
-                         [[n, w["checkpoints"], *(_pct(w["shares"][c]) for c in CATEGORIES)]
-                          for n, w in within.items()])
-        md += _img(images, "dynamics", "token loss dynamics shares")
-        name, d = next(((n, d) for n, d in dyn["runs"].items() if d["arm"] == "clm" and d.get("examples")),
-                       (None, None))
-        if d:
-            md += [f"Examples ({name}; the token in [[ ]], fitted loss start → end):", ""]
-            md += [f"- {c}: " + "; ".join(f"`{_code(e['context'])}` ({e['l_start']:.2f} → {e['l_end']:.2f})"
-                                          for e in d["examples"][c][:3]) for c in CATEGORIES if d["examples"][c]]
-            md += [""]
-
-    bk = res.get("buckets") or {}
-    md += ["## Bucket transitions", "", bk.get("definition", ""), ""] + _err(bk)
-    if bk.get("runs"):
-        md += ["Thresholds per seed: " + ", ".join(f"seed {s}: {t:.3f}" for s, t in bk["thresholds"].items()), ""]
-        md += _table(["run", "from", *CATEGORIES],
-                     [[n, w.replace("vs_", ""), *(f"{b[w]['counts'][c]} ({_pct(b[w]['shares'][c])})"
-                                                  for c in CATEGORIES)]
-                      for n, b in bk["runs"].items() for w in ("vs_base", "vs_clm") if w in b])
-
-    sv = res.get("selected_vs_unselected") or {}
-    md += ["## Selected vs unselected token loss", "", "Mask: " + sv.get("definition", ""), ""] + _err(sv)
-    for r, d in (sv.get("ratios") or {}).items():
-        cor = d["correlation"]
-        md += [(f"Ratio {r} ({d['n_selected']} of {d['n_tokens']} tokens selected): correlation over all checkpoints "
-                f"(n={cor['n_points']}) of accuracy with selected-token loss {_f(cor['accuracy_vs_selected'], 2)}, "
-                f"with unselected-token loss {_f(cor['accuracy_vs_unselected'], 2)}."), ""]
-        md += _table(["run", "selected loss start → final", "unselected loss start → final"],
-                     [[n, f"{_f(rows[0]['selected'])} → {_f(rows[-1]['selected'])}",
-                       f"{_f(rows[0]['unselected'])} → {_f(rows[-1]['unselected'])}"]
-                      for n, rows in d["runs"].items()])
-    md += _img(images, "selected_loss", "selected and unselected token loss vs tokens (paper Fig. 6)")
-    md += _img(images, "accuracy_vs_loss", "accuracy vs selected / unselected token loss (paper Fig. 7)")
-
+    md = ["# Selective Language Modeling (Rho-1) study report", ""]
+    if res.get("quick"):
+        md += ["> **Smoke test (`--quick`): a tiny run that checks the pipeline end to end. Its numbers mean "
+               "nothing; do not read any result from them.**", ""]
+    md += [f"Study directory: `{res['study']}`. Written by `{res.get('written_by', 'slm analyze report')}`; every "
+           "number is in [results.json](results.json).", "", "## Summary", "", res.get("summary", ""), "",
+           res.get("protocol", ""), ""]
+    md += ["## Verdicts on the paper's claims", "", stats.RULES, "",
+           "In each line the first group makes the claim (top-k at its best ratio, chosen on validation, unless the "
+           "claim names a ratio) and the second is its baseline; the difference is first minus second.", ""]
+    md += [claim_line(c) for c in res["claims"]] + [""]
+    against = [c for c in res["claims"] if c.get("verdict") == stats.FAILS or "against the paper" in (c.get("note") or "")]
+    if against:
+        md += ["**Against the paper** in this study: " + "; ".join(
+            f"({c['id']}) {c['claim']} — {c['metric']}" + (f" ({c['note']})" if "against" in (c.get("note") or "")
+                                                         else "") for c in against) + ".", ""]
+    md += ["### Further findings (not claims of the paper)", ""]
+    md += [claim_line(c) for c in res.get("findings") or []]
+    md += ["", "## Headline table (test split)", "",
+           "Final checkpoints; mean ± sample std (n seeds; std n/a for one seed). Accuracy: pooled over seeds, "
+           "Wilson 95% interval, n questions. p vs CLM: one-sided Welch on the test target loss. ★ = the strategy's "
+           "best ratio (chosen on validation).", ""]
+    md += _table(["arm", "target ppl", "noisy ppl", "own few-shot acc", "external few-shot acc", "speed-up vs CLM",
+                  "p vs CLM"],
+                 [[h["group"] + (" ★" if h["best_ratio"] else ""), _ms(h["target_ppl"]), _ms(h["noisy_ppl"], 2),
+                   _acc(h["own"]), _acc(h["ext"]), _speed(h), stats.fmt_p(h["p_vs_clm"]) if h["p_vs_clm"] is not None
+                   else "—"] for h in res.get("headline") or []])
+    md += _perplexity(res, images) + _accuracy(res, images) + _efficiency(res, images) + _overlap(res, images)
+    md += _noise(res, images) + _fig6(res, images) + _dynamics(res, images) + _buckets(res)
     cos = res.get("cosine") or {}
     md += ["## Update-direction cosine similarity", "", cos.get("definition", ""), ""] + _err(cos)
-    if cos.get("matrix"):
-        md += _table(["", *cos["names"]],
-                     [[n, *(f"{v:.3f}" for v in row)] for n, row in zip(cos["names"], cos["matrix"])])
-        md += _img(images, "cosine", "cosine similarity heatmap")
-
-    sel = res.get("selection") or {}
-    md += ["## Selection diagnostics", "", sel.get("definition", ""), ""] + _err(sel)
-    if sel.get("runs"):
-        def sh(s):
-            return "—" if not s else f"{_pct(s['first'])} / {_pct(s['last'])} / {_pct(s['mean'])}"
-        md += ["Noise share during training (first / last / mean):", ""]
-        md += _table(["run", "selected tokens", "all tokens"],
-                     [[n, sh(d["training"].get("noise_share_selected")), sh(d["training"].get("noise_share_all"))]
-                      for n, d in sel["runs"].items()])
-        md += _img(images, "noise_share", "noise share of selected vs all training tokens")
-    if sel.get("validation_error"):
-        md += [f"_Validation diagnostics not available: {_cell(sel['validation_error'])}_", ""]
-    for r, v in (sel.get("validation") or {}).items():
-        md += [f"Validation, fixed top-k mask at ratio {r}:", ""]
-        if v.get("provenance"):
-            p = v["provenance"]
-            md += _table(["provenance", "share of selected", "share of unselected", "selection rate"],
-                         [[lab, _pct(p["selected"][lab]), _pct(p["unselected"][lab]), _pct(p["selection_rate"][lab])]
-                          for lab in p["counts"]])
-        for side in ("most", "least"):
-            md += [f"- {side} selected tokens: " + ", ".join(f"`{_code(e['token'])}` {_pct(e['rate'])}"
-                                                           for e in v["tokens"][side][:12])]
-        md += [""]
-    md += [f"Selected tokens highlighted in validation text: [selection.html]({html_link})" if html_link
-           else "_selection.html could not be written (see results.json)._", ""]
+    for s, d in (cos.get("seeds") or {}).items():
+        md += [f"Seed {s}:", ""] + _table(["", *d["names"]], [[n, *(f"{v:.3f}" for v in row)]
+                                                              for n, row in zip(d["names"], d["matrix"])])
+    md += _img(images, "cosine", "cosine similarity heatmap")
+    md += _selection(res, images, html_link) + _appendix(res)
     return "\n".join(md)
 
 
-def write_report(study_dir) -> Path:
-    """Write STUDY/report/{results.json, plots/*.png, selection.html, report.md}; returns the report.md path."""
+def _speed(h: dict) -> str:
+    if h["group"] in ("clm", "reference"):
+        return "—"
+    if h.get("speedup_unreached"):
+        return f"not reached in {h['speedup_unreached']} seed(s)"
+    s = h.get("speedup")
+    if not s or s.get("mean") is None:
+        return "—"
+    ci = s.get("ci95")
+    return f"{s['mean']:.2f}×" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + f" (n={s['n']})"
+
+
+def _perplexity(res: dict, images: dict) -> list[str]:
+    g = res["groups"]
+    md = ["## Perplexity", "", "Test split; validation target loss only for tuning (best ratio).", ""]
+    md += _table(["group", "test target loss", "test target ppl", "test noisy loss", "test noisy ppl",
+                  "validation target loss"],
+                 [[k, _ms(v["target_loss"], 4), _ms(v["target_ppl"]), _ms(v["noisy_loss"], 4), _ms(v["noisy_ppl"], 2),
+                   _ms(v["val_target_loss"], 4)] for k, v in g.items()])
+    br = res.get("best_ratio") or {}
+    if br:
+        md += ["Best ratio per strategy (lowest mean final validation target loss; test shown for information, "
+               "never used to choose):", ""]
+        md += _table(["strategy", "best ratio", "validation loss by ratio", "test loss by ratio"],
+                     [[s, f"{b['ratio']:g}", ", ".join(f"{r}: {_f(v, 4)}" for r, v in b["validation"].items()),
+                       ", ".join(f"{r}: {_f(v, 4)}" for r, v in b["test"].items())] for s, b in br.items()])
+    return md + _img(images, "loss_target", "test target loss vs tokens") + _img(images, "loss_noisy",
+                                                                                 "test noisy loss vs tokens")
+
+
+def _accuracy(res: dict, images: dict) -> list[str]:
+    md = ["## Accuracy", "", "Own generator's test questions and the external generator's, reported separately. "
+          "Pooled over seeds with a Wilson 95% interval; per-seed mean ± std beside it.", ""]
+    md += _table(["group", "own: pooled [95% CI] (n)", "own: per seed", "external: pooled [95% CI] (n)",
+                  "external: per seed"],
+                 [[k, _acc(v["own_pooled"]), _ms(v["own_acc"], pct=True), _acc(v["ext_pooled"]),
+                   _ms(v["ext_acc"], pct=True)] for k, v in res["groups"].items()])
+    for kind, name in (("own", "own"), ("ext", "external")):
+        accs = {k: v[f"{kind}_pooled"] for k, v in res["groups"].items() if k not in ("base", "reference")}
+        floor, why = stats.at_floor(accs)
+        if floor:
+            md += [f"**{name.capitalize()} few-shot accuracy cannot test the claims: {why}.**", ""]
+    return md + _img(images, "accuracy", "few-shot accuracy vs tokens")
+
+
+def _efficiency(res: dict, images: dict) -> list[str]:
+    de = res.get("data_efficiency") or {}
+    md = ["## Data efficiency", "", de.get("definition", ""), "", "The paper reports 5–10× fewer tokens.", ""] + _err(de)
+    rows = []
+    for g, e in (de.get("groups") or {}).items():
+        fin = e.get("final") or {}
+        ci = fin.get("ci95")
+        rows.append([g, f"{fin['mean']:.2f}×" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else " [CI n/a]")
+                     if fin.get("mean") is not None else "—",
+                     f"{e['unreached_final']} of {e['n']}" + (" (speed-up " + ", ".join(
+                         f"< {b:.2f}×" for b in e["upper_bounds"] if b is not None) + ")" if e["upper_bounds"] else ""),
+                     _ms(e["tokens_saved"], 0),
+                     _ms(e["tokens_saved_net"], 0) if e["tokens_saved_net"]["n"] else "n/a (no reference)"])
+    if rows:
+        md += _table(["group", "final speed-up [95% CI]", "unreached at the end", "tokens saved at CLM's final loss",
+                      "net of reference training + scored tokens"], rows)
+        pl = next(iter((res.get("pipelines") or {}).values()), {})
+        md += [f"Net tokens saved = tokens saved − the reference's training tokens ({_f(pl.get('reference_tokens'), 0)} "
+               f"in the first pipeline) − the tokens the reference scored ({_f(pl.get('scored_tokens'), 0)}); a scored "
+               "token costs one forward pass, about a third of a training token, so this line is conservative.", ""]
+        head = next(iter(de["groups"].values()))["curve"]
+        md += ["Speed-up at each CLM checkpoint (mean over seeds; 'unreached' = the arm never reaches CLM's loss "
+               "at that point within its budget):", ""]
+        md += _table(["group", *(f"{p['tokens_clm']:.0f}" for p in head)],
+                     [[g, *(("unreached" if p["unreached"] else _f(p["speedup"]["mean"], 2)) for p in e["curve"])]
+                      for g, e in de["groups"].items()])
+    return md + _img(images, "efficiency", "speed-up vs CLM over training")
+
+
+def _overlap(res: dict, images: dict) -> list[str]:
+    ov = res.get("overlap") or {}
+    md = ["## Stochastic vs top-k selection", "", ov.get("definition", ""), ""] + _err(ov)
+    if ov.get("temperature") is not None:
+        md += [f"Stochastic temperature τ = {ov['temperature']}" + (" in units of the selection set's excess-loss "
+                                                                   "std" if ov.get("temperature_unit") == "std" else "")
+               + ".", ""]
+    if ov.get("groups"):
+        md += _table(["group", "mean topk_overlap", "random would give", "position (0 random → 1 top-k)"],
+                     [[g, _ms(o["overlap"]), f"≈ {float(o['ratio']):g}", _f(o["position"], 2)]
+                      for g, o in ov["groups"].items()])
+    return md + _img(images, "overlap", "top-k overlap per SLM arm")
+
+
+def _noise(res: dict, images: dict) -> list[str]:
+    hn = res.get("harder_noise") or {}
+    md = ["## Harder noise", "", "Which kinds SLM drops. " + hn.get("definition", ""), ""] + _err(hn)
+    if hn.get("reference_loss"):
+        md += ["Reference model's mean loss on the test noisy tokens by provenance label (mean over seeds):", ""]
+        md += _table(["label", "reference loss", "minus content"],
+                     [[k, _ms(v, 3), _f(hn["reference_minus_content"].get(k), 3)] for k, v in hn["reference_loss"].items()])
+    if hn.get("groups"):
+        labels = list(next(iter(hn["groups"].values())))
+        md += ["Share of each label's tokens that the SLM arm would select at its final checkpoint (mean over seeds):", ""]
+        md += _table(["group", *labels], [[g, *(_pct(d[lab]["mean"]) for lab in labels)] for g, d in hn["groups"].items()])
+    tr = {n: d for n, d in (hn.get("training") or {}).items() if d.get("noise_share_selected")}
+    if tr:
+        md += ["During training (metrics.jsonl): injected-noise share of the selected tokens vs of all tokens (mean "
+               "over steps):", ""]
+        md += _table(["run", "selected", "all tokens"], [[n, _pct(d["noise_share_selected"]["mean"]),
+                                                          _pct((d.get("noise_share_all") or {}).get("mean"))]
+                                                         for n, d in tr.items()])
+    return md + _img(images, "noise_kinds", "selection rate per provenance label") + _img(
+        images, "noise_share", "noise share of selected vs all training tokens")
+
+
+def _fig6(res: dict, images: dict) -> list[str]:
+    f6 = res.get("fig6") or {}
+    md = ["## Selected vs unselected tokens (paper Fig. 6/7)", "", f6.get("definition", ""), ""] + _err(f6)
+    for r, d in (res.get("fig6_final") or {}).items():
+        md += [f"Ratio {r}, final checkpoint (mean ± std over seeds); lowest selected-token loss: "
+               f"**{d['lowest_selected']}**" + ("" if (d["lowest_selected"] or "").startswith("slm-") else
+                                               " — against the paper, where SLM has the lowest") + ".", ""]
+        md += _table(["group", "selected-token loss", "unselected-token loss"],
+                     [[g, _ms(s["selected"]), _ms(s["unselected"])] for g, s in d["groups"].items()])
+    for r, d in (f6.get("ratios") or {}).items():
+        for kind, name in (("own", "own"), ("ext", "external")):
+            c = d["correlation"].get(kind) or {}
+            if not c.get("computed"):
+                md += [f"Ratio {r}, {name} accuracy vs token loss: {c.get('reason', 'not computed')}.", ""]
+                continue
+            md += [f"Ratio {r}, {name} accuracy vs token loss over {c['n']} checkpoints above the {f6['floor']:.0%} "
+                   f"floor (base excluded): Pearson r = {_f(c['selected']['r'], 2)} (p = "
+                   f"{stats.fmt_p(c['selected']['p'])}) with selected-token loss, r = {_f(c['unselected']['r'], 2)} "
+                   f"(p = {stats.fmt_p(c['unselected']['p'])}) with unselected-token loss. Caveat: {f6['caveat']}.", ""]
+    return md + _img(images, "selected_loss", "selected and unselected token loss vs tokens") + _img(
+        images, "accuracy_vs_loss", "accuracy vs selected / unselected token loss")
+
+
+def _dynamics(res: dict, images: dict) -> list[str]:
+    dyn = res.get("dynamics") or {}
+    md = ["## Token loss dynamics", "", dyn.get("definition", ""), ""] + _err(dyn)
+    if not dyn.get("runs"):
+        return md
+    rows = [["paper (Rho-1 §2.1)", "", *(_pct(PAPER_DYNAMICS[c]) for c in CATEGORIES), ""]]
+    rows += [[n, d["checkpoints"], *(_pct(d["shares"][c]) for c in CATEGORIES),
+              " / ".join(_pct(d["in_training"]["shares"][c]) for c in CATEGORIES) if d.get("in_training") else "—"]
+             for n, d in dyn["runs"].items()]
+    md += _table(["run", "checkpoints", *(f"{c} from base" for c in CATEGORIES), "within training (same order)"], rows)
+    md += ["Within training: " + dyn.get("in_training_definition", ""), ""]
+    md += _img(images, "dynamics", "token loss dynamics shares")
+    name, d = next(((n, d) for n, d in dyn["runs"].items() if d["arm"] == "clm" and d.get("examples")), (None, None))
+    if d:
+        md += [f"Examples ({name}; the token in [[ ]], observed loss at the first → last checkpoint):", ""]
+        md += [f"- {c}: " + "; ".join(f"`{_code(e['context'])}` ({e['observed_first']:.2f} → {e['observed_last']:.2f})"
+                                      for e in d["examples"][c][:3]) for c in CATEGORIES if d["examples"][c]] + [""]
+    return md
+
+
+def _buckets(res: dict) -> list[str]:
+    bk = res.get("buckets") or {}
+    md = ["## Bucket transitions", "", bk.get("definition", ""), ""] + _err(bk)
+    if bk.get("runs"):
+        md += ["Thresholds per seed: " + ", ".join(f"seed {s}: {t:.3f}" for s, t in bk["thresholds"].items()), ""]
+        md += _table(["run", "from", *CATEGORIES],
+                     [[n, w.replace("vs_", ""), *(f"{b[w]['counts'][c]} ({_pct(b[w]['shares'][c])})" for c in CATEGORIES)]
+                      for n, b in bk["runs"].items() for w in ("vs_base", "vs_clm") if w in b])
+    return md
+
+
+def _selection(res: dict, images: dict, html_link: str | None) -> list[str]:
+    sel = res.get("selection") or {}
+    md = ["## Selection diagnostics", ""] + _err(sel)
+    if sel.get("tokens"):
+        md += [f"{sel['run']} at its final checkpoint, ratio {sel['ratio']:g} (measured selected share "
+               f"{_pct(sel['measured_share'])} of the test noisy tokens):", ""]
+        for side in ("most", "least"):
+            md += [f"- {side} selected tokens: " + ", ".join(f"`{_code(e['token'])}` {_pct(e['rate'])}"
+                                                           for e in sel["tokens"][side][:12])]
+        md += [""]
+    return md + [f"Selected tokens highlighted in test text: [selection.html]({html_link})" if html_link
+                 else "_selection.html could not be written (see results.json)._", ""]
+
+
+def _appendix(res: dict) -> list[str]:
+    cfg = res["config"]
+    train = cfg.get("train") or {}
+    md = ["## Appendix", "", "### Configuration", "",
+          f"- Seeds: {', '.join(map(str, cfg.get('seeds') or []))} (each a whole pipeline)",
+          f"- Model: `{cfg.get('model')}`; seq_len {cfg.get('seq_len')}; continual tokens {cfg.get('cpt_tokens')}; "
+          f"checkpoints {cfg.get('checkpoints')}",
+          f"- Strategies: {', '.join(cfg.get('strategies') or [])}; ratios "
+          f"{', '.join(f'{r:g}' for r in cfg.get('ratios') or [])}; temperature {cfg.get('temperature')} "
+          f"({cfg.get('temperature_unit') or 'raw'} units)",
+          "- Training: " + (f"LoRA r={cfg['lora'].get('r')}, alpha={cfg['lora'].get('alpha')}"
+                            if (cfg.get("lora") or {}).get("r") else "full-parameter"),
+          f"- Tuning split: {cfg.get('tune_split')}; report split: {cfg.get('report_split')}; eval windows "
+          f"{cfg.get('eval_windows')}"]
+    md += [f"- {k.capitalize()} training budget: " + (", ".join(f"{x}={v[x]}" for x in ("max_tokens", "max_steps",
+                                                                                        "batch_size", "lr") if v.get(x)) or "—")
+           for k, v in train.items() if isinstance(v, dict)] + [""]
+    study = {k: v for k, v in (cfg.get("study") or {}).items() if not isinstance(v, (dict, list))}
+    if study:
+        md += ["Study settings (study.yaml):", ""] + _table(["key", "value"], [[k, v] for k, v in study.items()])
+    timings = cfg.get("timings") or {}
+    md += ["### Timings", ""] + _table(["stage", "seconds"], [[k, _f(float(v), 1)] for k, v in timings.items()]
+                                       + [["**total**", f"**{cfg.get('timings_total', 0.0):.1f}**"]])
+    return md
+
+
+def write_report(study_dir, writer: str = "slm analyze report") -> Path:
+    """Write STUDY/report/{results.json, plots/*.png, selection.html, report.md}; returns the report.md path.
+
+    ``writer``: the command that wrote it, named in the report ("slm study" when the study writes it).
+    """
     study = Path(study_dir)
-    res = collect(study)
+    res = collect(study, writer=writer)
     out = study / "report"
     write_json(out / "results.json", res)
     images = make_plots(res, out / "plots")
