@@ -55,9 +55,10 @@ _DIGIT = re.compile(r"\d")
 _END = re.compile(r"[.?!]")
 
 
-def extract_questions(text: str) -> list[str]:
-    """The normalised questions of a document, from the layouts the generator writes."""
-    text, out = canonical_text(text), []
+def extract_questions(text: str, *, canonical: bool = False) -> list[str]:
+    """The normalised questions of a document, from the layouts the generator writes (``canonical``:
+    ``text`` has been through ``canonical_text`` already)."""
+    text, out = text if canonical else canonical_text(text), []
     for m in chain(_QUESTION_LINE.finditer(text), _POSTED.finditer(text)):
         q, changed = m.group(1), True
         while changed:  # inline debris that a web page appends to a line
@@ -69,13 +70,13 @@ def extract_questions(text: str) -> list[str]:
     return out
 
 
-def find_questions(texts: list[str], wanted: set[str]) -> set[str]:
+def find_questions(texts: list[str], wanted: set[str], *, canonical: bool = False) -> set[str]:
     """The members of ``wanted`` (normalised questions) that occur anywhere in ``texts``, bounded by a
     word start and a sentence end, whatever the layout around them."""
     firsts = {q.split(" ", 1)[0] for q in wanted}
     found: set[str] = set()
     for text in texts:
-        for raw in canonical_text(text).splitlines():
+        for raw in (text if canonical else canonical_text(text)).splitlines():
             if not _DIGIT.search(raw):
                 continue  # every generated question holds a number
             line = " ".join(raw.lower().split())
@@ -112,16 +113,16 @@ def leakage(corpora_dir: str | Path) -> dict:
     train_texts, own = [], set()
     for corpus in ("hq_math", "web_math"):
         for r in _rows(root / f"{corpus}.jsonl"):
-            split = r.get("split", "train")
+            split, text = r.get("split", "train"), canonical_text(r["text"])
             if split == "train":
-                train_texts.append(r["text"])
-                own.update(extract_questions(r["text"]))
+                train_texts.append(text)
+                own.update(extract_questions(text, canonical=True))
             else:
-                sets.setdefault(f"{corpus}/{split}", set()).update(extract_questions(r["text"]))
-    train_texts += [r["text"] for r in _rows(root / "prose.jsonl")]
+                sets.setdefault(f"{corpus}/{split}", set()).update(extract_questions(text, canonical=True))
+    train_texts += [canonical_text(r["text"]) for r in _rows(root / "prose.jsonl")]
     sets["fewshot_eval"] = {normalise_question(canonical_text(r["question"]))
                             for r in _rows(root / "fewshot_eval.jsonl")}
-    found = find_questions(train_texts, own.union(*sets.values()))
+    found = find_questions(train_texts, own.union(*sets.values()), canonical=True)
     out: dict = {}
     for name, qs in sets.items():
         leaked = len(qs & found)
