@@ -250,7 +250,7 @@ def test_provenance_labels_follow_spans(tmp_path, shared_tok, monkeypatch, small
     src = write_jsonl(tmp_path / "p.jsonl", rows)
     m = prepare(cfg([src], tmp_path / "ds", tokenizer=str(shared_tok), val_fraction=0.0, seq_len=4))
     ds = TokenDataset(tmp_path / "ds")
-    assert m["provenance_labels"] == {"0": "content", "1": "noise", "2": "offtopic"}
+    assert m["provenance_labels"] == D.PROVENANCE_LABELS
     tok = ds.tokenizer()
     ids = np.asarray(ds.windows("train")).reshape(-1)
     prov = np.asarray(ds.provenance("train")).reshape(-1)
@@ -270,7 +270,8 @@ def test_provenance_labels_follow_spans(tmp_path, shared_tok, monkeypatch, small
 
 
 def test_token_labels_skip_leading_space():
-    assert D._label_names({1, 5}) == {"0": "content", "1": "noise", "2": "offtopic", "5": "label5"}
+    assert D._label_names({1, 9}) == {**D.PROVENANCE_LABELS, "9": "label9"}
+    assert list(D.PROVENANCE_LABELS.values())[:3] == ["content", "noise", "offtopic"]
     text = "ab cd"
     labels = D.token_labels(text, [(3, 5, 1)], [(0, 2), (2, 5)])  # tokens "ab", " cd"
     assert labels.tolist() == [0, 1]

@@ -38,7 +38,8 @@ __all__ = [
 
 FORMAT_VERSION = 1
 DATASET_KIND = "selective-lm-dataset"
-PROVENANCE_LABELS = {"0": "content", "1": "noise", "2": "offtopic"}
+PROVENANCE_LABELS = {"0": "content", "1": "noise", "2": "offtopic", "3": "wrong_solution", "4": "near_duplicate",
+                     "5": "perturbed_table", "6": "other_notation"}
 SPLITS = ("train", "validation", "test")
 
 _BATCH_CHARS = 1 << 20  # characters per encode_batch call

@@ -33,7 +33,8 @@ _TEST_TOOLS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bzip2", ".xz": "xz"}
 SUPPORTED = (f"{'/'.join(KNOWN_EXTS)} files (text and JSONL also as {'/'.join(COMPRESSED_EXTS)}) "
              "or HF datasets directories")
 HF_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
-LABEL_NAMES = {"content": 0, "noise": 1, "offtopic": 2}
+LABEL_NAMES = {"content": 0, "noise": 1, "offtopic": 2, "wrong_solution": 3, "near_duplicate": 4, "perturbed_table": 5,
+               "other_notation": 6}
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _GLOB_CHARS = re.compile(r"[*?\[]")

@@ -7,7 +7,8 @@ from fractions import Fraction
 
 import pytest
 
-from selective_lm.study.mathgen import _UNITS, FAMILIES, Problem, format_problem, generate_problems, iter_problems
+from selective_lm.study.mathgen import (_UNITS, FAMILIES, Problem, format_problem, generate_problems, iter_problems,
+                                       normalise_question)
 
 N_PER_FAMILY = 300
 
@@ -219,6 +220,18 @@ def test_format_problem() -> None:
     p = Problem("add", "What is 37 + 48?", "37 + 48 = 30 + 40 + 7 + 8 = 70 + 15 = 85.", "85")
     assert format_problem(p) == ("Problem: What is 37 + 48?\nSolution: 37 + 48 = 30 + 40 + 7 + 8 = 70 + 15 = 85.\n"
                                  "Answer: 85\n")
+
+
+def test_normalise_question() -> None:
+    assert normalise_question("What is 3 + 4?") == "what is 3 + 4"
+    assert normalise_question("  WHAT  is\n3 +  4 . ") == "what is 3 + 4"
+    assert normalise_question("Which is larger: 0.6 or 0.65?") == "which is larger: 0.6 or 0.65"
+    assert normalise_question("What is the 5th term of the arithmetic sequence 3, 5, 7, ...?") == (
+        "what is the 5th term of the arithmetic sequence 3, 5, 7")
+    assert normalise_question("What is 3 + 4?") != normalise_question("What is 3 + 45?")
+    for p in generate_problems(2000, 7):  # idempotent, and every question keeps its numbers
+        n = normalise_question(p.question)
+        assert normalise_question(n) == n and re.findall(r"\d+", n) == re.findall(r"\d+", p.question)
 
 
 def test_bad_arguments() -> None:

@@ -1,13 +1,19 @@
 """Embedded default corpora: deterministic, offline stand-ins for the Rho-1 data.
 
-``hq_math.jsonl`` (clean problems: trains the reference), ``web_math.jsonl`` (noisy web-math
-pages with ``spans`` [start, end, label] of noise = 1 and off-topic prose = 2; other characters
-are math content from the same generator), ``prose.jsonl`` (plain-text pydoc pages of
-allowlisted stdlib modules plus ~5% simple math: the base model's general diet),
-``fewshot_eval.jsonl`` (held-out questions, in no training problem), ``fewshot_exemplars.jsonl``
-and, last, ``manifest.json`` (sizes, hashes, counts; also the cache key). All randomness comes
-from ``random.Random`` seeded through SHA-256: the same seed, scale and Python minor version
-give byte-identical files.
+``hq_math.jsonl`` (clean problems, plus a correct numeric table in some documents: trains the
+reference), ``web_math.jsonl`` (noisy web-math pages with ``spans`` [start, end, label]; labels in
+``noise.PROVENANCE``: 1 boilerplate, 2 off-topic prose, and near-domain noise 3 wrong solutions,
+4 near-duplicates, 5 perturbed tables, 6 correct math in another notation; unlabelled characters are
+math content), ``prose.jsonl`` (plain-text pydoc pages of allowlisted stdlib modules plus ~5% simple
+math: the base model's general diet), ``fewshot_eval.jsonl`` (test-split questions),
+``fewshot_exemplars.jsonl`` (train-split problems) and, last, ``manifest.json`` (sizes, hashes,
+split and label statistics, the ``leakage`` check; also the cache key).
+
+Splits are problem-level (``heldout``): every question belongs to train, validation or test by a
+keyed hash of its normalised text, and every hq_math/web_math row carries ``"split"`` and is built
+from problems of that split only (its near-domain noise included); prose and the exemplars use
+train problems only. All randomness comes from ``random.Random`` seeded through SHA-256: the same
+seed, scale and Python minor version give byte-identical files.
 """
 from __future__ import annotations
 
@@ -19,17 +25,24 @@ import random
 import re
 import sys
 import warnings
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 
 from ..files import UserError, atomic_write_text, read_json, sha256_file, write_json
-from .mathgen import FAMILIES, Problem, format_problem, iter_problems
+from .heldout import SPLIT_SHARES, SPLITS, ProblemSplit, leakage
+from .mathgen import FAMILIES, Problem, format_problem, iter_problems, normalise_question
+from .noise import (INLINE, NAV, NEAR_KINDS, NEAR_WEIGHTS, PROVENANCE, REACTIONS, boilerplate, math_table,
+                    near_domain, timestamp, user_name)
 
-FORMAT_VERSION = 1
-PROVENANCE = {0: "content", 1: "noise", 2: "offtopic"}
-HQ_DOCS = 3400            # documents at scale=1 (~1.5M characters)
-WEB_DOCS = 4450           # documents at scale=1 (~5M characters)
+FORMAT_VERSION = 2
+HQ_DOCS = 3400            # documents at scale=1 (~1.5M characters), 84/8/8 % train/validation/test
+WEB_DOCS = 4450           # documents at scale=1 (~5M characters), 84/8/8 % train/validation/test
+EVAL_MIN_CHARS = 22_000   # floor of each validation/test split: >= 24 windows of 257 tokens at ~2.9 chars/token
+NEAR_SHARE = (0.25, 0.5)  # share of a page's non-content budget that near-domain noise (labels 3-6) takes
+HQ_TABLE_SHARE = 0.1      # HQ documents with a correct numeric table
+WEB_TABLE_SHARE = 0.12    # web pages with a correct numeric table as content
 PROSE_CHARS = 3_000_000   # character target at scale=1
 PROSE_MATH_SHARE = 0.05
 N_EVAL = 400
@@ -143,134 +156,11 @@ def _piece_stream(modules: tuple[str, ...], target: int) -> Iterator[str]:
     raise RuntimeError(f"none of {modules} could be imported")
 
 
-# ------------------------------------------------------------- noise material
-_NAV = ("Home | Forums | Questions | Tags | Users | Badges | Ask Question | Log in | Sign up",
-        "Skip to main content\nMenu  Home  Topics  Algebra  Calculus  Geometry  Statistics  Search",
-        "MathHelpBoards > Pre-University Math > Pre-Algebra and Algebra > Thread Tools > Display Modes",
-        "Home » Homework Help » Arithmetic » Previous topic :: Next topic",
-        "Main navigation: About | Courses | Worksheets | Teachers | Parents | Contact us | FAQ",
-        "You are here: Home / Resources / Practice Problems / Print this page / Email this page")
-_CONSENT = ("We use cookies to improve your experience on our site. By continuing to browse you agree "
-            "to our use of cookies. Accept all | Manage preferences | Learn more",
-            "This website stores cookies on your computer. These cookies are used to collect information "
-            "about how you interact with our website and allow us to remember you. [Accept] [Decline]",
-            "Subscribe to our newsletter! Get weekly practice problems delivered to your inbox. "
-            "Enter your email address: ______ [Subscribe] No spam, unsubscribe at any time.",
-            "Your privacy matters. We and our 142 partners store and access information on your device "
-            "for personalised ads and content, ad and content measurement. I Agree | Show Purposes",
-            "Please disable your ad blocker to support our free content. Whitelist us | How to whitelist")
-_FOOTER = ("© {y} MathHelpBoards. All rights reserved. Privacy Policy | Terms of Service | Contact",
-           "Copyright {y} - Powered by vBulletin® Version 4.2.{v} - All times are GMT -5. The time now is {t}.",
-           "Terms of Use | Privacy | Sitemap | © 2006-{y} Homework Forum Ltd. Registered in England no. 0{v}51{v}",
-           "Share this: Twitter Facebook Reddit Email Print | Like this: Like Loading... | Related posts",
-           "Powered by WordPress | Theme by Themeisle | Back to top ↑ | © {y}")
-_SPAM = ("Get {p}% OFF all graphing calculators this week only! Free shipping on orders over ${n}. "
-         "Visit {site} now and use code {code} at checkout.",
-         "Struggling with homework? Our certified tutors are online 24/7. First session FREE - "
-         "join {n},000+ happy students at {site} today!",
-         "Make ${n} a day working from home!!! No experience needed. Click here to learn the secret "
-         "that banks don't want you to know: {site}",
-         "Best essay writing service {y}. Plagiarism-free papers from ${p}.99 per page. Order now at {site} "
-         "and get a {p}% discount with promo code {code}.",
-         "Bitcoin doubled my savings in {n} days!!! Join the free trading webinar at {site} - spots are limited.",
-         "Download the free Math Solver app - scan any problem with your camera and get instant answers! "
-         "Rated 4.{p} stars by {n},000 users.",
-         "Cheap replica watches, bags and sunglasses - up to {p}% off retail. Worldwide delivery. {site}",
-         "Buy followers and likes for Instagram, TikTok and YouTube. {n}k real followers from ${p}. {site}")
-_DOMAINS = ("mathhelpboards.com", "www.homework-forum.net", "cdn.static-assets.io", "ads.doubleclick.net",
-            "www.google-analytics.com", "i.imgur.com", "mathforum.example.org", "tutor-zone.biz",
-            "web.archive.org", "pagead2.googlesyndication.com", "www.freemathhelp.com", "s3.amazonaws.com")
-_WORDS = ("thread", "topic", "post", "showthread", "viewtopic", "question", "index", "forum", "tag",
-          "algebra", "fractions", "homework", "help", "page", "print", "archive", "member", "profile")
-_MARKUP = ('<div class="post-body">', "</div>", '<div class="entry-content clearfix">', "<br />", "&nbsp;",
-           "&nbsp;&nbsp;", "<p>", "</p>", '<span class="math-container">', "</span>", "&lt;/td&gt;", "&amp;",
-           '<td align="center" width="{n}%">', "</td></tr>", "<!-- google_ad_section_start -->",
-           '<img src="/images/smilies/smile.gif" border="0" alt="" />', "[/quote]", "[quote={u}]",
-           "Ã¢â‚¬â„¢", "â€œ", "Â ", "</li><li>", '<a href="#top">', "</a>", "&quot;", "&#8217;")
-_LATEX = (r"\begin{align*}", r"\end{align*}", "}}", "{{", r"\\", "&=", r"\frac{", r"\left(", r"\right)",
-          "$$", r"\mathrm{d}", r"\label{eq:{n}}", r"\nonumber", r"\quad", r"\text{", r"\hline", r"\[",
-          r"\]", r"\begin{array}{|c|c|}", r"\end{array}", r"\displaystyle", r"\cdot", "^{", "_{")
-_REACTIONS = ("Like · Reply · Report", "Quote | Thanks | Share", "Was this helpful? Yes / No")
-_INLINE = ("&nbsp;", "<br />", " &nbsp;", "<br>", "  ", "</p>", " \\\\")
-_TOKENS = ("sessionid={h32}; csrftoken={a40}", "Post ID: {h8}-{h4}-{h4}-{h12}", "data:image/png;base64,{b64}==",
-           "_ga=GA1.2.{big}.{big}; __cfduid={h43}", "Ref: {a10} | Token: {a32}", "{n} views · {n} replies · "
-           "last post by {u} {date}", "var _gaq = _gaq || []; _gaq.push(['_setAccount', 'UA-{big}-{v}']); "
-           "_gaq.push(['_trackPageview']);", ".post-body{margin:{n}px auto;font-size:1{v}px;color:#{h6}}",
-           "window.dataLayer=window.dataLayer||[];function gtag(){dataLayer.push(arguments)}gtag('config','G-{U10}');")
-_STOPS = ("Central Station", "Market Square", "University", "Hospital", "Airport", "Park Road", "Old Town",
-          "Harbour", "Library", "Stadium")
-_HEX, _ALNUM = "0123456789abcdef", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-_ALPHABETS = {"h": _HEX, "a": _ALNUM, "U": _ALNUM[:26] + _HEX[:10]}
-
-
-def _user(rng: random.Random) -> str:
-    return rng.choice(("mathfan", "guest", "sarah_k", "John", "calc_kid", "Wizard", "tutorbot", "anon")) + str(
-        rng.randint(1, 9999))
-
-def _date(rng: random.Random) -> str:
-    return (f"{rng.randint(2006, 2023)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} "
-            f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}")
-
-def _url(rng: random.Random) -> str:
-    path = "/".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 3)))
-    query = "&".join(f"{rng.choice(('sid', 'p', 't', 'utm_source', 'ref', 'session', 'page'))}="
-                     + _fill(rng, rng.choice(("{h8}", "{h32}", "{a12}", "{n}"))) for _ in range(rng.randint(0, 3)))
-    return f"https://{rng.choice(_DOMAINS)}/{path}-{rng.randint(1, 999999)}" + (f"?{query}" if query else "")
-
-_SLOTS = {"y": lambda r: str(r.randint(2008, 2024)), "v": lambda r: str(r.randint(1, 9)),
-          "t": lambda r: _date(r)[11:], "n": lambda r: str(r.randint(2, 99)), "u": _user, "date": _date,
-          "p": lambda r: str(r.randint(10, 80)), "site": lambda r: r.choice(_DOMAINS),
-          "big": lambda r: str(r.randint(10**6, 10**10)), "b64": lambda r: _fill(r, f"{{a{r.randint(60, 240)}}}"),
-          "code": lambda r: r.choice(("SAVE20", "MATH50", "FREE", "STUDENT"))}
-
-def _slot(rng: random.Random, key: str, raw: str) -> str:
-    if key in _SLOTS:
-        return _SLOTS[key](rng)
-    if key[0] in _ALPHABETS and key[1:].isdigit():  # {h32}: 32 random hex digits, {a12}: alphanumerics
-        return "".join(rng.choices(_ALPHABETS[key[0]], k=int(key[1:])))
-    return raw
-
-def _fill(rng: random.Random, template: str) -> str:
-    return re.sub(r"\{(\w+)\}", lambda m: _slot(rng, m.group(1), m.group(0)), template)
-
-
-def _noise(rng: random.Random, spam_seen: list[str]) -> str:
-    """One block of noise, ending with a newline."""
-    k = rng.choices(range(9), weights=(12, 10, 9, 12, 10, 10, 16, 6, 9))[0]
-    if k == 2 and spam_seen and rng.random() < 0.5:
-        return rng.choice(spam_seen)  # verbatim repeat within the page
-    if k < 3:
-        out = _fill(rng, rng.choice((_NAV + _CONSENT, _FOOTER, _SPAM)[k])) + "\n"
-        spam_seen += [out] if k == 2 else []
-        return out
-    if k in (3, 4):
-        pieces = [_fill(rng, rng.choice(_MARKUP if k == 3 else _LATEX)) for _ in range(rng.randint(2, 9))]
-        return ("" if k == 3 else " ").join(pieces) + "\n"
-    if k == 5:
-        return "\n".join(_url(rng) for _ in range(rng.randint(1, 4))) + "\n"
-    if k == 6:
-        return _fill(rng, rng.choice(_TOKENS)) + "\n"
-    if k == 7:
-        rows, start = [f"Line {rng.randint(1, 99)} timetable (Mon-Fri)"], rng.randint(300, 500)
-        for i, stop in enumerate(rng.sample(_STOPS, rng.randint(3, 6))):
-            t0 = start + 4 * i + rng.randint(0, 3)
-            rows.append(f"{stop:<16}" + " ".join(f"{(t0 + j * 30) // 60:02d}:{(t0 + j * 30) % 60:02d}"
-                                                  for j in range(rng.randint(4, 9))))
-        return "\n".join(rows) + "\n"
-    cols = rng.randint(3, 7)
-    rows = ["| " + " | ".join(rng.choice(("id", "n", "x", "y", "score", "total", "rank", "%", "year"))
-                              for _ in range(cols)) + " |"]
-    for _ in range(rng.randint(2, 9)):
-        rows.append("| " + " | ".join(str(rng.randint(0, 9999)) if rng.random() < 0.6 else
-                                      f"{rng.uniform(0, 100):.{rng.randint(1, 3)}f}" for _ in range(cols)) + " |")
-    return "\n".join(rows) + "\n"
-
-
 # ------------------------------------------------------------------ documents
 Parts = list[tuple[str, int]]  # (text, label) pieces of one document
 
 def _finish(parts: Parts) -> tuple[str, list[list[int]]]:
-    """Join ``parts`` into text and merged, sorted ``[start, end, label]`` spans of labels 1 and 2."""
+    """Join ``parts`` into text and merged, sorted ``[start, end, label]`` spans of the labels other than 0."""
     spans, pos = [], 0
     for t, lab in parts:
         if lab and spans and spans[-1][1] == pos and spans[-1][2] == lab:
@@ -281,6 +171,45 @@ def _finish(parts: Parts) -> tuple[str, list[list[int]]]:
     return "".join(t for t, _ in parts), spans
 
 
+@dataclass
+class _Source:
+    """The problems of one corpus and split, and the earlier ones that near-duplicates repeat."""
+    probs: Iterator[Problem]
+    ok: Callable[[str], bool]  # does a question belong to this split
+    seen: list[Problem] = field(default_factory=list)
+
+    def next(self) -> Problem:
+        p = next(self.probs)
+        self.seen.append(p)
+        if len(self.seen) > 4000:
+            del self.seen[:2000]
+        return p
+
+    def near(self, rng: random.Random, kind: int) -> str | None:
+        return near_domain(rng, kind, lambda: next(self.probs), self.seen, self.ok)
+
+
+def _sources(stream: Iterator[Problem], split_of: ProblemSplit) -> dict[str, _Source]:
+    """One stream routed into the three splits (each problem goes where its question belongs)."""
+    queues: dict[str, deque[Problem]] = {s: deque() for s in SPLITS}
+
+    def take(split: str) -> Iterator[Problem]:
+        q = queues[split]
+        while True:
+            while not q:
+                p = next(stream)
+                queues[split_of(p.question)].append(p)
+            yield q.popleft()
+    return {s: _Source(take(s), lambda q, s=s: split_of(q) == s) for s in SPLITS}
+
+
+def _hq_doc(rng: random.Random, src: _Source) -> str:
+    blocks = [format_problem(src.next()) for _ in range(rng.randint(2, 6))]
+    if rng.random() < HQ_TABLE_SHARE:  # a correct table, so tables in themselves are in-domain
+        blocks.insert(rng.randrange(len(blocks) + 1), math_table(rng))
+    return "\n".join(blocks)
+
+
 def _wrap_problem(rng: random.Random, p: Problem, clean: bool) -> Parts:
     """A problem as it appears on a web page: content (0) plus wrapper chrome (1)."""
     style = 0.0 if clean else rng.random()
@@ -289,42 +218,51 @@ def _wrap_problem(rng: random.Random, p: Problem, clean: bool) -> Parts:
         for line in format_problem(p).splitlines():
             parts.append((line, 0))
             if not clean and rng.random() < 0.12:
-                parts.append((rng.choice(_INLINE), 1))
+                parts.append((rng.choice(INLINE), 1))
             parts.append(("\n", 0))
         return parts + ([("</div>\n", 1)] if style >= 0.9 else [])
     if style < 0.7:
         return [("Q: ", 1), (p.question + "\n", 0), ("A: ", 1), (p.solution + "\n", 0), (f"Answer: {p.answer}\n", 0)]
-    return [(f"Posted by {_user(rng)} on {_date(rng)}\n", 1), (p.question + "\n", 0),
-            (f"Reply #{rng.randint(1, 12)} from {_user(rng)}:\n", 1), (p.solution + "\n", 0),
-            (f"Answer: {p.answer}\n", 0), (rng.choice(_REACTIONS) + "\n", 1)]
+    return [(f"Posted by {user_name(rng)} on {timestamp(rng)}\n", 1), (p.question + "\n", 0),
+            (f"Reply #{rng.randint(1, 12)} from {user_name(rng)}:\n", 1), (p.solution + "\n", 0),
+            (f"Answer: {p.answer}\n", 0), (rng.choice(REACTIONS) + "\n", 1)]
 
 
-# junk-ratio profiles: (weight, low, high) of the share of noise + off-topic characters in a page
+# junk-ratio profiles: (weight, low, high) of the share of non-content characters in a page
 _PROFILES = ((24, 0.0, 0.06), (30, 0.15, 0.35), (26, 0.40, 0.60), (12, 0.65, 0.80), (8, 0.80, 0.90))
 
 
-def _web_doc(rng: random.Random, probs: Iterator[Problem], offtopic: Iterator[str]) -> Parts:
+def _web_doc(rng: random.Random, src: _Source, offtopic: Iterator[str]) -> Parts:
     if rng.random() < 0.04:  # a wholly off-topic page, perhaps with site chrome
-        nav = [(rng.choice(_NAV) + "\n", 1)] if rng.random() < 0.6 else []
+        nav = [(rng.choice(NAV) + "\n", 1)] if rng.random() < 0.6 else []
         return nav + [(next(offtopic) + "\n", 2) for _ in range(rng.randint(1, 3))]
     ratio = rng.uniform(*rng.choices([(lo, hi) for _, lo, hi in _PROFILES], weights=[w for w, _, _ in _PROFILES])[0])
     n = rng.randint(1, 3) if ratio > 0.8 else rng.randint(2, 9)
-    blocks = [_wrap_problem(rng, next(probs), ratio < 0.1) for _ in range(n)]
+    blocks = [_wrap_problem(rng, src.next(), ratio < 0.1) for _ in range(n)]
+    if n > 1 and rng.random() < WEB_TABLE_SHARE:  # a correct table is content too
+        blocks[rng.randrange(n)] = [(math_table(rng), 0)]
     content = sum(len(t) for b in blocks for t, lab in b if lab == 0)
     budget = int(content * ratio / (1.0 - ratio)) - sum(len(t) for b in blocks for t, lab in b if lab)
     slots: list[Parts] = [[] for _ in range(n + 1)]  # before, between and after the problems
     used, spam_seen = 0, []
     if budget >= 80 and rng.random() < 0.7:
-        slots[0].append((rng.choice(_NAV) + "\n", 1))
+        slots[0].append((rng.choice(NAV) + "\n", 1))
         used += len(slots[0][0][0])
+    if budget >= 150:  # near-domain noise: wrong solutions, near-duplicates, wrong tables, other notation
+        goal, tries = used + budget * rng.uniform(*NEAR_SHARE), 0
+        while used < goal and tries < 40:
+            kind, tries = rng.choices(NEAR_KINDS, weights=NEAR_WEIGHTS)[0], tries + 1
+            if t := src.near(rng, kind):
+                slots[rng.randrange(n + 1)].append((t, kind))
+                used += len(t)
     if budget > 1000 and rng.random() < 0.5:
-        share = budget * rng.uniform(0.15, 0.5)
+        share = used + budget * rng.uniform(0.15, 0.5)
         while used < share:
             piece = next(offtopic) + "\n"
             slots[rng.randrange(n + 1)].append((piece, 2))
             used += len(piece)
     while used < budget:
-        t = _noise(rng, spam_seen)
+        t = boilerplate(rng, spam_seen)
         if used + len(t) > 1.5 * budget + 30:
             break
         slots[rng.randrange(n + 1)].append((t, 1))
@@ -349,20 +287,39 @@ def _math_prose(rng: random.Random, probs: Iterator[Problem]) -> str:
 
 
 # ------------------------------------------------------------------- building
-def _filtered(seed: int, banned: set[str]) -> Iterator[Problem]:
-    return (p for p in iter_problems(seed) if p.question not in banned)
+def _only(seed: int, split_of: ProblemSplit, split: str) -> Iterator[Problem]:
+    return (p for p in iter_problems(seed) if split_of(p.question) == split)
 
-def _eval_set(seed: int) -> list[Problem]:
-    """N_EVAL distinct questions, stratified over families (generation order within a family)."""
+def _eval_set(seed: int, split_of: ProblemSplit) -> list[Problem]:
+    """N_EVAL distinct test-split questions, stratified over families (generation order within a family)."""
     quota = {f: N_EVAL // len(FAMILIES) + (i < N_EVAL % len(FAMILIES)) for i, f in enumerate(FAMILIES)}
     out: dict[str, Problem] = {}
-    for p in iter_problems(_seed(seed, "eval")):
-        if quota[p.family] and p.question not in out:
+    for p in _only(_seed(seed, "eval"), split_of, "test"):
+        key = normalise_question(p.question)
+        if quota[p.family] and key not in out:
             quota[p.family] -= 1
-            out[p.question] = p
+            out[key] = p
             if len(out) == N_EVAL:
                 return sorted(out.values(), key=lambda q: FAMILIES.index(q.family))
     raise AssertionError("unreachable")
+
+def _split_rows(make: Callable[[str], dict], n_total: int) -> list[dict]:
+    """``n_total`` rows, 84/8/8 % by split, validation and test each at least EVAL_MIN_CHARS long."""
+    n_eval = max(1, round(n_total * SPLIT_SHARES["validation"]))
+    rows = [make("train") for _ in range(max(1, n_total - 2 * n_eval))]
+    for split in ("validation", "test"):
+        k = chars = 0
+        while k < n_eval or chars < EVAL_MIN_CHARS:
+            rows.append(make(split))
+            k, chars = k + 1, chars + len(rows[-1]["text"])
+    return rows
+
+def _split_stats(rows: list[dict]) -> dict:
+    out = {s: {"documents": 0, "chars": 0} for s in SPLITS}
+    for r in rows:
+        out[r["split"]]["documents"] += 1
+        out[r["split"]]["chars"] += len(r["text"])
+    return out
 
 def is_cached(out_dir: str | Path, seed: int, scale: float) -> bool:
     """Whether ``out_dir`` holds complete corpora for this seed, scale, format and Python version."""
@@ -390,34 +347,41 @@ def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 
         return paths
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.manifest.unlink(missing_ok=True)  # the files below are stale until the new manifest lands
-    n_hq, n_web = max(2, round(HQ_DOCS * scale)), max(2, round(WEB_DOCS * scale))
+    n_hq, n_web = max(3, round(HQ_DOCS * scale)), max(3, round(WEB_DOCS * scale))
     bar = progress_bar(total=n_hq + n_web + len(PROSE_MODULES), desc="corpora", unit="doc", enabled=progress)
-    evals = _eval_set(seed)
-    banned = {p.question for p in evals}
-    exemplars: dict[str, Problem] = {}  # the first short problem of 8 families in the hq stream
-    for p in _filtered(_seed(seed, "hq"), banned):
+    split_of = ProblemSplit(seed)
+    evals = _eval_set(seed, split_of)
+    exemplars: dict[str, Problem] = {}  # the first short train problem of 8 families in the hq stream
+    for p in _only(_seed(seed, "hq"), split_of, "train"):
         if p.family not in exemplars and len(format_problem(p)) <= 130:
             exemplars[p.family] = p
         if len(exemplars) == N_EXEMPLARS:
             break
+
+    def made(row: dict) -> dict:
+        bar.update()
+        return row
+
     bar.set_description("hq_math")
-    rng, probs = random.Random(_seed(seed, "hq-docs")), _filtered(_seed(seed, "hq"), banned)
-    hq = []
-    for _ in range(n_hq):
-        hq.append({"text": "\n".join(format_problem(next(probs)) for _ in range(rng.randint(2, 6)))})
-        bar.update()
+    rng, src = random.Random(_seed(seed, "hq-docs")), _sources(iter_problems(_seed(seed, "hq")), split_of)
+    hq = _split_rows(lambda s: made({"text": _hq_doc(rng, src[s]), "split": s}), n_hq)
+    rng.shuffle(hq)
     bar.set_description("web_math")
-    rng, probs = random.Random(_seed(seed, "web-docs")), _filtered(_seed(seed, "web"), banned)
-    offtopic, web, label_chars = _piece_stream(OFFTOPIC_MODULES, 700), [], [0, 0, 0]
-    for _ in range(n_web):
-        text, spans = _finish(_web_doc(rng, probs, offtopic))
-        web.append({"text": text, "spans": spans})
-        for s, e, lab in spans:
+    rng, src = random.Random(_seed(seed, "web-docs")), _sources(iter_problems(_seed(seed, "web")), split_of)
+    offtopic = _piece_stream(OFFTOPIC_MODULES, 700)
+
+    def web_row(split: str) -> dict:
+        text, spans = _finish(_web_doc(rng, src[split], offtopic))
+        return made({"text": text, "spans": spans, "split": split})
+    web = _split_rows(web_row, n_web)
+    rng.shuffle(web)
+    label_chars = [0] * len(PROVENANCE)
+    for r in web:
+        for s, e, lab in r["spans"]:
             label_chars[lab] += e - s
-        label_chars[0] += len(text) - sum(e - s for s, e, _ in spans)
-        bar.update()
+        label_chars[0] += len(r["text"]) - sum(e - s for s, e, _ in r["spans"])
     bar.set_description("prose")
-    rng, probs = random.Random(_seed(seed, "prose")), _filtered(_seed(seed, "prose-math"), banned)
+    rng, probs = random.Random(_seed(seed, "prose")), _only(_seed(seed, "prose-math"), split_of, "train")
     target, docs, size = PROSE_CHARS * scale * (1 - PROSE_MATH_SHARE), [], 0
     for name in PROSE_MODULES:
         bar.update()
@@ -443,9 +407,14 @@ def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[key]))
         files[key] = {"path": name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
                       "documents": len(rows[key]), "chars": sum(len(r.get("text", "")) for r in rows[key])}
+    total = max(1, sum(label_chars))
     write_json(paths.manifest, {
         "format_version": FORMAT_VERSION, "seed": seed, "scale": scale,
         "python_version": ".".join(map(str, sys.version_info[:3])), "files": files,
-        "noise_char_share": round((label_chars[1] + label_chars[2]) / max(1, sum(label_chars)), 6),
-        "web_label_chars": {PROVENANCE[i]: c for i, c in enumerate(label_chars)}, "families": list(FAMILIES)})
+        "split_shares": SPLIT_SHARES, "splits": {"hq_math": _split_stats(hq), "web_math": _split_stats(web)},
+        "provenance_labels": {str(k): v for k, v in PROVENANCE.items()},
+        "noise_char_share": round(1 - label_chars[0] / total, 6),
+        "near_domain_char_share": round(sum(label_chars[k] for k in NEAR_KINDS) / total, 6),
+        "web_label_chars": {PROVENANCE[i]: c for i, c in enumerate(label_chars)},
+        "leakage": leakage(paths.root), "families": list(FAMILIES)})
     return paths

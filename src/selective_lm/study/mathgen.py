@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import string
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import islice
@@ -33,6 +34,19 @@ class Problem:
 def format_problem(p: Problem) -> str:
     """The canonical training form: ``Problem: ...\\nSolution: ...\\nAnswer: ...\\n``."""
     return f"Problem: {p.question}\nSolution: {p.solution}\nAnswer: {p.answer}\n"
+
+
+_STRIP = string.punctuation + " "
+
+
+def normalise_question(question: str) -> str:
+    """The identity of a question: lowercase, whitespace collapsed, punctuation stripped at both ends.
+
+    Problems are assigned to train/validation/test by a keyed hash of this form, and the leakage
+    check compares questions in this form, so two wordings that differ only in case, spacing or a
+    final ``?``/``.`` count as one problem.
+    """
+    return " ".join(question.lower().split()).strip(_STRIP)
 
 
 # --------------------------------------------------------------------- helpers
