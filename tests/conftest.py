@@ -66,3 +66,11 @@ def dist_env(rank: int, world: int, port: int) -> None:
     """What torchrun sets for a worker."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+@pytest.fixture(scope="session")
+def v2_study(tmp_path_factory):
+    """One synthetic v2 study (3 seeds, 10 checkpoints) per session, for the study report tests."""
+    from synthetic_study import build_study
+
+    return build_study(tmp_path_factory.mktemp("v2"))

@@ -32,10 +32,11 @@ def test_documented_default_study_equals_the_defaults():
     assert to_dict(from_dict(StudyConfig, load_yaml(ROOT / "configs" / "study-default.yaml"))) == to_dict(StudyConfig())
 
 
-@pytest.mark.parametrize("name", ["study-lora.yaml", "study-seeds.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("study-*.yaml")))
 def test_recipes_resolve(name):
     cfg = resolve(StudyConfig, str(ROOT / "configs" / name))
     assert cfg.out.startswith("slm-study")
+    cfg.validate()
 
 
 def test_precedence_yaml_overrides_flags(tmp_path):

@@ -41,7 +41,7 @@ def run(study: Study) -> Path:
             done[st.kind] = (was[0] + tokens, was[1] + seconds)
     t0 = time.perf_counter()
     study.write_index()
-    report = write_report(study.root)
+    report = write_report(study.root, writer="slm study")
     study.timings["report"] = round(time.perf_counter() - t0, 2)
     study.write_index()
     print(f"study finished in {_fmt(time.perf_counter() - t_start)}: {report}", flush=True)
