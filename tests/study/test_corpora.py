@@ -213,6 +213,7 @@ def test_leakage_is_zero(built: CorporaPaths) -> None:
     assert set(leak) == set(EVAL_SETS) | {"max_share", "self_check"}
     for name in EVAL_SETS:
         assert leak[name]["problems"] > 20 and leak[name]["leaked"] == 0 and leak[name]["share"] == 0.0, name
+        assert leak[name]["instance_leaked"] == 0, name  # not even reworded: the split is by template instance
     assert leak["max_share"] == 0.0 and leak["self_check"] == 1.0
 
 
@@ -236,6 +237,28 @@ def test_planted_leaks_are_found(built: CorporaPaths, tmp_path: Path) -> None:
     assert leak["fewshot_eval"]["leaked"] >= 1 and leak["hq_math/test"]["leaked"] >= 1
     assert leak["web_math/validation"]["leaked"] >= 1 and leak["max_share"] > 0
     assert leak["self_check"] == 1.0
+
+
+def test_reworded_leak_is_an_instance_leak(built: CorporaPaths, tmp_path: Path) -> None:
+    """A held-out problem's numbers in another wording in training text: no verbatim leak, but an
+    instance leak; and every wording of one instance goes to one split."""
+    from selective_lm.study.heldout import ProblemSplit, instance_key
+
+    split = ProblemSplit(3)
+    assert instance_key("What is 7 * 8?") == instance_key("Multiply 8 by 7.") == "#7,8"
+    assert split("What is 7 * 8?") == split("Multiply 8 by 7.") == split("what is 8 times 7 ?")
+    root = tmp_path / "reworded"
+    shutil.copytree(built.root, root)
+    hq = _rows(root / FILE_NAMES["hq_math"])
+    test_q = next(q for r in hq if r["split"] == "test" for q in re.findall(r"^Problem: (What is \d+ \* \d+\?)$",
+                                                                               r["text"], re.M))
+    a, b = re.findall(r"\d+", test_q)
+    train_hq = next(r for r in hq if r["split"] == "train")
+    train_hq["text"] += f"\nProblem: Multiply {b} by {a}.\nSolution: {a} * {b} = {int(a) * int(b)}.\nAnswer: {int(a) * int(b)}\n"
+    (root / FILE_NAMES["hq_math"]).write_text("".join(json.dumps(r) + "\n" for r in hq), encoding="utf-8")
+    leak = leakage(root)
+    assert leak["hq_math/test"]["leaked"] == 0 and leak["hq_math/test"]["instance_leaked"] >= 1
+    assert leak["max_share"] > 0
 
 
 # ------------------------------------------------------------------ near-domain noise

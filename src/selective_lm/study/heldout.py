@@ -1,9 +1,11 @@
 """Problem-level held-out splits of the embedded corpora, and the check that they hold.
 
-Every problem goes to ``train``, ``validation`` or ``test`` by a keyed hash of its normalised
-question (:func:`~selective_lm.study.mathgen.normalise_question`), so a question that recurs (the
-generator repeats its easy items) lands in one split wherever it appears. :func:`leakage` re-reads
-written corpora and counts the validation/test problems whose question occurs in any training text.
+Every problem goes to ``train``, ``validation`` or ``test`` by a keyed hash of its *template
+instance* (:func:`instance_key`: the multiset of numbers in its normalised question), so a question
+that recurs (the generator repeats its easy items) and every rewording of it ("What is 7 * 8?",
+"Multiply 7 by 8.", "What is 8 times 7?") land in one split wherever they appear. :func:`leakage`
+re-reads written corpora and counts the validation/test problems whose question occurs verbatim in
+any training text, and those whose template instance does.
 Its scan of the training text does not rely on the layouts the generator writes: after undoing the
 other notations (LaTeX, number words) it tries every word of every line as a start and every
 following sentence end (``.``, ``?``, ``!``, end of line) as an end, so a question pasted into prose,
@@ -28,15 +30,27 @@ EVAL_SETS = ("hq_math/validation", "hq_math/test", "web_math/validation", "web_m
 _STRIP = string.punctuation + " "
 
 
+_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:/\d+)?")
+
+
+def instance_key(question: str) -> str:
+    """The template instance of a question: the sorted numbers of its normal form (``#7,8`` for any
+    wording of 7 × 8 or 8 × 7), or the normal form itself when it holds no number."""
+    q = normalise_question(question)
+    nums = _NUMBER.findall(q)
+    return "#" + ",".join(sorted(nums)) if nums else q
+
+
 class ProblemSplit:
-    """``split(question)``: the split of a question under seed ``seed`` (a keyed BLAKE2b of its normal form)."""
+    """``split(question)``: the split of a question under seed ``seed`` (a keyed BLAKE2b of its
+    template instance, :func:`instance_key`)."""
 
     def __init__(self, seed: int):
         self.key = hashlib.sha256(f"selective-lm/{seed}/problem-split".encode()).digest()
         self._memo: dict[str, str] = {}
 
     def __call__(self, question: str) -> str:
-        q = normalise_question(question)
+        q = instance_key(question)
         split = self._memo.get(q)
         if split is None:
             h = hashlib.blake2b(q.encode(), key=self.key, digest_size=8).digest()
@@ -104,7 +118,9 @@ def leakage(corpora_dir: str | Path) -> dict:
     For each of ``hq_math/validation``, ``hq_math/test``, ``web_math/validation``, ``web_math/test``
     and ``fewshot_eval``: ``problems`` (distinct questions), ``leaked`` (how many occur in training
     text: hq_math and web_math rows of split train, noise blocks included, and all of prose.jsonl) and
-    ``share``; ``max_share`` over the five, and ``self_check``: the share of the training rows' own
+    ``share``; ``instance_leaked`` / ``instance_share``: how many have the template instance
+    (:func:`instance_key`) of a training question, i.e. the same numbers in any wording; ``max_share``
+    over the five (both kinds), and ``self_check``: the share of the training rows' own
     questions that the scan finds (1.0 unless the scan misses a layout). Rows without ``split`` count
     as training rows.
     """
@@ -123,10 +139,13 @@ def leakage(corpora_dir: str | Path) -> dict:
     sets["fewshot_eval"] = {normalise_question(canonical_text(r["question"]))
                             for r in _rows(root / "fewshot_eval.jsonl")}
     found = find_questions(train_texts, own.union(*sets.values()), canonical=True)
+    train_keys = {instance_key(q) for q in own}
     out: dict = {}
     for name, qs in sets.items():
         leaked = len(qs & found)
-        out[name] = {"problems": len(qs), "leaked": leaked, "share": round(leaked / max(1, len(qs)), 6)}
-    out["max_share"] = max(v["share"] for v in out.values())
+        inst = sum(instance_key(q) in train_keys for q in qs)
+        out[name] = {"problems": len(qs), "leaked": leaked, "share": round(leaked / max(1, len(qs)), 6),
+                     "instance_leaked": inst, "instance_share": round(inst / max(1, len(qs)), 6)}
+    out["max_share"] = max(max(v["share"], v["instance_share"]) for v in out.values())
     out["self_check"] = round(len(own & found) / max(1, len(own)), 6)
     return out
