@@ -24,6 +24,9 @@ def test_bad_configs_refused_before_any_stage(tmp_path, capsys, tiny_data):
     refused(["study", "--out", out, "--corpora", tmp_path / "nope"], capsys, "hq_math.jsonl", out)
     refused(["study", "--out", out, "ratios=[0.6,1.2]"], capsys, "ratios", out)
     refused(["study", "--out", out, "lora={r: 0, alpha: 32}"], capsys, "lora.r", out)
+    refused(["study", "--out", out, "baselines=[hq,oracle]"], capsys, "baseline 'oracle'", out)
+    refused(["study", "--out", out, "temperature_unit=kelvin"], capsys, "temperature_unit", out)
+    refused(["study", "--out", out, "seeds=[0,0]"], capsys, "distinct", out)
     yaml_file = tmp_path / "study.yaml"
     yaml_file.write_text("lora:\n  r: -4\n")
     refused(["study", "--out", out, "--config", yaml_file], capsys, "lora.r", out)
@@ -56,7 +59,21 @@ def test_quick_study_end_to_end(quick_study):
     for k in KEYS:
         assert k in res, k
     names = {r["name"] for r in res["runs"]} if isinstance(res["runs"], list) else set(res["runs"])
-    assert {"clm-s0", "topk-r0.6-s0", "random-r0.6-s0", "stochastic-r0.6-s0"} <= names
+    assert {"clm-s0", "hq-s0", "content-s0", "topk-r0.6-s0", "random-r0.6-s0", "stochastic-r0.6-s0"} <= names
+    # v2: one pipeline per seed, problems split with zero leakage, test and validation evaluations
+    index = json.loads((quick_study / "index.json").read_text())
+    assert index["version"] == 2 and set(index["pipelines"]) == {"0"}
+    leak = json.loads((quick_study / "seed-0" / "corpora" / "manifest.json").read_text())["leakage"]
+    assert leak["max_share"] == 0.0
+    final = sorted((quick_study / "seed-0" / "evals" / "clm").glob("step_*"))[-1]
+    m = json.loads((final / "metrics.json").read_text())
+    assert {"test", "validation", "fewshot"} <= set(m) and {"own", "external"} <= set(m["fewshot"])
+    assert m["fewshot"]["external"]["n"] == 48
+    assert "Smoke test" in md and "Written by `slm study`" in md
+    assert "not tested (1 seed" in md and "✅" not in md  # one seed never "holds"
+    overlap = [json.loads(x)["topk_overlap"] for x in open(quick_study / "seed-0" / "runs" / "stochastic-r0.6" /
+                                                               "metrics.jsonl") if '"train"' in x]
+    assert overlap and all(0.0 < o < 1.0 for o in overlap)
 
     def finite(x):
         if isinstance(x, float):
@@ -78,8 +95,9 @@ def test_resumed_study_skips_finished_stages(quick_study, capsys):
     stage_lines = [line for line in out.splitlines() if line.startswith("[")]
     assert stage_lines and all(line.endswith(": cached") for line in stage_lines), out
     after = json.loads((quick_study / "report" / "results.json").read_text())
-    before["config"].pop("timings", None)
-    after["config"].pop("timings", None)
+    for r in (before, after):
+        r["config"].pop("timings", None)
+        r["config"].pop("timings_total", None)
     assert before == after
 
 
@@ -90,9 +108,9 @@ def test_study_killed_while_saving_the_base_resumes_to_the_same_results(quick_st
     args = ["study", "--quick", "--out", str(out), "--no-progress"]
     killed(args, "selective_lm.model.commit_dir", 1, "before")  # the base model's checkpoint, half written
     assert main(args) == 0
-    runs = sorted(p.parent.name for p in (quick_study / "runs").glob("*/run.json"))
-    assert runs and runs == sorted(p.parent.name for p in (out / "runs").glob("*/run.json"))
+    runs = sorted(p.parent.name for p in (quick_study / "seed-0" / "runs").glob("*/run.json"))
+    assert runs and runs == sorted(p.parent.name for p in (out / "seed-0" / "runs").glob("*/run.json"))
     for name in runs:
-        a = json.loads((quick_study / "runs" / name / "run.json").read_text())
-        b = json.loads((out / "runs" / name / "run.json").read_text())
+        a = json.loads((quick_study / "seed-0" / "runs" / name / "run.json").read_text())
+        b = json.loads((out / "seed-0" / "runs" / name / "run.json").read_text())
         assert a["final_val_loss"] == b["final_val_loss"], name

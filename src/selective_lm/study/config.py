@@ -15,7 +15,7 @@ FREE_KEYS = {"out", "overwrite", "progress", "seeds", "device", "quick"}
 
 # `--quick`: the same stages and report sections on a small budget (45 s measured; used by the end-to-end test).
 QUICK = dict(corpora_scale=0.12, base_tokens=120_000, reference_epochs=1.0, cpt_tokens=40_000,
-             ratios=[0.6], checkpoints=3, eval_windows_target=24, eval_windows_noisy=24,
+             ratios=[0.6], checkpoints=3, fewshot_checkpoints=2, eval_windows_target=24, eval_windows_noisy=24,
              fewshot_questions=48, fewshot_external=48, batch_size=8, warmup_steps=3)
 
 
@@ -81,6 +81,8 @@ class StudyConfig:
     """Test-split questions of our own generator for few-shot exact match (greedy)."""
     fewshot_external: int = 200
     """Questions from the external generator (reasoning-gym, pinned) for few-shot exact match; 0 = none."""
+    fewshot_checkpoints: int = 5
+    """Checkpoints per arm (evenly spaced, always the last) where few-shot accuracy is measured; generation is the costly part of evaluation."""
     shots: int = 2
     """Few-shot exemplars per prompt."""
     device: str = "auto"
@@ -123,7 +125,7 @@ class StudyConfig:
                     raise UserError(f"corpus file missing: {Path(self.corpora) / f} (corpora must hold {', '.join(CORPUS_FILES)})")
         if self.tokenizer is not None and not (Path(self.tokenizer) / "tokenizer.json").is_file():
             raise UserError(f"tokenizer not found: {self.tokenizer}/tokenizer.json")
-        for name in ("base_tokens", "cpt_tokens", "batch_size", "checkpoints", "seq_len"):
+        for name in ("base_tokens", "cpt_tokens", "batch_size", "checkpoints", "seq_len", "fewshot_checkpoints"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.reference_epochs <= 0:

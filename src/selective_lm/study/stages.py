@@ -207,17 +207,25 @@ def _all_checkpoints_done(study: Study) -> bool:
 
 
 def _eval_jobs(study: Study) -> list[tuple]:
-    """(checkpoint dir, eval dir, step, tokens, seed, with validation) of every evaluation not yet written."""
+    """(checkpoint dir, eval dir, step, tokens, seed, with validation, with few-shot) of every evaluation not
+    yet written: validation at each run's last checkpoint; few-shot at ``fewshot_checkpoints`` evenly spaced
+    ones (the last included), the base and the reference."""
     jobs = []
     for seed in study.cfg.seeds:
-        jobs += [(study.base_ckpt(seed), study.eval_dir(seed, "base") / "step_000000", 0, 0, seed, True),
-                 (study.reference_ckpt(seed), study.eval_dir(seed, "reference") / "step_final", -1, -1, seed, True)]
+        jobs += [(study.base_ckpt(seed), study.eval_dir(seed, "base") / "step_000000", 0, 0, seed, True, True),
+                 (study.reference_ckpt(seed), study.eval_dir(seed, "reference") / "step_final", -1, -1, seed, True, True)]
+    steps = _steps(study.cfg.cpt_tokens, study)
+    every = max(1, math.ceil(steps / study.cfg.checkpoints))
+    n = math.ceil(steps / every)  # checkpoints per arm when it has finished
+    f = min(n, study.cfg.fewshot_checkpoints)
+    shots = {round(k * n / f) for k in range(1, f + 1)}  # 1-based checkpoint numbers
     for arm in study.arms():
         dirs = checkpoint_dirs(arm["run_dir"])
-        for d in dirs:
+        for i, d in enumerate(dirs, 1):
             meta = read_json(d / "slm_meta.json")
             last = d == dirs[-1] and is_finished(arm["run_dir"])
-            jobs.append((d, Path(arm["eval_dir"]) / d.name, checkpoint_step(d), meta["tokens"], arm["seed"], last))
+            jobs.append((d, Path(arm["eval_dir"]) / d.name, checkpoint_step(d), meta["tokens"], arm["seed"], last,
+                         last or i in shots))
     return [j for j in jobs if not (j[1] / "metrics.json").is_file() or
             (j[5] and "validation" not in read_json(j[1] / "metrics.json"))]
 
@@ -256,7 +264,8 @@ def _evaluate(study: Study) -> None:
         per_seed[seed] = {"target": target, "noisy": noisy, "tok": target.tokenizer(), "sets": sets,
                           "exemplars": read_jsonl(corpora_dir / "fewshot_exemplars.jsonl")}
     jobs = _eval_jobs(study)
-    for ckpt, out, step, tokens, seed, with_val in progress(jobs, desc="evaluate", unit="ckpt", enabled=c.progress):
+    for ckpt, out, step, tokens, seed, with_val, with_shots in progress(jobs, desc="evaluate", unit="ckpt",
+                                                                       enabled=c.progress):
         e = per_seed[seed]
         model = load_model(ckpt, device).eval()
         result = {"checkpoint": str(ckpt), "step": step, "tokens": tokens, "test": {}}
@@ -268,9 +277,11 @@ def _evaluate(study: Study) -> None:
             dump_token_losses(losses, out / f"{split}.{name}.losses.bin", {"dataset": str(ds.path), "split": split,
                                                                          "dataset_fingerprint": ds.fingerprint})
             result.setdefault(split, {})[name] = loss_summary(losses)
-        with torch.inference_mode():
-            result["fewshot"] = {k: fewshot_accuracy(model, e["tok"], qs, e["exemplars"], c.shots, max_new_tokens=40,
-                                                     batch_size=100, device=device, max_positions=c.seq_len,
-                                                     bos_id=e["target"].bos_id) for k, qs in e["sets"].items()}
+        if with_shots:
+            with torch.inference_mode():
+                result["fewshot"] = {k: fewshot_accuracy(model, e["tok"], qs, e["exemplars"], c.shots,
+                                                         max_new_tokens=40, batch_size=100, device=device,
+                                                         max_positions=c.seq_len, bos_id=e["target"].bos_id)
+                                     for k, qs in e["sets"].items()}
         write_json(out / "metrics.json", result)
         del model
