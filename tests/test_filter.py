@@ -57,9 +57,10 @@ def small(tmp_path_factory):
     prepare(PrepareConfig(inputs=[str(root / "c.jsonl")], out=str(root / "ds"), vocab_size=300, seq_len=32,
                           val_fraction=0.1, progress=False))
     for name, steps, seed in (("ref", 8, 0), ("run", 2, 1)):
-        train(TrainConfig(data=str(root / "ds"), out=str(root / name), max_steps=steps, batch_size=4, lr=3e-3, seed=seed,
-                          warmup_steps=1, eval_windows=4, progress=False), console=False)
-    score(ScoreConfig(data=str(root / "ds"), model=str(root / "ref" / "final"), out=str(root / "scores"), progress=False))
+        train(TrainConfig(data=str(root / "ds"), out=str(root / name), max_steps=steps, batch_size=4, lr=3e-3,
+                          seed=seed, warmup_steps=1, eval_windows=4, progress=False), console=False)
+    score(ScoreConfig(data=str(root / "ds"), model=str(root / "ref" / "final"), out=str(root / "scores"),
+                      progress=False))
     return root
 
 
@@ -70,9 +71,9 @@ def test_documents_map_back_exactly_and_scores_are_per_document_means(small, tmp
     rows = rows_of(small / "c.jsonl")
     mine, starts, ends = brute_force(ds, rows)
     flat = np.asarray(ds.windows("train")).reshape(-1)
-    stream = np.concatenate([ds.tokenizer().backend_tokenizer.encode(r["text"], add_special_tokens=False).ids + [ds.eos_id]
-                             for r in mine])
-    assert np.array_equal(stream[:len(flat)], flat)  # the brute-force layout is the dataset's
+    encode = ds.tokenizer().backend_tokenizer.encode
+    stream = np.concatenate([encode(r["text"], add_special_tokens=False).ids + [ds.eos_id] for r in mine])
+    assert np.array_equal(stream[:len(flat)], flat) and ends[-1] == len(stream)  # the dataset's own layout
     expect = brute_scores(ds, ref, starts, ends, min_tokens=8)
     kept = rows_of(tmp_path / "f" / "kept.jsonl")
     by_text = {r["text"]: i for i, r in enumerate(mine)}
@@ -90,14 +91,16 @@ def test_documents_map_back_exactly_and_scores_are_per_document_means(small, tmp
     assert len(kept_scores) == n_keep and kept_scores == pytest.approx(sorted(scored)[:n_keep])  # the lowest ones
     unscored = sum(s is None for s in expect)
     assert len(kept) == n_keep + unscored  # unscored=keep
-    assert [r["text"] for r in kept] == [r["text"] for r in mine if r["text"] in {k["text"] for k in kept}]  # input order
+    kept_texts = {k["text"] for k in kept}
+    assert [r["text"] for r in kept] == [r["text"] for r in mine if r["text"] in kept_texts]  # input order
     d = m["documents"]
     assert (d["total"], d["scored"], d["kept"]) == (len(mine), len(scored), len(kept))
     assert m["boundaries"]["verified_documents"] == len(mine) - d["in_dropped_tail"]
     assert m["threshold"] == pytest.approx(sorted(scored)[n_keep - 1])
     assert m["kept_fraction"]["documents"] == pytest.approx(len(kept) / len(mine))
     assert m["tokens"]["total"] == ref.size and 0 < m["tokens"]["kept"] < ref.size
-    assert m["dataset_fingerprint"] == ds.fingerprint and m["scores"]["sha256"] == read_json(small / "scores" / "manifest.json")["sha256"]
+    assert m["dataset_fingerprint"] == ds.fingerprint
+    assert m["scores"]["sha256"] == read_json(small / "scores" / "manifest.json")["sha256"]
     assert [s["sha256"] for s in m["inputs"]] == [s["sha256"] for s in ds.manifest["sources"]]
     assert m["quantiles"]["all"]["0.0"] == pytest.approx(min(scored)) and m["model"] is None
     assert not [p.name for p in (tmp_path / "f").iterdir() if p.name not in ("kept.jsonl", "manifest.json")]
@@ -131,8 +134,26 @@ def test_selected_share_with_a_model_as_parquet_by_tokens(small, tmp_path):
         assert {k: v for k, v in row.items() if k != "slm_doc_score"} == rows[row["text"]]
         assert 0.0 <= row["slm_doc_score"] <= 1.0
     assert 0.6 <= m["selected_token_fraction"] < 0.61 and m["model"]["fingerprint"]
-    assert m["tokens"]["kept"] >= 0.3 * m["tokens"]["scored"] and m["rule"] == {"keep_fraction": 0.3, "keep_by": "tokens"}
+    assert m["tokens"]["kept"] >= 0.3 * m["tokens"]["scored"]
+    assert m["rule"] == {"keep_fraction": 0.3, "keep_by": "tokens"}
     assert min(r["slm_doc_score"] for r in table) == pytest.approx(m["threshold"])
+
+
+def test_rows_come_in_the_order_of_the_documents(tmp_path):
+    """JSON arrays, Parquet (every column) and text files, with empty documents skipped as prepare skips them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from selective_lm.filter import iter_rows
+    from selective_lm.sources import iter_documents
+
+    (tmp_path / "a.json").write_text(json.dumps([{"text": "one", "n": 1}, {"text": ""}, {"text": "two", "n": 2}]))
+    pq.write_table(pa.table({"text": ["p", "", "q"], "score": [0.5, 0.1, 0.2]}), tmp_path / "b.parquet")
+    (tmp_path / "c.txt").write_text("plain text")
+    inputs = [str(tmp_path / n) for n in ("a.json", "b.parquet", "c.txt")]
+    rows = list(iter_rows(inputs, "text"))
+    assert [r["text"] for r in rows] == [t for t, _ in iter_documents(inputs)] == ["one", "two", "p", "q", "plain text"]
+    assert rows[1] == {"text": "two", "n": 2} and rows[3] == {"text": "q", "score": 0.2}
 
 
 def test_top_threshold_counts_float16_exactly():
@@ -144,7 +165,8 @@ def test_top_threshold_counts_float16_exactly():
 
 def test_cli_end_to_end_threshold_and_rerun(small, tmp_path, capsys):
     args = ["filter", "--data", small / "ds", "--ref-scores", small / "scores", "--inputs", small / "c.jsonl",
-            "--out", tmp_path / "e", "--model", small / "run" / "final", "--doc-score", "mean_excess", "--threshold", "0", "--no-progress"]
+            "--out", tmp_path / "e", "--model", small / "run" / "final", "--doc-score", "mean_excess",
+            "--threshold", "0", "--no-progress"]
     assert main([str(a) for a in args]) == 0
     out = capsys.readouterr().out
     m = read_json(tmp_path / "e" / "manifest.json")

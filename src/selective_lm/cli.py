@@ -11,7 +11,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from .config import EvalConfig, FilterConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arguments, dump_yaml, from_args
+from .config import (EvalConfig, FilterConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arguments, dump_yaml,
+                     from_args)
 from .files import UserError
 
 # The `key=value` example each subcommand's --help shows: its own fields (tests/test_console.py parses each).

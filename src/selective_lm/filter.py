@@ -31,8 +31,8 @@ import numpy as np
 from .config import FilterConfig, PrepareConfig
 from .data import TokenDataset, split_of
 from .files import DirLock, UserError, atomic_dir, commit_dir, read_json, remove_stale_temporaries, write_json
-from .sources import _SURROGATE, _checked, _jsonl_lines, clean_text, decode_bytes, expand_inputs, iter_documents, open_input
-from .sources import source_record, split_ext
+from .sources import (_SURROGATE, _checked, _jsonl_lines, clean_text, decode_bytes, expand_inputs, iter_documents,
+                      open_input, source_record, split_ext)
 
 KIND = "selective-lm-filter"
 SCORE_FIELD = "slm_doc_score"
@@ -61,9 +61,11 @@ def _check_out(out: Path, overwrite: bool) -> None:
         except (OSError, ValueError, AttributeError):
             ours = False
         if not ours:
-            raise UserError(f"output directory {out} is not empty and is not an `slm filter` output: choose a new --out")
+            raise UserError(f"output directory {out} is not empty and is not an `slm filter` output: "
+                            "choose a new --out")
         if not overwrite:
-            raise UserError(f"output directory {out} already holds filtered documents: pass --overwrite to replace them")
+            raise UserError(f"output directory {out} already holds filtered documents: pass --overwrite to "
+                            "replace them")
 
 
 def check_sources(inputs: list[str], manifest: dict) -> list[dict]:
@@ -72,8 +74,8 @@ def check_sources(inputs: list[str], manifest: dict) -> list[dict]:
     want = manifest["sources"]
     for i, (got, src) in enumerate(zip(records, want)):
         if got["sha256"] != src["sha256"]:
-            raise UserError(f"input {got['path']} is not the dataset's source #{i + 1} ({src['path']}; sha256 differs): "
-                            "pass the files given to `slm prepare`, unchanged and in the same order")
+            raise UserError(f"input {got['path']} is not the dataset's source #{i + 1} ({src['path']}; sha256 "
+                            "differs): pass the files given to `slm prepare`, unchanged and in the same order")
     if len(records) != len(want):
         raise UserError(f"the inputs are {len(records)} files but the dataset was prepared from {len(want)}: pass the "
                         "files given to `slm prepare`, in the same order")
@@ -204,7 +206,7 @@ def top_threshold(counts: np.ndarray, ratio: float) -> tuple[float, int]:
 
 def _entropy_file(scores_dir: Path, ref) -> np.ndarray:
     m = read_json(scores_dir / "manifest.json")
-    name = m.get("entropy_file") or (m.get("entropy") if isinstance(m.get("entropy"), str) else None) or "ref_entropy.bin"
+    name = m.get("entropy_file") or "ref_entropy.bin"  # provisional: `slm score` does not write entropies yet
     f = scores_dir / name
     if not f.is_file() or f.stat().st_size != ref.size * 2:
         raise UserError(f"the scores in {scores_dir} hold no reference entropies: score them with entropies, or use "
@@ -344,7 +346,7 @@ def _filter(cfg: FilterConfig, out: Path) -> dict:
     scores_m = read_json(Path(cfg.ref_scores) / "manifest.json")
     uses_model = cfg.doc_score in ("mean_excess", "selected_share")
     if uses_model:
-        from .model import check_compatible
+        from .model import check_compatible, model_fingerprint
 
         check_compatible(cfg.model, ds, role="model")
     entropy = _entropy_file(Path(cfg.ref_scores), ref) if cfg.doc_score == "ref_entropy" else None
@@ -399,9 +401,10 @@ def _filter(cfg: FilterConfig, out: Path) -> dict:
         manifest = {
             "format_version": 1, "kind": KIND, "file": name, "format": cfg.format,
             "inputs": sources, "dataset": str(ds.path), "dataset_fingerprint": ds.fingerprint, "split": cfg.split,
-            "scores": {"path": cfg.ref_scores, "sha256": scores_m.get("sha256"), "reference_model": scores_m.get("model"),
+            "scores": {"path": cfg.ref_scores, "sha256": scores_m.get("sha256"),
+                       "reference_model": scores_m.get("model"),
                        "reference_fingerprint": scores_m.get("model_fingerprint")},
-            "model": {"path": cfg.model, "fingerprint": _fingerprint(cfg.model)} if uses_model else None,
+            "model": {"path": cfg.model, "fingerprint": model_fingerprint(cfg.model)} if uses_model else None,
             "doc_score": cfg.doc_score, "higher_is_better": HIGHER_IS_BETTER[cfg.doc_score], **token_rule,
             "rule": ({"keep_fraction": cfg.keep_fraction, "keep_by": cfg.keep_by} if cfg.threshold is None
                      else {"threshold": cfg.threshold}),
@@ -422,12 +425,6 @@ def _filter(cfg: FilterConfig, out: Path) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _fingerprint(path: str) -> str:
-    from .model import model_fingerprint
-
-    return model_fingerprint(path)
 
 
 def run(cfg: FilterConfig) -> None:
