@@ -78,9 +78,16 @@ def _eval(cfg: EvalConfig) -> None:
 
 
 def _filter(cfg: FilterConfig) -> None:
-    from .filter import run
+    from .filter import filter_documents
 
-    run(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("`slm filter` runs in one process: start it without torchrun")
+    m = filter_documents(cfg)
+    d, t = m["documents"], m["tokens"]
+    print(f"kept {d['kept']} of {d['total']} {m['split']} documents ({t['kept']} of {t['total']} tokens, "
+          f"{m['kept_fraction']['tokens']:.1%}) by {m['doc_score']}, threshold "
+          + ("none" if m["threshold"] is None else f"{m['threshold']:.4f}")
+          + f"; {d['unscored']} unscored documents ({m['unscored']}) -> {os.path.join(cfg.out, m['file'])}")
 
 
 def _commands() -> dict[str, tuple[type, Callable, str]]:

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -425,15 +423,3 @@ def _filter(cfg: FilterConfig, out: Path) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def run(cfg: FilterConfig) -> None:
-    """The CLI entry: one process, one summary line."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("`slm filter` runs in one process: start it without torchrun")
-    m = filter_documents(cfg)
-    d, t = m["documents"], m["tokens"]
-    thr = "none" if m["threshold"] is None else f"{m['threshold']:.4f}"
-    print(f"kept {d['kept']} of {d['total']} {m['split']} documents ({t['kept']} of {t['total']} tokens, "
-          f"{m['kept_fraction']['tokens']:.1%}) by {m['doc_score']}, threshold {thr}; {d['unscored']} unscored "
-          f"documents ({m['unscored']}) -> {os.path.join(cfg.out, m['file'])}", file=sys.stdout)
