@@ -11,7 +11,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from .config import EvalConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arguments, dump_yaml, from_args
+from .config import (EvalConfig, FilterConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arguments, dump_yaml,
+                     from_args)
 from .files import UserError
 
 # The `key=value` example each subcommand's --help shows: its own fields (tests/test_console.py parses each).
@@ -20,6 +21,7 @@ EXAMPLES = {
     "score": "split=validation batch_size=64",
     "train": "ratio=0.3 lora.r=16",
     "eval": "max_windows=100 shots=2",
+    "filter": "keep_fraction=0.5 doc_score=ref_loss",
     "study": "ratios=0.6,0.3 seeds=0,1,2",
 }
 
@@ -75,6 +77,19 @@ def _eval(cfg: EvalConfig) -> None:
         print(f"lm-eval {task}: {', '.join(shown)}")
 
 
+def _filter(cfg: FilterConfig) -> None:
+    from .filter import filter_documents
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("`slm filter` runs in one process: start it without torchrun")
+    m = filter_documents(cfg)
+    d, t = m["documents"], m["tokens"]
+    print(f"kept {d['kept']} of {d['total']} {m['split']} documents ({t['kept']} of {t['total']} tokens, "
+          f"{m['kept_fraction']['tokens']:.1%}) by {m['doc_score']}, threshold "
+          + ("none" if m["threshold"] is None else f"{m['threshold']:.4f}")
+          + f"; {d['unscored']} unscored documents ({m['unscored']}) -> {os.path.join(cfg.out, m['file'])}")
+
+
 def _commands() -> dict[str, tuple[type, Callable, str]]:
     from .study.config import StudyConfig
     from .study.runner import run_study
@@ -84,13 +99,15 @@ def _commands() -> dict[str, tuple[type, Callable, str]]:
         "score": (ScoreConfig, _score, "reference losses for every token of a dataset split"),
         "train": (TrainConfig, _train, "CLM or SLM training (full or LoRA)"),
         "eval": (EvalConfig, _eval, "perplexity, per-token loss dumps, few-shot exact match, lm-eval tasks"),
+        "filter": (FilterConfig, _filter, "document scores from token scores; the kept documents as JSONL or Parquet"),
         "study": (StudyConfig, run_study, "Rho-1's experiment end to end with a report"),
     }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slm", description="Selective Language Modeling (Rho-1): "
-                                     "prepare data, score with a reference model, train CLM/SLM, evaluate, study.")
+                                     "prepare data, score with a reference model, train CLM/SLM, evaluate, "
+                                     "filter documents, study.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_text) in _commands().items():
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())

@@ -15,7 +15,7 @@ from .files import UserError
 from .options import (add_arguments, apply_overrides, dump_yaml, field_docs, first_change, from_args, from_dict,
                       load_yaml, resolve, save_config, to_dict)
 
-__all__ = ["EvalConfig", "LoraConfig", "PrepareConfig", "ScoreConfig", "TrainConfig", "add_arguments",
+__all__ = ["EvalConfig", "FilterConfig", "LoraConfig", "PrepareConfig", "ScoreConfig", "TrainConfig", "add_arguments",
            "apply_overrides", "check_ratio", "dump_yaml", "field_docs", "first_change", "from_args", "from_dict",
            "load_yaml", "resolve", "save_config", "to_dict"]
 
@@ -25,6 +25,7 @@ SCOPES = ("microstep", "step")
 TEMPERATURE_UNITS = ("std", "nats")
 PARALLEL = ("ddp", "fsdp")
 BOS_CHOICES = ("auto", "true", "false")
+DOC_SCORES = ("ref_loss", "mean_excess", "selected_share", "ref_entropy")
 
 
 # --------------------------------------------------------------------------- configs
@@ -334,6 +335,78 @@ class EvalConfig:
         for name in ("batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class FilterConfig:
+    """Score whole documents from token scores and write the kept documents (JSONL or Parquet) for any trainer."""
+
+    data: str = ""
+    """Dataset directory made by `slm prepare`."""
+    ref_scores: str = ""
+    """Directory made by `slm score` on this dataset's `split`."""
+    inputs: list[str] = field(default_factory=list)
+    """The inputs given to `slm prepare`, in the same order (checked against the dataset's source sha256s); the kept documents are copied from them."""
+    out: str = ""
+    """Output directory: kept.jsonl or kept.parquet, then manifest.json (written last)."""
+    model: str | None = None
+    """Training-model checkpoint: its per-token loss minus the reference loss is the excess loss (needed by mean_excess and selected_share; one forward pass over the split)."""
+    split: str = "train"
+    """Dataset split whose documents are filtered."""
+    doc_score: str = "ref_loss"
+    """Document score over its scored tokens: ref_loss (mean reference loss, lower is kept), mean_excess (mean model − reference loss, higher is kept; needs model), selected_share (share of its tokens in the split's top `ratio` by excess loss, higher is kept; needs model), ref_entropy (mean reference entropy, lower is kept; needs scores with entropies)."""
+    ratio: float = 0.6
+    """selected_share: fraction of all scored tokens of the split selected by excess loss (as SLM's ratio)."""
+    keep_fraction: float | None = None
+    """Keep the best-scoring fraction of the scored documents, in (0, 1] (see keep_by); one of keep_fraction and threshold."""
+    keep_by: str = "documents"
+    """What keep_fraction counts: documents (round(F × scored documents) best ones) or tokens (the fewest best documents holding at least F of the scored tokens)."""
+    threshold: float | None = None
+    """Keep the documents whose score is at least as good as this value (<= for ref_loss and ref_entropy, >= for mean_excess and selected_share)."""
+    min_tokens: int = 8
+    """Documents with fewer scored tokens (short ones, the one cut by the split's dropped tail, those wholly in it) get no score (null) and follow `unscored`."""
+    unscored: str = "drop"
+    """What happens to unscored documents: drop or keep (with slm_doc_score null). They are counted in the manifest either way."""
+    format: str = "jsonl"
+    """Output format: jsonl (kept.jsonl) or parquet (kept.parquet). Rows keep all their fields plus slm_doc_score."""
+    verify_documents: int = 64
+    """Documents re-tokenised and compared token for token with the windows (evenly spaced, plus the one cut by the tail); -1 = all, 0 = none."""
+    batch_size: int = 32
+    """Windows per forward pass of `model`."""
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available)."""
+    precision: str = "auto"
+    """fp32, bf16, or auto (bf16 autocast on GPU, fp32 on CPU)."""
+    overwrite: bool = False
+    """Replace an earlier `slm filter` output in `out`."""
+    progress: bool = True
+    """Show progress bars (on a terminal only)."""
+
+    def validate(self) -> None:
+        for name in ("data", "ref_scores", "out"):
+            if not getattr(self, name):
+                raise UserError(f"missing --{name.replace('_', '-')}")
+        if not self.inputs:
+            raise UserError("missing --inputs: pass the files given to `slm prepare`, in the same order")
+        self.data, self.ref_scores, self.out, self.model = (absolute(self.data), absolute(self.ref_scores),
+                                                            absolute(self.out), absolute(self.model))
+        _check_choice("doc_score", self.doc_score, DOC_SCORES)
+        _check_choice("keep_by", self.keep_by, ("documents", "tokens"))
+        _check_choice("unscored", self.unscored, ("drop", "keep"))
+        _check_choice("format", self.format, ("jsonl", "parquet"))
+        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        check_ratio(self.ratio)
+        if self.doc_score in ("mean_excess", "selected_share") and not self.model:
+            raise UserError(f"doc_score {self.doc_score} needs the excess loss: pass --model DIR (a training-model "
+                            "checkpoint), or use doc_score=ref_loss")
+        if (self.keep_fraction is None) == (self.threshold is None):
+            raise UserError("pass exactly one of --keep-fraction F (e.g. 0.5) and --threshold X")
+        if self.keep_fraction is not None:
+            check_ratio(self.keep_fraction, "keep_fraction")
+        if self.min_tokens < 1 or self.batch_size < 1 or self.verify_documents < -1:
+            raise UserError(f"need min_tokens >= 1, batch_size >= 1 and verify_documents >= -1, got {self.min_tokens}, "
+                            f"{self.batch_size} and {self.verify_documents}")
 
 
 # --------------------------------------------------------------------------- validation
