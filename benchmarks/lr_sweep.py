@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.6)
     ap.add_argument("--windows", type=int, default=96, help="validation windows per dataset")
     ap.add_argument("--tokens", type=int, default=0, help="token budget (default: the study's cpt_tokens)")
+    ap.add_argument("--seed", type=int, default=0, help="the pipeline (seed-N/) of a v2 study whose data and base to use")
     args = ap.parse_args()
 
     from selective_lm.config import TrainConfig
@@ -35,8 +36,9 @@ def main() -> None:
     from selective_lm.model import load_model
     from selective_lm.train import train
 
-    study = Path(args.study)
-    cfg = yaml.safe_load((study / "study.yaml").read_text())
+    root = Path(args.study)
+    cfg = yaml.safe_load((root / "study.yaml").read_text())
+    study = root / f"seed-{args.seed}" if (root / f"seed-{args.seed}").is_dir() else root  # v2: one pipeline per seed
     target, noisy = TokenDataset(study / "data" / "hq_math"), TokenDataset(study / "data" / "web_math")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
