@@ -237,6 +237,10 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list)
     """Trackers that also get every metrics.jsonl row: tensorboard (out/tensorboard), wandb (offline unless logged in or WANDB_MODE says otherwise), trackio; none (the default) = metrics.jsonl only. Each needs its extra, e.g. pip install 'selective-lm[tensorboard]'."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.ref_scores, (str, os.PathLike)):  # one directory, as Python callers pass it
+            self.ref_scores = [os.fspath(self.ref_scores)]
+
     def validate(self) -> None:
         from .tracking import trackers
 
@@ -247,8 +251,6 @@ class TrainConfig:
             raise UserError("missing --out: pass a run directory")
         # absolute paths: a run resumes the same whether it was named relatively or absolutely
         self.data, self.out = absolute(self.data), absolute(self.out)
-        if isinstance(self.ref_scores, str):  # Python callers may pass one directory as a string
-            self.ref_scores = [self.ref_scores]
         if self.ref_scores is not None:
             self.ref_scores = [absolute(p) for p in self.ref_scores] or None
         self.ref_model = absolute(self.ref_model)
