@@ -197,15 +197,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, example: str | Non
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
-        help_text = docs.get(f.name, "")
+        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse %-formats help ("~90%" broke train --help)
         if dataclasses.is_dataclass(tp):
             sub = field_docs(tp)
-            help_text += " Keys: " + "; ".join(f"{f.name}.{k}: {v}" for k, v in sub.items())
+            help_text += " Keys: " + "; ".join(f"{f.name}.{k}: {v}" for k, v in sub.items()).replace("%", "%%")
             parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="YAML",
                                 type=yaml.safe_load, help=help_text)
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text += f" (default: {default})"
+        help_text += f" (default: {default})".replace("%", "%%")
         is_list = typing.get_origin(tp) is list or list in typing.get_args(tp)
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
