@@ -160,8 +160,8 @@ def test_online_reference_entropy_matches_offline(tiny_data, reference):
 # --------------------------------------------------------------------------- training
 def test_min_of_identical_references_is_one_reference(tiny_data, reference, tmp_path):
     s = str(reference / "scores")
-    _run(tiny_data, tmp_path / "one", ref_scores=s)
-    _run(tiny_data, tmp_path / "two", ref_scores=[s, s], ref_combine="min")
+    _run(tiny_data, tmp_path / "one", ref_scores=s, max_steps=2)
+    _run(tiny_data, tmp_path / "two", ref_scores=[s, s], ref_combine="min", max_steps=2)
     wa, wb = (load_file(str(tmp_path / r / "final" / "model.safetensors")) for r in ("one", "two"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
