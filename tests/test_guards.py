@@ -108,7 +108,10 @@ def test_scoring_and_evaluation_refuse_non_finite_losses(tiny_data, reference, t
     import selective_lm.scoring as scoring_mod
     from selective_lm.config import EvalConfig, ScoreConfig
 
-    nan = lambda model, inputs, targets, **k: torch.full(targets.shape, float("nan"))  # noqa: E731
+    def nan(model, inputs, targets, entropy=False, **k):
+        x = torch.full(targets.shape, float("nan"))
+        return (x, x) if entropy else x
+
     monkeypatch.setattr(scoring_mod, "model_token_losses", nan)
     with pytest.raises(UserError, match="non-finite"):
         scoring_mod.score(ScoreConfig(data=str(tiny_data), model=str(reference / "ref" / "final"),

@@ -46,7 +46,8 @@ def _score(cfg: ScoreConfig) -> None:
     from .scoring import score
 
     m = score(cfg)
-    dist.print0(f"scored {m['windows']} windows of {cfg.split}: mean reference loss {m['mean_loss']:.4f} "
+    ent = f", mean entropy {m['mean_entropy']:.4f}" if "mean_entropy" in m else ""
+    dist.print0(f"scored {m['windows']} windows of {cfg.split}: mean reference loss {m['mean_loss']:.4f}{ent} "
           f"({m['windows'] * m['seq_len'] / max(m['seconds'], 1e-9):.0f} tok/s) -> {cfg.out}")
 
 

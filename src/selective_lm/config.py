@@ -23,6 +23,9 @@ STRATEGIES = ("topk", "random", "stochastic")
 OBJECTIVES = ("clm", "slm")
 SCOPES = ("microstep", "step")
 TEMPERATURE_UNITS = ("std", "nats")
+SCORES = ("excess", "reference", "entropy", "excess+entropy", "self")
+ENTROPY_SCORES = ("entropy", "excess+entropy")  # the scores that need the reference's predictive entropy
+REF_COMBINE = ("min", "mean", "weighted")
 PARALLEL = ("ddp", "fsdp")
 BOS_CHOICES = ("auto", "true", "false")
 DOC_SCORES = ("ref_loss", "mean_excess", "selected_share", "ref_entropy")
@@ -98,6 +101,8 @@ class ScoreConfig:
     """Dataset split to score."""
     batch_size: int = 32
     """Windows per forward pass."""
+    entropy: bool = True
+    """Also write the reference's per-token predictive entropy (ref_entropy.bin, aligned with the losses; from the same logits), which `slm train` needs for score=entropy and score=excess+entropy. Datasets of token ids from Hugging Face get the ref_loss column only."""
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
     precision: str = "auto"
@@ -162,10 +167,18 @@ class TrainConfig:
     """Train only on target tokens whose provenance label (from `slm prepare` spans) is in this list, e.g. [0] = content only: the oracle noise-filtering control. Needs a dataset with provenance."""
     selection_scope: str = "microstep"
     """Tokens SLM ranks together: microstep (each micro-batch step, jointly over all ranks: N ranks × batch B select as 1 rank × N·B) or step (every micro-batch and rank of the optimizer step, as in one big batch; costs one extra no-grad forward)."""
-    ref_scores: str | None = None
-    """Directory made by `slm score` on this dataset's train split (offline reference losses, the default for SLM)."""
+    ref_scores: list[str] | None = None
+    """Directory made by `slm score` on this dataset's train split (offline reference losses, the default for SLM); several directories (comma-separated, or a YAML list) are several references, combined per token by ref_combine, each scored on this dataset's train split whatever the reference model's size."""
     ref_model: str | None = None
-    """Reference model directory for online reference losses, computed under no_grad in the same step."""
+    """Reference model directory for online reference losses (and entropies when the score needs them), computed under no_grad in the same step."""
+    score: str = "excess"
+    """Per-token score SLM ranks by, higher selected first: excess (training loss − reference loss, the paper's), reference (−reference loss: what the reference predicts well), entropy (−the reference's predictive entropy: where the reference is confident), excess+entropy (excess − entropy_weight × reference entropy), self (excess against a self-reference, a model continued from the same base on a held-out part of this corpus: needs ref_scores, and the run records the reference as self-trained). The entropy scores need `slm score` entropies (its default) or ref_model."""
+    entropy_weight: float = 1.0
+    """λ ≥ 0 of score=excess+entropy (score = L − L_ref − λ·H_ref, all in nats); the other scores ignore it."""
+    ref_combine: str = "mean"
+    """How several ref_scores combine per token, reference loss and entropy alike: min (the lowest: the most favourable reference for each token), mean, or weighted (the ref_weights-weighted mean)."""
+    ref_weights: list[float] | None = None
+    """One weight ≥ 0 per ref_scores directory, in the same order, for ref_combine=weighted (normalised to sum 1)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA settings (lora.r=16 lora.alpha=32 enables it)."""
     batch_size: int = 16
@@ -225,6 +238,10 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list)
     """Trackers that also get every metrics.jsonl row: tensorboard (out/tensorboard), wandb (offline unless logged in or WANDB_MODE says otherwise), trackio; none (the default) = metrics.jsonl only. Each needs its extra, e.g. pip install 'selective-lm[tensorboard]'."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.ref_scores, (str, os.PathLike)):  # one directory, as Python callers pass it
+            self.ref_scores = [os.fspath(self.ref_scores)]
+
     def validate(self) -> None:
         from .tracking import trackers
 
@@ -235,7 +252,9 @@ class TrainConfig:
             raise UserError("missing --out: pass a run directory")
         # absolute paths: a run resumes the same whether it was named relatively or absolutely
         self.data, self.out = absolute(self.data), absolute(self.out)
-        self.ref_scores, self.ref_model = absolute(self.ref_scores), absolute(self.ref_model)
+        if self.ref_scores is not None:
+            self.ref_scores = [absolute(p) for p in self.ref_scores] or None
+        self.ref_model = absolute(self.ref_model)
         if Path(self.model).expanduser().exists():  # a checkpoint directory (not a preset name)
             self.model = absolute(self.model)
         _check_choice("objective", self.objective, OBJECTIVES)
@@ -277,6 +296,27 @@ class TrainConfig:
             raise UserError("objective slm needs reference losses: pass ref_scores=DIR (from `slm score`) or ref_model=DIR")
         if self.ref_scores and self.ref_model:
             raise UserError("pass only one of ref_scores and ref_model")
+        self._validate_score()
+
+    def _validate_score(self) -> None:
+        _check_choice("score", self.score, SCORES)
+        _check_choice("ref_combine", self.ref_combine, REF_COMBINE)
+        if not self.entropy_weight >= 0:
+            raise UserError(f"entropy_weight must be >= 0, got {self.entropy_weight}: the entropy term is subtracted")
+        if self.score == "self" and self.objective == "slm" and not self.ref_scores:
+            raise UserError("score=self needs a self-reference's scores: train the base on a held-out part of this "
+                            "corpus, `slm score` this dataset with it and pass ref_scores=DIR")
+        n = len(self.ref_scores or [])
+        if self.ref_weights is not None and self.ref_combine != "weighted":
+            raise UserError(f"ref_weights are used by ref_combine=weighted only (ref_combine is {self.ref_combine}): "
+                            "set ref_combine=weighted or drop ref_weights")
+        if self.ref_combine == "weighted":
+            w = self.ref_weights or []
+            if len(w) != n or n == 0:
+                raise UserError(f"ref_combine=weighted needs one weight per ref_scores directory: got {len(w)} "
+                                f"weights for {n} directories: pass ref_weights=W1,W2,... in the ref_scores order")
+            if any(x < 0 for x in w) or sum(w) <= 0:
+                raise UserError(f"ref_weights must be >= 0 with a positive sum, got {w}")
 
 
 @dataclass

@@ -32,6 +32,20 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return loss.view(B, T)
 
 
+def token_entropy(logits: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Predictive entropy per position, H = logsumexp(z) − Σ softmax(z)·z = −Σ p log p, shape [B, T], in float32.
+
+    With ``targets``, positions whose target is -100 get 0 (as their losses do). No gradient.
+    """
+    with torch.no_grad():
+        ent = _entropy(F.log_softmax(logits.float(), dim=-1))
+        return ent if targets is None else ent.masked_fill(targets == IGNORE_INDEX, 0.0)
+
+
+def _entropy(logp: torch.Tensor) -> torch.Tensor:
+    return -(logp.exp() * logp).sum(-1)
+
+
 def selective_loss(token_losses: torch.Tensor, ref_losses: torch.Tensor, ratio: float,
                    strategy: str = "topk", *, valid: torch.Tensor | None = None,
                    temperature: float = 1.0, generator: torch.Generator | None = None
@@ -136,3 +150,31 @@ def head_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
     out = _HeadCrossEntropy.apply(hidden.reshape(B * T, H), weight, targets.reshape(B * T), c, _compute_dtype(hidden),
                                   sparse_backward)
     return out.view(B, T)
+
+
+@torch.no_grad()
+def head_token_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                     chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses, entropies) [B, T] of ``logits = hidden @ weight.T``, chunked like :func:`head_token_losses`
+    and without gradient: the reference's per-token loss and predictive entropy from the same logits.
+
+    The losses equal :func:`head_token_losses`' bit for bit (same chunks, same dtypes; cross-entropy is
+    nll of log-softmax); the entropy reuses that log-softmax, in float32. Positions whose target is -100
+    get 0 for both.
+    """
+    if hidden.dim() != 3 or targets.shape != hidden.shape[:2]:
+        raise ValueError(f"hidden must be [B, T, H] and targets [B, T]; got {tuple(hidden.shape)} and {tuple(targets.shape)}")
+    B, T, H = hidden.shape
+    n, dtype = B * T, _compute_dtype(hidden)
+    c = _chunk_positions(n, weight.shape[0], hidden.device, chunk)
+    h, t_all = hidden.reshape(n, H), targets.reshape(n)
+    losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    ents = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    w = weight.to(dtype)
+    with torch.autocast(hidden.device.type, enabled=False):
+        for i in range(0, n, c):
+            t = t_all[i:i + c]
+            logp = F.log_softmax(F.linear(h[i:i + c].to(dtype), w).float(), dim=-1)
+            losses[i:i + c] = F.nll_loss(logp, t, ignore_index=IGNORE_INDEX, reduction="none")
+            ents[i:i + c] = _entropy(logp).masked_fill(t == IGNORE_INDEX, 0.0)
+    return losses.view(B, T), ents.view(B, T)

@@ -421,7 +421,8 @@ def supports_chunked_head(model) -> bool:
 
 
 def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunked: bool = True,
-                       sparse_backward: bool = False, **forward_kwargs) -> torch.Tensor:
+                       sparse_backward: bool = False, entropy: bool = False,
+                       **forward_kwargs) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token losses [B, T] of a causal LM on aligned (inputs, targets); ``model`` may be wrapped
     (DDP, FSDP2, torch.compile, PEFT).
 
@@ -431,15 +432,23 @@ def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunk
     ``sparse_backward`` the head's backward skips positions whose gradient is zero (SLM's
     unselected tokens) at the price of one host sync per call. ``forward_kwargs`` (an attention mask,
     position ids) go to the model's forward.
+
+    ``entropy=True`` (no gradient: scoring and online references) returns ``(losses, entropies)``: the
+    predictive entropy of every position from the same logits (chunked alike), the losses unchanged.
     """
     from .dist import unwrap_hf
-    from .loss import head_token_losses
+    from .loss import head_token_losses, head_token_stats, token_entropy
 
     if chunked and supports_chunked_head(model):
         with _head_bypassed(unwrap_hf(model)) as head:
             hidden = model(input_ids=inputs, use_cache=False, **forward_kwargs).logits
+        if entropy:
+            return head_token_stats(hidden, head.weight, targets)
         return head_token_losses(hidden, head.weight, targets, sparse_backward=sparse_backward)
     logits = model(input_ids=inputs, use_cache=False, **forward_kwargs).logits
+    if entropy:
+        with torch.no_grad():
+            return token_losses(logits, targets), token_entropy(logits, targets)
     return token_losses(logits, targets)
 
 

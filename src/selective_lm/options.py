@@ -205,7 +205,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, example: str | Non
                                 type=yaml.safe_load, help=help_text)
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text += f" (default: {default})"
+        help_text += f" (default: {default})".replace("%", "%%")
         is_list = typing.get_origin(tp) is list or list in typing.get_args(tp)
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,

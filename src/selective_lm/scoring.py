@@ -3,11 +3,13 @@
 Output directory::
 
     ref_losses.bin   float16 memmap [windows, seq_len], row i = losses of window i's targets
-    manifest.json    binds the file to the dataset (fingerprint) and the reference model (hash); written last
+    ref_entropy.bin  float16 memmap [windows, seq_len] (unless --no-entropy): the reference's predictive
+                     entropy at the same positions, from the same logits
+    manifest.json    binds the files to the dataset (fingerprint) and the reference model (hash); written last
 
-While running, ``ref_losses.bin.partial``, the per-window bitmap ``done.bin`` and ``progress.json``
-(the job's identity) make it resumable, also under another world size; a partial file never carries
-the final name, so it never looks complete.
+While running, ``ref_losses.bin.partial`` (and ``ref_entropy.bin.partial``), the per-window bitmap
+``done.bin`` and ``progress.json`` (the job's identity) make it resumable, also under another world
+size; a partial file never carries the final name, so it never looks complete.
 """
 from __future__ import annotations
 
@@ -27,13 +29,15 @@ from .model import autocast_ctx, check_compatible, load_model, model_fingerprint
 from .runtime import progress
 
 SCORES_FILE = "ref_losses.bin"
+ENTROPY_FILE = "ref_entropy.bin"
 DONE_FILE = "done.bin"
 KIND = "selective-lm-ref-scores"
 FLUSH_EVERY_S = 10.0
 
 
-def _identity(ds: TokenDataset, split: str, model_path: str) -> dict:
+def _identity(ds: TokenDataset, split: str, model_path: str, entropy: bool = False) -> dict:
     return {
+        **({"entropy": True} if entropy else {}),  # a loss-only job's identity is what it always was
         "dataset_fingerprint": ds.fingerprint,
         "tokenizer_fingerprint": ds.manifest["tokenizer_fingerprint"],
         "split": split,
@@ -52,12 +56,15 @@ def _open_partial(cfg: ScoreConfig, ds: TokenDataset, ident: dict) -> int:
         raise UserError(f"{out} already holds finished scores: pass --overwrite to recompute them")
     out.mkdir(parents=True, exist_ok=True)  # finished scores stay in place until the new ones are complete
     partial, done_path, progress_path = out / (SCORES_FILE + ".partial"), out / DONE_FILE, out / "progress.json"
+    ent = out / (ENTROPY_FILE + ".partial")
     resumable = (partial.is_file() and done_path.is_file() and progress_path.is_file()
-                 and read_json(progress_path).get("identity") == ident and done_path.stat().st_size == n)
+                 and read_json(progress_path).get("identity") == ident and done_path.stat().st_size == n
+                 and (ent.is_file() or not cfg.entropy))
     if not resumable:
-        for f in (partial, done_path, progress_path):
+        for f in (partial, ent, done_path, progress_path):
             f.unlink(missing_ok=True)
-        for f, size in ((partial, n * ds.seq_len * 2), (done_path, n)):
+        sizes = [(partial, n * ds.seq_len * 2), (done_path, n)] + ([(ent, n * ds.seq_len * 2)] if cfg.entropy else [])
+        for f, size in sizes:
             with open(f, "wb") as fh:  # allocated now: a full disk is an error here, not a SIGBUS mid-run
                 os.posix_fallocate(fh.fileno(), 0, max(size, 1))
         write_json(progress_path, {"identity": ident})
@@ -88,7 +95,7 @@ def score(cfg: ScoreConfig) -> dict:
     def check() -> tuple[TokenDataset, dict]:
         ds = TokenDataset(cfg.data)
         check_compatible(cfg.model, ds, role="reference model")
-        return ds, _identity(ds, cfg.split, cfg.model)
+        return ds, _identity(ds, cfg.split, cfg.model, cfg.entropy)
 
     ds, ident = dist.agree(check)
     if cfg.hf_out:  # refused before the scoring pass, not after it
@@ -149,7 +156,8 @@ def _score(cfg: ScoreConfig, ds: TokenDataset, ident: dict, device: torch.device
     todo = dist.agree(_todo_batches, cfg, n, main_only=True)
     writer = dist.is_main()  # rank 0 writes every row: one writer, whatever the filesystem
     if writer:
-        scores = np.memmap(out / (SCORES_FILE + ".partial"), dtype=np.float16, mode="r+", shape=(n, ds.seq_len))
+        files = [np.memmap(out / (f + ".partial"), dtype=np.float16, mode="r+", shape=(n, ds.seq_len))
+                 for f in (SCORES_FILE, ENTROPY_FILE)[:1 + cfg.entropy]]  # losses, then entropies
         done = np.memmap(out / DONE_FILE, dtype=np.uint8, mode="r+", shape=(n,))
     model = load_model(cfg.model, device).eval()
     t0 = last_flush = time.perf_counter()
@@ -158,8 +166,11 @@ def _score(cfg: ScoreConfig, ds: TokenDataset, ident: dict, device: torch.device
     pending: list[tuple[int, int]] = []
 
     def losses_of(start: int) -> torch.Tensor:
+        """[rows, seq_len, 1] losses, or [rows, seq_len, 2] losses and entropies: one gather for both."""
         inputs, targets = ds.batch(cfg.split, np.arange(start, min(start + cfg.batch_size, n)))
-        return model_token_losses(model, inputs.to(device), targets.to(device))
+        if not cfg.entropy:
+            return model_token_losses(model, inputs.to(device), targets.to(device)).unsqueeze(-1)
+        return torch.stack(model_token_losses(model, inputs.to(device), targets.to(device), entropy=True), -1)
 
     with torch.inference_mode(), autocast_ctx(device, cfg.precision):
         for starts, rows in dist.gathered_batches(todo, cfg.batch_size, n, losses_of):
@@ -171,24 +182,26 @@ def _score(cfg: ScoreConfig, ds: TokenDataset, ident: dict, device: torch.device
                                     f"{stop - 1}: it is broken (e.g. a diverged run); score with a healthy checkpoint",
                                     agreed=True)  # every rank holds every row, so every rank raises it
                 if writer:
-                    scores[start:stop] = r
+                    for k, f in enumerate(files):
+                        f[start:stop] = r[..., k]
                     pending.append((start, stop))
                 bar.update((stop - start) * ds.seq_len)
             if writer and time.perf_counter() - last_flush > FLUSH_EVERY_S:
-                _mark_done(scores, done, pending)
+                _mark_done(files, done, pending)
                 last_flush = time.perf_counter()
     if writer:
-        _mark_done(scores, done, pending)
-        del scores, done
+        _mark_done(files, done, pending)
+        del files, done
     bar.close()
     elapsed = time.perf_counter() - t0
     manifest = dist.agree(_finish, cfg, ds, ident, elapsed, main_only=True)
     return manifest
 
 
-def _mark_done(scores: np.memmap, done: np.memmap, pending: list[tuple[int, int]]) -> None:
+def _mark_done(files: list[np.memmap], done: np.memmap, pending: list[tuple[int, int]]) -> None:
     """Rows reach the disk before their windows are marked done, so a kill never marks unwritten rows."""
-    scores.flush()
+    for f in files:
+        f.flush()
     for start, stop in pending:
         done[start:stop] = 1
     done.flush()
@@ -206,8 +219,18 @@ def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float) -> 
                         "`slm score` command again to finish them")
     total_nats = float(np.memmap(partial, dtype=np.float16, mode="r", shape=(n, ds.seq_len)).astype(np.float64).sum())
     digest = sha256_file(partial)
+    entropy = {}
+    if cfg.entropy:
+        ent = out / (ENTROPY_FILE + ".partial")
+        total_ent = float(np.memmap(ent, dtype=np.float16, mode="r", shape=(n, ds.seq_len)).astype(np.float64).sum())
+        entropy = {"entropy_file": ENTROPY_FILE, "entropy_sha256": sha256_file(ent),
+                   "mean_entropy": total_ent / max(1, n * ds.seq_len)}
     (out / "manifest.json").unlink(missing_ok=True)  # --overwrite: the old scores end here, the new ones are complete
     os.replace(partial, final)
+    if cfg.entropy:
+        os.replace(out / (ENTROPY_FILE + ".partial"), out / ENTROPY_FILE)
+    else:  # --overwrite --no-entropy: entropies of the old reference must not pass for this one's
+        (out / ENTROPY_FILE).unlink(missing_ok=True)
     done_path.unlink(missing_ok=True)
     (out / "progress.json").unlink(missing_ok=True)
     manifest = {
@@ -221,6 +244,7 @@ def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float) -> 
         "dataset": str(Path(cfg.data).resolve()),
         "model": str(Path(cfg.model).resolve()),
         "mean_loss": total_nats / max(1, n * ds.seq_len),
+        **entropy,
         "seconds": round(elapsed, 3),
     }
     write_json(out / "manifest.json", manifest)
@@ -231,6 +255,23 @@ def load_scores(path: str | Path, ds: TokenDataset, split: str = "train", verify
     """Read-only memmap [windows, seq_len] of reference losses, checked against ``ds`` (and, with
     ``verify``, against the sha256 its manifest recorded)."""
     p = Path(path)
+    m, fix = _checked_manifest(p, ds, split)
+    return _memmap(p / m["file"], m, m.get("sha256"), verify, fix)
+
+
+def load_entropy(path: str | Path, ds: TokenDataset, split: str = "train", verify: bool = True) -> np.ndarray:
+    """Read-only memmap [windows, seq_len] of the reference's predictive entropies, aligned with
+    :func:`load_scores`' losses (same windows, same positions) and checked the same way."""
+    p = Path(path)
+    m, fix = _checked_manifest(p, ds, split)
+    if not m.get("entropy_file"):
+        raise UserError(f"reference scores in {p} have no predictive entropy (scored with --no-entropy or by an "
+                        f"older version): {fix} and --entropy")
+    return _memmap(p / m["entropy_file"], m, m.get("entropy_sha256"), verify, fix)
+
+
+def _checked_manifest(p: Path, ds: TokenDataset, split: str) -> tuple[dict, str]:
+    """The manifest of finished scores in ``p``, checked against ``ds``'s split; and the fix to name."""
     mpath = p / "manifest.json"
     if not mpath.is_file():
         raise UserError(f"no finished reference scores in {p}: run `slm score` (or let it finish)")
@@ -247,10 +288,13 @@ def load_scores(path: str | Path, ds: TokenDataset, split: str = "train", verify
                         f"dataset's '{split}' split has {ds.num_windows(split)}: {fix}")
     if m["dataset_fingerprint"] != ds.fingerprint:
         raise UserError(f"reference scores in {p} belong to another dataset (fingerprint differs from {ds.path}): {fix}")
-    f = p / m["file"]
+    return m, fix
+
+
+def _memmap(f: Path, m: dict, sha256: str | None, verify: bool, fix: str) -> np.ndarray:
     expected = m["windows"] * m["seq_len"] * 2
     if not f.is_file() or f.stat().st_size != expected:
         raise UserError(f"{f} is missing or truncated ({expected} bytes expected): {fix}")
-    if verify and m.get("sha256") and sha256_file(f) != m["sha256"]:  # the completion record covers every byte
+    if verify and sha256 and sha256_file(f) != sha256:  # the completion record covers every byte
         raise UserError(f"{f} changed after `slm score` finished it (sha256 differs from its manifest): {fix}")
     return np.memmap(f, dtype=np.float16, mode="r", shape=(m["windows"], m["seq_len"]))

@@ -1,11 +1,11 @@
 """One optimizer step of CLM/SLM training: :func:`train_step` and what it needs.
 
 Per step: the objective (:mod:`selective_lm.objective`) knows the denominator before any forward;
-per micro-batch: per-token losses; for SLM, excess = loss − reference loss ranks the tokens over the
-selection scope (the micro-step over all ranks, or the whole step after a no-grad pre-pass); the
-loss is Σ selected losses / selected tokens of the step. Metrics accumulate on the device. A step
-whose gradient norm is not finite is skipped by the fused optimizer itself (no host sync): weights
-and optimizer state stay as they were, and the loop counts it.
+per micro-batch: per-token losses; for SLM, a per-token score (:mod:`selective_lm.reference`; by default
+excess = loss − reference loss) ranks the tokens over the selection scope (the micro-step over all ranks,
+or the whole step after a no-grad pre-pass); the loss is Σ selected losses / selected tokens of the step.
+Metrics accumulate on the device. A step whose gradient norm is not finite is skipped by the fused
+optimizer itself (no host sync): weights and optimizer state stay as they were, and the loop counts it.
 """
 from __future__ import annotations
 
@@ -17,28 +17,9 @@ import torch
 from . import dist
 from .config import TrainConfig
 from .data import TokenDataset
-from .model import autocast_ctx, check_compatible, load_model, model_token_losses
+from .model import autocast_ctx, model_token_losses
 from .objective import Objective
-from .scoring import load_scores
-
-
-class RefLosses:
-    """Reference losses of a micro-batch: rows of the offline score memmap, or an online no-grad forward."""
-
-    def __init__(self, cfg: TrainConfig, ds: TokenDataset, device: torch.device):
-        self.scores, self.model, self.device, self.precision = None, None, device, cfg.precision
-        if cfg.ref_scores:
-            self.scores = load_scores(cfg.ref_scores, ds, "train", verify=dist.is_main())
-        else:
-            check_compatible(cfg.ref_model, ds, role="reference model")
-            ref = load_model(cfg.ref_model, "cpu" if cfg.parallel == "fsdp" else device)
-            self.model = dist.shard_frozen(ref, device, cfg.parallel, cfg.precision)
-
-    def __call__(self, idx: np.ndarray, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.scores is not None:
-            return torch.from_numpy(np.asarray(self.scores[idx], dtype=np.float32)).to(self.device, non_blocking=True)
-        with torch.no_grad(), autocast_ctx(self.device, self.precision):
-            return model_token_losses(self.model, inputs, targets).float()
+from .reference import RefLosses, RefStats
 
 
 class StepMetrics:
@@ -126,7 +107,7 @@ def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor
     valids = [targets != -100 for _, _, targets in micro]
     denom = obj.denominator(valids)  # the step's selected count over all ranks, known before any forward
     gen = obj.generator(step)
-    refs: list[torch.Tensor | None] = [None] * len(micro)
+    refs: list[RefStats | None] = [None] * len(micro)
     excess: list[torch.Tensor | None] = [None] * len(micro)
     masks = None
     overlaps: list[torch.Tensor | None] = [None] * len(micro)
@@ -135,14 +116,14 @@ def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor
             with torch.no_grad():
                 for m, (idx, inputs, targets) in enumerate(micro):
                     refs[m] = t.ref(idx, inputs, targets)
-                    excess[m] = t.losses(t.model, inputs, targets).float() - refs[m]
+                    excess[m] = t.ref.score(t.losses(t.model, inputs, targets).float(), refs[m])
         masks = obj.select([e if e is not None else v.float() for e, v in zip(excess, valids)], valids, gen)
     for m, (idx, inputs, targets) in enumerate(micro):
         with dist.grad_sync(t.fwd_model, m == len(micro) - 1):  # reduce gradients on the last micro-batch only
             tl = t.losses(t.fwd_model, inputs, targets)
             if obj.selective and excess[m] is None:
                 refs[m] = t.ref(idx, inputs, targets) if refs[m] is None else refs[m]
-                excess[m] = tl.detach() - refs[m]
+                excess[m] = t.ref.score(tl.detach(), refs[m])
             mask = masks[m] if masks is not None else obj.select([excess[m]], [valids[m]], gen)[0]
             obj.loss(tl, mask, denom).backward()
             if masks is None:

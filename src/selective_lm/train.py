@@ -5,8 +5,9 @@ One readable loop around :func:`train_step`, one optimizer step:
 1. the step's windows come in a seeded order (the same for every arm), laid out micro-batch major
    then rank, so a micro-batch step over N ranks holds the windows of one process with N× the batch;
 2. the objective (:mod:`selective_lm.objective`) knows the step's denominator before any forward;
-   per micro-batch: per-token losses; for SLM, excess = loss − reference loss ranks the tokens over
-   the selection scope (the micro-step over all ranks, or the whole step after a no-grad pre-pass);
+   per micro-batch: per-token losses; for SLM, a per-token score (excess = loss − reference loss by
+   default; :mod:`selective_lm.reference`) ranks the tokens over the selection scope (the micro-step
+   over all ranks, or the whole step after a no-grad pre-pass);
 3. loss = Σ selected token losses / (selected tokens of the whole step, all micro-batches and ranks),
    so accumulation and data parallelism give the gradient of one big batch;
 4. metrics accumulate on device; the host syncs every ``log_every`` steps (SLM with ratio < 1 also once per
@@ -214,6 +215,8 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
             "objective": cfg.objective, "strategy": cfg.strategy if slm else None, "ratio": cfg.ratio if slm else 1.0,
             "selection_scope": cfg.selection_scope if slm else None,
             "keep_labels": cfg.keep_labels, "lora": cfg.lora.r > 0, "base": str(Path(base_path).resolve()) if base_path else None}
+    if ref is not None:  # the score and its references (a self-reference is recorded as such)
+        meta.update(ref.meta())
 
     def check_finite(step: int) -> None:
         """Stop before anything is logged as good or saved once too many steps were not finite."""
