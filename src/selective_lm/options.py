@@ -197,7 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, example: str | Non
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
-        help_text = docs.get(f.name, "")
+        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %: "90%" must not break it
         if dataclasses.is_dataclass(tp):
             sub = field_docs(tp)
             help_text += " Keys: " + "; ".join(f"{f.name}.{k}: {v}" for k, v in sub.items())
