@@ -5,15 +5,18 @@ Library API:
 - :func:`token_losses` — per-position next-token cross-entropy, [B, T] (targets already aligned).
 - :func:`select_tokens` — exactly k = round(ratio × valid) positions by ``topk``, ``random`` or ``stochastic``.
 - :func:`selective_loss` — mean loss over the tokens selected by excess loss (training − reference).
+- :func:`soft_weights` — token weights in [0, 1] from scores, summing to exactly ratio × valid (soft selection).
+- :func:`dft_weights` — reference-free DFT weights p / mean(p), p = exp(−loss).
 """
 from importlib import import_module
 
-__all__ = ["IGNORE_INDEX", "num_selected", "select_tokens", "selective_loss", "token_losses"]
+__all__ = ["IGNORE_INDEX", "dft_weights", "num_selected", "select_tokens", "selective_loss", "soft_weights",
+           "token_losses"]
 __version__ = "0.1.0"
 
 # imported on first use: `import selective_lm.cli` (and so `slm --help`) does not import torch
 _LAZY = {"IGNORE_INDEX": "loss", "selective_loss": "loss", "token_losses": "loss", "num_selected": "selection",
-         "select_tokens": "selection"}
+         "select_tokens": "selection", "soft_weights": "selection", "dft_weights": "selection"}
 
 
 def __getattr__(name: str):

@@ -26,6 +26,8 @@ TEMPERATURE_UNITS = ("std", "nats")
 SCORES = ("excess", "reference", "entropy", "excess+entropy", "self")
 ENTROPY_SCORES = ("entropy", "excess+entropy")  # the scores that need the reference's predictive entropy
 REF_COMBINE = ("min", "mean", "weighted")
+WEIGHTINGS = ("hard", "soft", "dft")
+RATIO_SCHEDULES = ("constant", "linear", "cosine")
 PARALLEL = ("ddp", "fsdp")
 BOS_CHOICES = ("auto", "true", "false")
 DOC_SCORES = ("ref_loss", "mean_excess", "selected_share", "ref_entropy")
@@ -162,7 +164,17 @@ class TrainConfig:
     temperature: float = 1.0
     """Temperature τ of stochastic selection (sampling ∝ exp(excess / τ)), in `temperature_unit`s."""
     temperature_unit: str = "std"
-    """std: τ is in units of the standard deviation of the selection set's excess losses (τ = 1 keeps the same sharpness whatever the loss scale; the raw-nats τ = 1 of earlier versions overlapped top-k by ~90%); nats: τ in raw nats."""
+    """std: τ (and weight_temperature) is in units of the standard deviation of the selection set's excess losses (τ = 1 keeps the same sharpness whatever the loss scale; the raw-nats τ = 1 of earlier versions overlapped top-k by ~90%); nats: τ in raw nats."""
+    weighting: str = "hard"
+    """SLM token weights: hard (a 0/1 mask from `strategy`, the paper); soft (w = min(1, c·exp(excess / weight_temperature)) over the selection set, c chosen so the mean weight over its valid tokens is exactly `ratio`: top-k's token budget, with weights capped at 1 and the surplus spread over the rest; strategy topk only); dft (reference-free control, Dynamic Fine-Tuning: w = p / mean(p) with p = exp(−loss) the model's own detached probability of the target, mean weight 1; needs no ref_scores/ref_model (any given are not used) and ignores ratio). The loss is Σ w·loss / Σ w of the whole step; loss_selected logs the weighted mean loss and selected_fraction the mean weight."""
+    weight_temperature: float = 1.0
+    """Temperature of soft weighting, in `temperature_unit`s (std: units of the selection set's excess std): → 0 gives the top-k mask, large values give every token the weight `ratio`."""
+    ratio_schedule: str = "constant"
+    """How the SLM ratio moves over training: constant (`ratio` throughout), linear or cosine (half a cosine) from `ratio` at the first selective step to `ratio_end` at the last; a pure function of (step, total steps). The current ratio is logged as `ratio` in metrics.jsonl."""
+    ratio_end: float | None = None
+    """Ratio of the last optimizer step for ratio_schedule linear/cosine, in (0, 1] (required by them, refused with constant)."""
+    clm_warmup: float = 0.0
+    """Fraction of the optimizer steps, in [0, 1), trained as plain CLM (every token, no reference) before selection starts: the first round(clm_warmup × steps) steps (at most all but one); the ratio schedule starts after them. Logged ratio 1 during the warm-up."""
     keep_labels: list[int] | None = None
     """Train only on target tokens whose provenance label (from `slm prepare` spans) is in this list, e.g. [0] = content only: the oracle noise-filtering control. Needs a dataset with provenance."""
     selection_scope: str = "microstep"
@@ -218,7 +230,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """Recompute each decoder block's activations in backward: less memory for about one more forward of compute."""
     log_every: int = 10
-    """Steps between metric lines: the loop syncs with the host there (and, for SLM with ratio < 1, once per micro-batch in the output head's backward)."""
+    """Steps between metric lines: the loop syncs with the host there (and, for hard SLM with ratio < 1, once per micro-batch in the output head's backward)."""
     eval_every: int = 0
     """Steps between validation evaluations; 0 = only at the end."""
     eval_windows: int = 64
@@ -270,6 +282,7 @@ class TrainConfig:
         if self.temperature <= 0:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
         _check_choice("temperature_unit", self.temperature_unit, TEMPERATURE_UNITS)
+        self._validate_weighting()
         if self.keep_labels is not None and (not self.keep_labels or not all(
                 isinstance(x, int) and 0 <= x < 256 for x in self.keep_labels)):
             raise UserError(f"keep_labels must be a non-empty list of provenance labels 0..255, got {self.keep_labels!r}")
@@ -292,8 +305,9 @@ class TrainConfig:
             raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.log_every < 1:
             raise UserError(f"log_every must be >= 1, got {self.log_every}")
-        if self.objective == "slm" and not (self.ref_scores or self.ref_model):
-            raise UserError("objective slm needs reference losses: pass ref_scores=DIR (from `slm score`) or ref_model=DIR")
+        if self.objective == "slm" and self.weighting != "dft" and not (self.ref_scores or self.ref_model):
+            raise UserError("objective slm needs reference losses: pass ref_scores=DIR (from `slm score`) or ref_model=DIR "
+                            "(or weighting=dft, the reference-free control)")
         if self.ref_scores and self.ref_model:
             raise UserError("pass only one of ref_scores and ref_model")
         self._validate_score()
@@ -317,6 +331,34 @@ class TrainConfig:
                                 f"weights for {n} directories: pass ref_weights=W1,W2,... in the ref_scores order")
             if any(x < 0 for x in w) or sum(w) <= 0:
                 raise UserError(f"ref_weights must be >= 0 with a positive sum, got {w}")
+
+    def _validate_weighting(self) -> None:
+        """weighting, its temperature, the ratio schedule and the CLM warm-up."""
+        _check_choice("weighting", self.weighting, WEIGHTINGS)
+        _check_choice("ratio_schedule", self.ratio_schedule, RATIO_SCHEDULES)
+        if not self.weight_temperature > 0:
+            raise UserError(f"weight_temperature must be > 0, got {self.weight_temperature}")
+        if self.ratio_end is not None:
+            check_ratio(self.ratio_end, "ratio_end")
+        if not 0.0 <= self.clm_warmup < 1.0:
+            raise UserError(f"clm_warmup must be in [0, 1), got {self.clm_warmup}: e.g. 0.1 trains the first 10% "
+                            "of the steps as CLM")
+        if self.objective != "slm":
+            for key, default in (("weighting", "hard"), ("ratio_schedule", "constant"), ("ratio_end", None),
+                                 ("clm_warmup", 0.0)):
+                if getattr(self, key) != default:
+                    raise UserError(f"{key}={getattr(self, key)} needs objective=slm (objective clm trains every token)")
+        if self.weighting != "hard" and self.strategy != "topk":
+            raise UserError(f"weighting={self.weighting} weights every token by its score: it takes no strategy "
+                            f"(leave strategy=topk, not {self.strategy}); use weighting=hard for {self.strategy} selection")
+        if self.weighting == "dft" and (self.ratio_schedule != "constant" or self.ratio_end is not None):
+            raise UserError("weighting=dft has a mean weight of 1 and no ratio: drop ratio_schedule/ratio_end")
+        if self.ratio_schedule == "constant" and self.ratio_end is not None:
+            raise UserError(f"ratio_end={self.ratio_end} has no effect with ratio_schedule=constant: set "
+                            "ratio_schedule=linear or cosine, or drop ratio_end")
+        if self.ratio_schedule != "constant" and self.ratio_end is None:
+            raise UserError(f"ratio_schedule={self.ratio_schedule} needs ratio_end (the ratio of the last step), "
+                            "e.g. ratio=0.9 ratio_end=0.6")
 
 
 @dataclass

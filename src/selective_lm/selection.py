@@ -11,6 +11,9 @@ when any position is valid) among the valid ones of the tensor it is given:
   scores of the selection set, so τ = 1 means the same sharpness whatever the loss scale; with
   ``"nats"`` it is in raw nats.
 
+``soft_weights`` and ``dft_weights`` give every valid position a weight instead of a 0/1 mask
+(``weighting: soft`` and ``dft`` of training): see their docstrings for the exact formulas.
+
 Everything stays on the device: k is a tensor, and selection is a rank comparison, so there is
 no host synchronisation.
 """
@@ -84,3 +87,63 @@ def select_tokens(scores: torch.Tensor, ratio: float, strategy: str = "topk", *,
     rank[order] = torch.arange(order.numel(), device=order.device)
     k = num_selected(ok.sum(), ratio)
     return ((rank < k) & ok).reshape(scores.shape)
+
+
+def soft_weights(scores: torch.Tensor, ratio: float, *, valid: torch.Tensor | None = None, temperature: float = 1.0,
+                 temperature_unit: str = "std") -> torch.Tensor:
+    """Soft selection: a weight in [0, 1] per position whose sum over the valid ones is exactly ratio × n_valid.
+
+    w_i = min(1, c · exp(s_i / τ)) over the valid positions (0 elsewhere), where c > 0 is the one constant
+    that makes Σ w_i = k = ratio × n_valid (no rounding): a softmax of the scores scaled to a total mass
+    of k, with the weights that would exceed 1 capped at 1 and their surplus spread over the others in
+    proportion to their own softmax weight (the projection onto {0 ≤ w ≤ 1, Σ w = k} along the softmax).
+    The weights are monotone in the score; τ → 0 gives the top-k mask (the top ⌊k⌋ get 1, the next one
+    k − ⌊k⌋); τ → ∞ gives every valid position the weight ratio; ratio 1 gives every valid position 1.
+    τ is in units of the standard deviation of the valid scores (``temperature_unit="std"``, as for
+    stochastic selection) or in raw nats (``"nats"``).
+
+    Exact solution, no iteration and no host sync: with the valid scores sorted in descending order, the
+    number j of capped positions is the first j with (k − j) · e_(j) ≤ Σ_{i≥j} e_(i) (computed in log space,
+    float64), and c = (k − j) / Σ_{i≥j} e_(i).
+    """
+    _check(scores, ratio, "topk", valid, 1.0, temperature_unit)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    flat = scores.detach().reshape(-1).double()
+    ok = torch.ones_like(flat, dtype=torch.bool) if valid is None else valid.reshape(-1).bool()
+    tau = temperature * score_std(flat, ok) if temperature_unit == "std" else temperature
+    s = torch.where(ok, flat / tau, torch.full_like(flat, float("-inf")))
+    s_sorted, order = torch.sort(s, descending=True, stable=True)
+    # tail[j] = log Σ_{i≥j} exp(s_(i)): a reversed cumulative logsumexp
+    tail = torch.logcumsumexp(s_sorted.flip(0), 0).flip(0)
+    k = ok.sum().double() * ratio
+    j = torch.arange(flat.numel(), device=flat.device, dtype=torch.float64)
+    # the first j whose largest uncapped weight c · e_(j) is ≤ 1; invalid positions (s = −inf) always qualify,
+    # and one with j ≤ ⌊k⌋ ≤ n_valid exists, so a sentinel at the end is never the answer unless all are valid
+    fits = (j <= k) & (torch.log((k - j).clamp(min=0.0)) + s_sorted <= tail)
+    fits = torch.cat([fits, fits.new_ones(1)])
+    n_cap = fits.to(torch.int8).argmax()
+    log_c = torch.log((k - n_cap).clamp(min=0.0)) - torch.cat([tail, tail.new_full((1,), float("-inf"))])[n_cap]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    w = torch.where(rank < n_cap, torch.ones_like(s), torch.exp(log_c + s).nan_to_num(0.0).clamp(max=1.0))
+    return torch.where(ok, w, torch.zeros_like(w)).float().reshape(scores.shape)
+
+
+def dft_weights(losses: torch.Tensor, *, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference-free weights of Dynamic Fine-Tuning (DFT): w_i = p_i / mean(p) over the valid positions, 0 elsewhere.
+
+    p_i = exp(−L_i) is the model's own (detached) probability of the target token, so Σ w_i · L_i is DFT's
+    Σ p_i · L_i divided by the mean probability: the mean weight over the valid positions is exactly 1,
+    so the loss keeps CLM's scale (and CLM's denominator, the valid count). Weights are not capped: a
+    confident token may weigh more than 1 (at most 1 / mean(p)).
+    """
+    flat = losses.detach().reshape(-1).double()
+    ok = torch.ones_like(flat, dtype=torch.bool) if valid is None else valid.reshape(-1).bool()
+    if valid is not None and valid.shape != losses.shape:
+        raise ValueError(f"valid has shape {tuple(valid.shape)} but losses have {tuple(losses.shape)}")
+    # p / mean(p) = exp(−L + log n − logsumexp(−L)): no underflow when every p is tiny
+    neg = torch.where(ok, -flat, torch.full_like(flat, float("-inf")))
+    n = ok.sum().double()
+    w = torch.exp(neg + torch.log(n.clamp(min=1.0)) - torch.logsumexp(neg, 0)).nan_to_num(0.0)
+    return torch.where(ok, w, torch.zeros_like(w)).float().reshape(losses.shape)

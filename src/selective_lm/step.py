@@ -3,7 +3,9 @@
 Per step: the objective (:mod:`selective_lm.objective`) knows the denominator before any forward;
 per micro-batch: per-token losses; for SLM, a per-token score (:mod:`selective_lm.reference`; by default
 excess = loss − reference loss) ranks the tokens over the selection scope (the micro-step over all ranks,
-or the whole step after a no-grad pre-pass); the loss is Σ selected losses / selected tokens of the step.
+or the whole step after a no-grad pre-pass); the loss is Σ selected losses / selected tokens of the step
+(Σ w·loss / Σ w for soft and dft weights). The objective of each step comes from
+:meth:`Objective.at_step` (CLM warm-up, scheduled ratio).
 Metrics accumulate on the device. A step whose gradient norm is not finite is skipped by the fused
 optimizer itself (no host sync): weights and optimizer state stay as they were, and the loop counts it.
 """
@@ -22,10 +24,28 @@ from .objective import Objective
 from .reference import RefLosses, RefStats
 
 
-class StepMetrics:
-    """Running sums of the logged quantities, on the device; reduced over ranks only at log time."""
+class NoReference:
+    """The reference of ``weighting=dft``: none. Its zero losses make the "excess" the model's own loss,
+    which dft weights by (p = exp(−loss)); no scores are read and no reference model runs."""
 
-    KEYS = ("loss_all", "n_all", "loss_sel", "n_sel", "ex_sum", "ex_sq", "ex_sel", "noise_sel", "noise_all", "overlap")
+    def __call__(self, idx: np.ndarray, inputs: torch.Tensor, targets: torch.Tensor) -> RefStats:
+        return RefStats(torch.zeros(targets.shape, dtype=torch.float32, device=targets.device))
+
+    def score(self, train_losses: torch.Tensor, ref: RefStats) -> torch.Tensor:
+        return train_losses - ref.loss  # the model's own loss
+
+    def meta(self) -> dict:
+        return {"score": None, "self_reference": False, "reference_models": []}
+
+
+class StepMetrics:
+    """Running sums of the logged quantities, on the device; reduced over ranks only at log time.
+
+    ``mask`` may be a boolean mask or float weights: then n_sel sums the weights and loss_sel, ex_sel and
+    noise_sel are weighted sums. n_ex counts the valid tokens that had an excess (not CLM warm-up steps)."""
+
+    KEYS = ("loss_all", "n_all", "loss_sel", "n_sel", "ex_sum", "ex_sq", "ex_sel", "noise_sel", "noise_all", "overlap",
+            "n_ex")
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -46,8 +66,9 @@ class StepMetrics:
             a["ex_sum"] += (excess * vf).sum()
             a["ex_sq"] += (excess.square() * vf).sum()
             a["ex_sel"] += (excess * w).sum()
+            a["n_ex"] += vf.sum()
         if noise is not None:
-            a["noise_sel"] += (noise & mask).sum()
+            a["noise_sel"] += (noise & mask).sum() if mask.dtype == torch.bool else (noise.to(torch.float32) * w).sum()
             a["noise_all"] += (noise & valid).sum()
         if overlap is not None:
             a["overlap"] += overlap
@@ -94,8 +115,9 @@ class Trainer:
             targets = targets.masked_fill(torch.from_numpy(~keep), -100)
         return idx, inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
 
-    def losses(self, model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        sparse = self.objective.selective and self.objective.ratio < 1.0  # CLM: a dense backward, no host sync
+    def losses(self, model, inputs: torch.Tensor, targets: torch.Tensor, sparse: bool = False) -> torch.Tensor:
+        """Per-token losses; ``sparse``: the head's backward skips zero-gradient tokens (hard SLM below ratio 1;
+        CLM and soft weights take the dense backward, with no host sync)."""
         with autocast_ctx(self.device, self.cfg.precision):
             return model_token_losses(model, inputs, targets, sparse_backward=sparse)
 
@@ -103,7 +125,7 @@ class Trainer:
 def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]],
                provenance: np.ndarray | None = None) -> torch.Tensor:
     """One optimizer step over this rank's micro-batches; returns the gradient norm (a device tensor)."""
-    obj, cfg = t.objective, t.cfg
+    obj, cfg = t.objective.at_step(step), t.cfg  # this step's objective: CLM in the warm-up, the scheduled ratio
     valids = [targets != -100 for _, _, targets in micro]
     denom = obj.denominator(valids)  # the step's selected count over all ranks, known before any forward
     gen = obj.generator(step)
@@ -120,7 +142,7 @@ def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor
         masks = obj.select([e if e is not None else v.float() for e, v in zip(excess, valids)], valids, gen)
     for m, (idx, inputs, targets) in enumerate(micro):
         with dist.grad_sync(t.fwd_model, m == len(micro) - 1):  # reduce gradients on the last micro-batch only
-            tl = t.losses(t.fwd_model, inputs, targets)
+            tl = t.losses(t.fwd_model, inputs, targets, obj.sparse_backward)
             if obj.selective and excess[m] is None:
                 refs[m] = t.ref(idx, inputs, targets) if refs[m] is None else refs[m]
                 excess[m] = t.ref.score(tl.detach(), refs[m])
@@ -131,7 +153,7 @@ def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor
         noise = None
         if provenance is not None:
             noise = torch.from_numpy(np.asarray(provenance[idx, 1:]) != 0).to(t.device, non_blocking=True)
-        t.metrics.add(tl.detach(), valids[m], mask, excess[m], noise, overlaps[m])
+        t.metrics.add(tl.detach(), valids[m], mask, excess[m] if obj.uses_reference else None, noise, overlaps[m])
     if masks is not None and excess[0] is not None and (o := obj.topk_overlap(excess, valids, masks)) is not None:
         t.metrics.acc["overlap"] += o
     params = [p for p in t.model.parameters() if p.requires_grad]

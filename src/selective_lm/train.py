@@ -9,7 +9,8 @@ One readable loop around :func:`train_step`, one optimizer step:
    default; :mod:`selective_lm.reference`) ranks the tokens over the selection scope (the micro-step
    over all ranks, or the whole step after a no-grad pre-pass);
 3. loss = Σ selected token losses / (selected tokens of the whole step, all micro-batches and ranks),
-   so accumulation and data parallelism give the gradient of one big batch;
+   so accumulation and data parallelism give the gradient of one big batch (soft and dft weights:
+   Σ w·loss / Σ w of the step; a CLM warm-up and a ratio schedule change the objective per step);
 4. metrics accumulate on device; the host syncs every ``log_every`` steps (SLM with ratio < 1 also once per
    micro-batch, in the output head's sparse backward).
 """
@@ -36,7 +37,7 @@ from .model import (PRESETS, apply_lora, build_model, check_lora_targets, check_
                     link_checkpoint_dir, lora_summary, resolve_device, save_checkpoint_dir)
 from .objective import Objective
 from .runtime import progress
-from .step import RefLosses, StepMetrics, Trainer, train_step
+from .step import NoReference, RefLosses, StepMetrics, Trainer, train_step
 from .tracking import MetricsLogger, check_installed
 
 
@@ -166,7 +167,10 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     n_train = ds.num_windows("train")
     out = Path(cfg.out)
     resume_from = dist.agree(prepare_run_dir, cfg, ds.fingerprint, main_only=True)
-    ref = dist.agree(RefLosses, cfg, ds, device) if cfg.objective == "slm" else None
+    if cfg.objective == "slm" and cfg.weighting == "dft":
+        ref = NoReference()  # reference-free: no scores read, no reference model
+    else:
+        ref = dist.agree(RefLosses, cfg, ds, device) if cfg.objective == "slm" else None
     model, base_path = dist.agree(_init_model, cfg, ds, out, device)
     lora = lora_summary(model) if cfg.lora.r > 0 else {}
     if lora and console and dist.is_main():
@@ -177,7 +181,8 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     steps = total_steps(cfg, n_train, ds.seq_len, world)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
-    t = Trainer(cfg, ds, model, fwd_model, optimizer, scheduler, Objective.from_config(cfg), ref,
+    objective = Objective.from_config(cfg, steps)
+    t = Trainer(cfg, ds, model, fwd_model, optimizer, scheduler, objective, ref,
                 StepMetrics(device), device)
     per_step = cfg.batch_size * cfg.grad_accum * world
     step = 0
@@ -188,7 +193,7 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
         # the running sums since the last log line (summed over ranks; rank 0 carries them on) and the
         # non-finite count: resumed metrics equal uninterrupted ones
         if "metrics" in state and dist.is_main():
-            t.metrics.acc = {k: v.to(device) for k, v in state["metrics"].items()}
+            t.metrics.acc.update({k: v.to(device) for k, v in state["metrics"].items()})
         t.nonfinite.fill_(state.get("nonfinite", 0))
         t.first_nonfinite.fill_(state.get("first_nonfinite", -1))
     if dist.is_main():
@@ -213,7 +218,9 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     tokens_per_step = per_step * ds.seq_len
     meta = {"dataset": str(Path(cfg.data).resolve()), "dataset_fingerprint": ds.fingerprint,
             "objective": cfg.objective, "strategy": cfg.strategy if slm else None, "ratio": cfg.ratio if slm else 1.0,
-            "selection_scope": cfg.selection_scope if slm else None,
+            "selection_scope": cfg.selection_scope if slm else None, "weighting": cfg.weighting if slm else None,
+            "ratio_schedule": cfg.ratio_schedule if slm else None, "ratio_end": cfg.ratio_end if slm else None,
+            "clm_warmup": cfg.clm_warmup if slm else None,
             "keep_labels": cfg.keep_labels, "lora": cfg.lora.r > 0, "base": str(Path(base_path).resolve()) if base_path else None}
     if ref is not None:  # the score and its references (a self-reference is recorded as such)
         meta.update(ref.meta())
@@ -263,7 +270,8 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
 
     grad_norm = torch.zeros((), device=device)
     # labelled by the run directory (a study's base, reference and arms) and the objective
-    bar = progress(total=steps, initial=step, desc=f"train {out.name} ({cfg.objective}{'-' + cfg.strategy if slm else ''})",
+    arm = ("-" + (cfg.strategy if cfg.weighting == "hard" else cfg.weighting)) if slm else ""
+    bar = progress(total=steps, initial=step, desc=f"train {out.name} ({cfg.objective}{arm})",
                    unit="step", enabled=cfg.progress and dist.is_main())
     t_log, step_log, paused = time.perf_counter(), step, 0.0
     t_ckpt = time.monotonic()
@@ -288,10 +296,15 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
                    "selected_fraction": vals["n_sel"] / n_all, "lr": scheduler.get_last_lr()[0],
                    "grad_norm": float(grad_norm), "tokens_per_s": (step - step_log) * tokens_per_step / max(dt, 1e-9)}
             if slm:
-                mean = vals["ex_sum"] / n_all
-                row.update(excess_mean=mean, excess_std=math.sqrt(max(vals["ex_sq"] / n_all - mean * mean, 0.0)),
-                           excess_selected_mean=vals["ex_sel"] / n_sel,
-                           topk_overlap=1.0 if cfg.strategy == "topk" else vals["overlap"] / n_sel)
+                # the mean token weight of the row's last step: 1 in the CLM warm-up and for dft
+                row["ratio"] = objective.at_step(step - 1).mean_weight
+                n_ex = vals["n_ex"]
+                if n_ex > 0:  # excess losses were computed (not in the warm-up, not for dft)
+                    mean = vals["ex_sum"] / n_ex
+                    row.update(excess_mean=mean, excess_std=math.sqrt(max(vals["ex_sq"] / n_ex - mean * mean, 0.0)),
+                               excess_selected_mean=vals["ex_sel"] / n_sel,
+                               topk_overlap=1.0 if cfg.strategy == "topk" and cfg.weighting == "hard"
+                               else vals["overlap"] / n_sel)
             if prov is not None:
                 row.update(noise_share_selected=vals["noise_sel"] / n_sel, noise_share_all=vals["noise_all"] / n_all)
             if cfg.max_nonfinite_steps:
