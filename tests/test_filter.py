@@ -61,6 +61,8 @@ def small(tmp_path_factory):
                           seed=seed, warmup_steps=1, eval_windows=4, progress=False), console=False)
     score(ScoreConfig(data=str(root / "ds"), model=str(root / "ref" / "final"), out=str(root / "scores"),
                       progress=False))
+    score(ScoreConfig(data=str(root / "ds"), model=str(root / "ref" / "final"), out=str(root / "scores-noent"),
+                      entropy=False, progress=False))
     return root
 
 
@@ -191,6 +193,15 @@ def test_a_killed_run_leaves_nothing_that_looks_complete(small, tmp_path, monkey
     assert list(tmp_path.iterdir()) == [tmp_path / ".k.lock"]
 
 
+def test_ref_entropy_scores_are_per_document_mean_entropies(small, tmp_path):
+    """`slm score` writes the reference's entropies; ref_entropy ranks documents by their mean (lower kept)."""
+    m = filter_documents(cfg_for(small, tmp_path / "ent", doc_score="ref_entropy", unscored="keep"))
+    assert m["doc_score"] == "ref_entropy" and m["documents"]["kept"] >= 1
+    kept = [json.loads(x)["slm_doc_score"] for x in open(tmp_path / "ent" / "kept.jsonl")]
+    scored = [k for k in kept if k is not None]
+    assert scored and all(k > 0 for k in scored)  # an entropy is positive
+
+
 def assert_user_error(args, capsys, *needles):
     code = main([str(a) for a in args])
     err = capsys.readouterr().err
@@ -209,7 +220,8 @@ def test_bad_input_is_one_line_and_exit_2(small, tiny_data, tmp_path, capsys):
     assert_user_error(base + ["--keep-fraction", "1.5"], capsys, "keep_fraction")
     assert_user_error(base, capsys, "--keep-fraction")
     assert_user_error(base + ["--keep-fraction", "0.5", "--doc-score", "mean_excess"], capsys, "--model")
-    assert_user_error(base + ["--keep-fraction", "0.5", "--doc-score", "ref_entropy"], capsys, "entropies")
+    noent = [small / "scores-noent" if a == small / "scores" else a for a in base]
+    assert_user_error(noent + ["--keep-fraction", "0.5", "--doc-score", "ref_entropy"], capsys, "entropies")
     swapped = [tiny_data if a == small / "ds" else a for a in base]
     assert_user_error(swapped + ["--keep-fraction", "0.5"], capsys, "tokenizer")  # scores made on another dataset
     wrong = [tiny_data.parent / "corpus.jsonl" if a == small / "c.jsonl" else a for a in base]
