@@ -76,17 +76,19 @@ def split_of(text: str, given: str | None, cfg: PrepareConfig) -> str:
         return given
     if cfg.val_fraction <= 0 and cfg.test_fraction <= 0:
         return "train"
-    h = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=f"slm-split-{cfg.seed}".encode())
-    u = int.from_bytes(h.digest(), "big") / 2.0**64
+    u = _split_hash(text, cfg.seed)
     return "validation" if u < cfg.val_fraction else "test" if u < cfg.val_fraction + cfg.test_fraction else "train"
+
+
+def _split_hash(text: str, seed: int) -> float:
+    """The document's place in [0, 1) under the seed: identical documents always land in the same split."""
+    h = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=f"slm-split-{seed}".encode())
+    return int.from_bytes(h.digest(), "big") / 2.0**64
 
 
 def is_validation(text: str, seed: int, val_fraction: float) -> bool:
     """Seeded hash split: identical documents always land in the same split."""
-    if val_fraction <= 0:
-        return False
-    h = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=f"slm-split-{seed}".encode())
-    return int.from_bytes(h.digest(), "big") / 2.0**64 < val_fraction
+    return val_fraction > 0 and _split_hash(text, seed) < val_fraction
 
 
 def char_labels(text: str, spans) -> np.ndarray:

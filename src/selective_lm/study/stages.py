@@ -34,16 +34,21 @@ def _steps(tokens: int, study: Study) -> int:
     return max(1, math.ceil(tokens / (study.cfg.batch_size * study.cfg.seq_len)))
 
 
+def _arm_checkpoints(study: Study) -> tuple[int, int]:
+    """(steps between an arm's checkpoints, checkpoints of a finished arm); the last is the final step."""
+    steps = _steps(study.cfg.cpt_tokens, study)
+    every = max(1, math.ceil(steps / study.cfg.checkpoints))
+    return every, math.ceil(steps / every)
+
+
 def build_stages(study: Study) -> list[Stage]:
     """The stages of every seed's pipeline in order (corpora → … → arms), then one evaluation stage."""
     stages: list[Stage] = []
     for seed in study.cfg.seeds:
         stages += _pipeline(study, seed)
     jobs = _eval_jobs(study)
-    steps = _steps(study.cfg.cpt_tokens, study)
-    every = max(1, math.ceil(steps / study.cfg.checkpoints))
     done = sum(1 for _ in study.root.glob("seed-*/evals/*/*/metrics.json"))
-    todo = max(len(jobs), 2 * len(study.cfg.seeds) + len(study.arms()) * math.ceil(steps / every) - done)
+    todo = max(len(jobs), 2 * len(study.cfg.seeds) + len(study.arms()) * _arm_checkpoints(study)[1] - done)
     stages.append(Stage("evaluate", f"{todo} checkpoints: test-split perplexity and per-token losses, few-shot "
                         "(own and external questions), validation at each run's end", 3.0 * todo + 2,
                         not jobs and _all_checkpoints_done(study), lambda: _evaluate(study)))
@@ -153,8 +158,7 @@ def _pipeline(study: Study, seed: int) -> list[Stage]:
                         tokens=1_700_000 * c.corpora_scale, kind="forward"))
 
     # 7. arms ------------------------------------------------------------------------------
-    steps = _steps(c.cpt_tokens, study)
-    ckpt_every = max(1, math.ceil(steps / c.checkpoints))  # the last checkpoint is the final step
+    ckpt_every = _arm_checkpoints(study)[0]
     lora = c.lora or LoraConfig(r=0)
     for arm in (a for a in study.arms() if a["seed"] == seed):
         kw = dict(data=arm["data"], out=arm["run_dir"], model=str(study.base_ckpt(seed)), max_tokens=c.cpt_tokens,
@@ -186,7 +190,7 @@ def _own_questions(corpora_dir: Path) -> set[str]:
     import re
 
     out: set[str] = set()
-    norm = (lambda q: " ".join(q.lower().split()))
+    from .external import normalize_question as norm  # the form `exclude` is compared in
     pat = re.compile(r"(?:Problem|Q): (.+)")
     for name in ("hq_math.jsonl", "web_math.jsonl", "fewshot_eval.jsonl", "fewshot_exemplars.jsonl"):
         path = corpora_dir / name
@@ -214,9 +218,7 @@ def _eval_jobs(study: Study) -> list[tuple]:
     for seed in study.cfg.seeds:
         jobs += [(study.base_ckpt(seed), study.eval_dir(seed, "base") / "step_000000", 0, 0, seed, True, True),
                  (study.reference_ckpt(seed), study.eval_dir(seed, "reference") / "step_final", -1, -1, seed, True, True)]
-    steps = _steps(study.cfg.cpt_tokens, study)
-    every = max(1, math.ceil(steps / study.cfg.checkpoints))
-    n = math.ceil(steps / every)  # checkpoints per arm when it has finished
+    n = _arm_checkpoints(study)[1]
     f = min(n, study.cfg.fewshot_checkpoints)
     shots = {round(k * n / f) for k in range(1, f + 1)}  # 1-based checkpoint numbers
     for arm in study.arms():
