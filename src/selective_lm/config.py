@@ -177,6 +177,12 @@ class TrainConfig:
     """Fraction of the optimizer steps, in [0, 1), trained as plain CLM (every token, no reference) before selection starts: the first round(clm_warmup × steps) steps (at most all but one); the ratio schedule starts after them. Logged ratio 1 during the warm-up."""
     keep_labels: list[int] | None = None
     """Train only on target tokens whose provenance label (from `slm prepare` spans) is in this list, e.g. [0] = content only: the oracle noise-filtering control. Needs a dataset with provenance."""
+    holdout_fraction: float = 0.0
+    """Share of the train windows, in [0, 1), held out by a seeded draw (holdout_seed) for a self-reference: holdout=only trains on that share (the reference), holdout=exclude on the rest (the run it scores), so no window is in both. 0 = every window."""
+    holdout: str = "exclude"
+    """Which side of holdout_fraction to train on: exclude (the windows outside the held-out share) or only (the held-out share alone)."""
+    holdout_seed: int = 0
+    """Seed of the held-out draw: the self-reference and the run it scores must use the same fraction and seed."""
     selection_scope: str = "microstep"
     """Tokens SLM ranks together: microstep (each micro-batch step, jointly over all ranks: N ranks × batch B select as 1 rank × N·B) or step (every micro-batch and rank of the optimizer step, as in one big batch; costs one extra no-grad forward)."""
     ref_scores: list[str] | None = None
@@ -286,6 +292,12 @@ class TrainConfig:
         if self.keep_labels is not None and (not self.keep_labels or not all(
                 isinstance(x, int) and 0 <= x < 256 for x in self.keep_labels)):
             raise UserError(f"keep_labels must be a non-empty list of provenance labels 0..255, got {self.keep_labels!r}")
+        _check_choice("holdout", self.holdout, ("exclude", "only"))
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise UserError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}: e.g. 0.2 holds out 20% "
+                            "of the train windows for a self-reference")
+        if self.holdout == "only" and self.holdout_fraction == 0:
+            raise UserError("holdout=only trains on the held-out share: set holdout_fraction > 0 (e.g. 0.2)")
         self.lora.validate()
         if self.lora.r == 0:  # LoRA off: its other keys mean nothing (a run saved with other ones resumes)
             self.lora = LoraConfig()

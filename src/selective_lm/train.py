@@ -42,10 +42,12 @@ from .tracking import MetricsLogger, check_installed
 
 
 class WindowOrder:
-    """Seeded order of training windows: epoch e is a permutation drawn from (data_seed, e)."""
+    """Seeded order of training windows: epoch e is a permutation drawn from (data_seed, e) of the window
+    pool (every train window, or the side of a held-out share the run trains on: :func:`window_pool`)."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self._cache = n, seed, {}
+    def __init__(self, n: int, seed: int, pool: np.ndarray | None = None):
+        self.pool = pool
+        self.n, self.seed, self._cache = (n if pool is None else len(pool)), seed, {}
 
     def indices(self, start: int, count: int) -> np.ndarray:
         out = np.empty(count, dtype=np.int64)
@@ -54,7 +56,26 @@ class WindowOrder:
             if epoch not in self._cache:
                 self._cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
             out[i] = self._cache[epoch][j]
-        return out
+        return out if self.pool is None else self.pool[out]
+
+
+def held_out(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the round(fraction · n) train windows held out for a self-reference (seeded draw)."""
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng([seed, 0x5E1F]).permutation(n)[: round(fraction * n)]] = True
+    return mask
+
+
+def window_pool(cfg: TrainConfig, n: int) -> np.ndarray | None:
+    """The train windows this run draws from: None = all; else one side of the held-out share."""
+    if not cfg.holdout_fraction:
+        return None
+    mask = held_out(n, cfg.holdout_fraction, cfg.holdout_seed)
+    pool = np.flatnonzero(mask if cfg.holdout == "only" else ~mask)
+    if len(pool) == 0:
+        raise UserError(f"holdout={cfg.holdout} with holdout_fraction={cfg.holdout_fraction} leaves no train window "
+                        f"of {n}: pick a fraction that keeps windows on both sides")
+    return pool
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int):
@@ -145,8 +166,12 @@ def _check_budget(cfg: TrainConfig, ds: TokenDataset, world: int) -> None:
         raise UserError(f"max_tokens {cfg.max_tokens} is less than one optimizer step ({per_step} tokens = batch_size "
                         f"{cfg.batch_size} × grad_accum {cfg.grad_accum} × {world} ranks × seq_len {ds.seq_len}): "
                         "raise max_tokens or lower the batch")
-    if ds.num_windows("train") < cfg.batch_size * cfg.grad_accum * world:
-        raise UserError(f"dataset {cfg.data} has {ds.num_windows('train')} training windows, fewer than one step needs "
+    pool = window_pool(cfg, ds.num_windows("train"))
+    n = ds.num_windows("train") if pool is None else len(pool)
+    if n < cfg.batch_size * cfg.grad_accum * world:
+        raise UserError(f"dataset {cfg.data} has {n} training windows"
+                        + (f" on the {cfg.holdout} side of holdout_fraction={cfg.holdout_fraction}" if pool is not None
+                           else "") + f", fewer than one step needs "
                         f"({cfg.batch_size * cfg.grad_accum * world}): lower batch_size/grad_accum or add data")
 
 
@@ -164,7 +189,8 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     dist.agree(dist.check_parallel, cfg.parallel)
     ds = dist.agree(TokenDataset, cfg.data)
     dist.agree(_check_budget, cfg, ds, world)
-    n_train = ds.num_windows("train")
+    pool = window_pool(cfg, ds.num_windows("train"))
+    n_train = ds.num_windows("train") if pool is None else len(pool)
     out = Path(cfg.out)
     resume_from = dist.agree(prepare_run_dir, cfg, ds.fingerprint, main_only=True)
     if cfg.objective == "slm" and cfg.weighting == "dft":
@@ -208,7 +234,7 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
         last_eval = dist.agree(kept_rows, main_only=True)
     # rank 0's sinks (metrics.jsonl, trackers); a tracker that fails to start stops every rank
     dist.agree(logger.open, out, to_dict(cfg), step if cfg.resume else None, main_only=True)
-    order = WindowOrder(n_train, cfg.data_seed)
+    order = WindowOrder(ds.num_windows("train"), cfg.data_seed, pool)
     prov = ds.provenance("train")
     if cfg.keep_labels is not None and prov is None:
         raise UserError(f"keep_labels={cfg.keep_labels} needs provenance labels, but {cfg.data} has none: prepare "
@@ -221,7 +247,9 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
             "selection_scope": cfg.selection_scope if slm else None, "weighting": cfg.weighting if slm else None,
             "ratio_schedule": cfg.ratio_schedule if slm else None, "ratio_end": cfg.ratio_end if slm else None,
             "clm_warmup": cfg.clm_warmup if slm else None,
-            "keep_labels": cfg.keep_labels, "lora": cfg.lora.r > 0, "base": str(Path(base_path).resolve()) if base_path else None}
+            "keep_labels": cfg.keep_labels, "holdout": {"fraction": cfg.holdout_fraction, "side": cfg.holdout,
+                                                         "seed": cfg.holdout_seed, "windows": n_train}
+            if pool is not None else None, "lora": cfg.lora.r > 0, "base": str(Path(base_path).resolve()) if base_path else None}
     if ref is not None:  # the score and its references (a self-reference is recorded as such)
         meta.update(ref.meta())
 
