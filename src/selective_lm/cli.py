@@ -140,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             run_analyze(args)
             return 0
         cls, fn, _ = _commands()[args.command]
-        cfg = from_args(cls, args)
+        try:
+            cfg = from_args(cls, args)
+        except UserError as e:  # the same arguments on every rank: the same error, said once by rank 0
+            e.agreed = True
+            raise
         if args.dry_run:
             print(dump_yaml(cfg), end="")
             return 0
@@ -156,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0 or not getattr(e, "agreed", False):  # an agreed error is raised by every rank: rank 0 says it
             prefix = "" if world == 1 or rank == 0 else f"rank {rank}: "
             print(f"slm: error: {prefix}{e}", file=sys.stderr)
+        elif world > 1:  # under torchrun the first rank to exit gets the others killed: let rank 0 say it first
+            import time
+
+            time.sleep(10)
         return 2
     except KeyboardInterrupt:
         print("slm: interrupted", file=sys.stderr)
