@@ -16,7 +16,7 @@ from selective_lm.data import TokenDataset
 from selective_lm.hf import SLMArguments, SLMLoss, SLMTrainer
 from selective_lm.model import build_model, load_model
 from selective_lm.objective import Objective
-from selective_lm.step import RefLosses, StepMetrics, train_step
+from selective_lm.step import NoReference, RefLosses, StepMetrics, train_step
 from selective_lm.step import Trainer as StepTrainer
 
 B = 4  # windows per optimizer step
@@ -57,19 +57,19 @@ def _hf_run(tmp_path, data, trainer_cls=SLMTrainer, accum=2, steps=1, **kw):
     return model, tr
 
 
-def _slm_train_step(tiny_data, reference, scope, accum, ratio=0.6, strategy="topk", online=False, steps=1):
+def _slm_train_step(tiny_data, reference, scope, accum, ratio=0.6, strategy="topk", online=False, steps=1, **extra):
     """`slm train`'s own train_step on windows 0..B-1 in order, SGD: the reference the HF side must match."""
     ds = TokenDataset(tiny_data)
     cfg = TrainConfig(data=str(tiny_data), out="unused", objective="slm", ratio=ratio, strategy=strategy,
                       selection_scope=scope, grad_accum=accum, batch_size=B // accum, grad_clip=0.0,
                       ref_scores=None if online else str(reference / "scores"),
-                      ref_model=str(reference / "ref" / "final") if online else None)
+                      ref_model=str(reference / "ref" / "final") if online else None, **extra)
     model = _model(ds)
     opt = _sgd(model, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     dev = torch.device("cpu")
-    t = StepTrainer(cfg, ds, model, model, opt, sched, Objective.from_config(cfg), RefLosses(cfg, ds, dev),
-                    StepMetrics(dev), dev)
+    ref = NoReference() if cfg.weighting == "dft" else RefLosses(cfg, ds, dev)
+    t = StepTrainer(cfg, ds, model, model, opt, sched, Objective.from_config(cfg, steps), ref, StepMetrics(dev), dev)
     for step in range(steps):
         first = step * B
         micro = [t.batch(np.arange(first + m * (B // accum), first + (m + 1) * (B // accum))) for m in range(accum)]
@@ -92,6 +92,45 @@ def test_trainer_equals_slm_train_step(tmp_path, tiny_data, reference, scored, s
     _assert_same(hf, ours)
     logged = [r for r in tr.state.log_history if "selected_fraction" in r]
     assert logged and all(abs(r["selected_fraction"] - 0.6) < 0.02 for r in logged)
+
+
+VARIANTS = [dict(weighting="soft"), dict(weighting="dft"), dict(score="excess+entropy", entropy_weight=0.5),
+            dict(score="reference"), dict(clm_warmup=0.5), dict(ratio_schedule="linear", ratio_end=0.3)]
+
+
+@pytest.mark.parametrize("extra", VARIANTS, ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
+def test_trainer_variants_equal_slm_train_step(tmp_path, tiny_data, reference, scored, extra):
+    """Scores, soft/dft weights, the CLM warm-up and the ratio schedule: the HF update equals `slm train`'s
+    (offline scores with the exported entropy column, accumulation 2, two steps)."""
+    data = load_scored(scored)
+    assert "ref_entropy" in data.column_names
+    ours = _slm_train_step(tiny_data, reference, "microstep", accum=2, steps=2, **extra)
+    hf, tr = _hf_run(tmp_path, data, steps=2, tiny_data=tiny_data, slm_args=SLMArguments(ratio=0.6, **extra))
+    _assert_same(hf, ours)
+
+
+def test_trainer_online_entropy_equals_slm_train_step(tmp_path, tiny_data, reference, scored):
+    """score=excess+entropy with ref_model= (entropy computed online) against `slm train`'s step with ref_model."""
+    data = load_scored(scored).remove_columns(["ref_loss", "ref_entropy"])
+    ours = _slm_train_step(tiny_data, reference, "microstep", accum=2, online=True, score="excess+entropy")
+    hf, _ = _hf_run(tmp_path, data, tiny_data=tiny_data, ref_model=load_model(reference / "ref" / "final"),
+                    slm_args=SLMArguments(ratio=0.6, score="excess+entropy"))
+    _assert_same(hf, ours)
+
+
+def test_variant_arguments_refused(tmp_path, tiny_data, reference, scored):
+    for kw, needle in ((dict(score="bogus"), "unknown score"), (dict(weighting="sharp"), "unknown weighting"),
+                       (dict(ratio_schedule="linear"), "ratio_end"), (dict(clm_warmup=1.0), "clm_warmup"),
+                       (dict(weighting="soft", strategy="random"), "topk")):
+        with pytest.raises(ValueError, match=needle):
+            SLMArguments(**kw)
+    data = load_scored(scored).remove_columns(["ref_entropy"])
+    ds = TokenDataset(tiny_data)
+    with pytest.raises(ValueError, match="ref_entropy"):
+        SLMTrainer(model=_model(ds), args=_args(tmp_path, 1, B), train_dataset=data, data_collator=SLMCollator(),
+                   slm_args=SLMArguments(score="excess+entropy"))
+    with pytest.raises(ValueError, match="use SLMTrainer"):
+        SLMLoss(load_model(reference / "ref" / "final"), _model(ds), SLMArguments(weighting="soft"))
 
 
 def test_trainer_online_reference_equals_slm_train_step(tmp_path, tiny_data, reference, scored):
@@ -262,7 +301,7 @@ def test_ragged_rows_and_nan_scores(tmp_path, tiny_data, scored, scope):
         n = 33 - (i % 5) * 3
         ref = list(r["ref_loss"][:n])
         ref[5] = float("nan") if i % 2 else ref[5]
-        return {"input_ids": r["input_ids"][:n], "ref_loss": ref}
+        return {"input_ids": r["input_ids"][:n], "ref_loss": ref, "ref_entropy": r["ref_entropy"][:n]}
 
     ragged = data.map(cut, with_indices=True)
     model, tr = _hf_run(tmp_path, ragged, steps=2, tiny_data=tiny_data,
@@ -272,3 +311,5 @@ def test_ragged_rows_and_nan_scores(tmp_path, tiny_data, scored, scope):
     bad = SLMCollator()
     with pytest.raises(ValueError, match="one score per token"):
         bad([{"input_ids": [1, 2, 3], "ref_loss": [0.0, 1.0]}])
+    with pytest.raises(ValueError, match="'ref_entropy' values"):  # every score column is checked
+        bad([{"input_ids": [1, 2, 3], "ref_loss": [0.0, 1.0, 2.0], "ref_entropy": [0.5]}])

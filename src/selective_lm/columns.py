@@ -27,6 +27,7 @@ from .files import UserError, atomic_dir, commit_dir, read_json, write_json
 from .loss import IGNORE_INDEX
 
 REF_COLUMN = "ref_loss"
+ENTROPY_COLUMN = "ref_entropy"  # the reference's predictive entropy per token (for the entropy scores)
 META_FILE = "slm_scores.json"
 KIND = "selective-lm-scored-dataset"
 
@@ -77,32 +78,36 @@ def export_scored(data: str | os.PathLike, scores: str | os.PathLike, out: str |
     from datasets.arrow_writer import ArrowWriter
 
     from .data import TokenDataset
-    from .scoring import load_scores
+    from .scoring import load_entropy, load_scores
 
     out = Path(out)
     _check_out(out, overwrite)
     ds = TokenDataset(data)
     sc = load_scores(scores, ds, split)
+    has_ent = bool(read_json(Path(scores) / "manifest.json").get("entropy_file"))
+    cols = {column: sc, **({ENTROPY_COLUMN: load_entropy(scores, ds, split)} if has_ent else {})}
     windows = ds.windows(split)
     n, width = windows.shape
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"), length=width),
-                                  column: datasets.Sequence(datasets.Value("float32"), length=width)})
+                                  **{c: datasets.Sequence(datasets.Value("float32"), length=width) for c in cols}})
     h = hashlib.sha256()
     work = Path(atomic_dir(out.with_name(out.name + "-arrow")))
     try:
         with ArrowWriter(features=features, path=str(work / "data.arrow")) as writer:
             for s in range(0, n, rows_per_chunk):
                 ids = np.asarray(windows[s:s + rows_per_chunk], dtype=np.int64)
-                ref = np.full(ids.shape, np.nan, dtype=np.float32)
-                ref[:, 1:] = sc[s:s + rows_per_chunk]
+                table = {"input_ids": pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1).astype(np.int32)), width)}
+                for c, values in cols.items():  # index 0 of a row predicts nothing: NaN
+                    ref = np.full(ids.shape, np.nan, dtype=np.float32)
+                    ref[:, 1:] = values[s:s + rows_per_chunk]
+                    table[c] = pa.FixedSizeListArray.from_arrays(pa.array(ref.reshape(-1)), width)
                 for row in ids:
                     _hash_row(h, row)
-                writer.write_table(pa.table({
-                    "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1).astype(np.int32)), width),
-                    column: pa.FixedSizeListArray.from_arrays(pa.array(ref.reshape(-1)), width)}))
+                writer.write_table(pa.table(table))
             writer.finalize()
         manifest = read_json(Path(scores) / "manifest.json")
-        meta = {"format_version": 1, "kind": KIND, "column": column, "rows": int(n), "input_ids_sha256": h.hexdigest(),
+        meta = {"format_version": 1, "kind": KIND, "column": column, "rows": int(n),
+                "entropy_column": ENTROPY_COLUMN if has_ent else None, "input_ids_sha256": h.hexdigest(),
                 "model": manifest["model"], "model_fingerprint": manifest["model_fingerprint"],
                 "dataset": str(Path(data).resolve()), "dataset_fingerprint": ds.fingerprint, "split": split,
                 "scores": str(Path(scores).resolve()), "scores_sha256": manifest.get("sha256")}
@@ -221,8 +226,8 @@ class SLMCollator:
     ``labels`` (the ids, -100 on padding; a row's own ``labels`` are kept) and the score column
     padded with NaN."""
 
-    def __init__(self, pad_id: int = 0, ref_column: str | None = REF_COLUMN):
-        self.pad_id, self.ref_column = pad_id, ref_column
+    def __init__(self, pad_id: int = 0, ref_column: str | None = REF_COLUMN, entropy_column: str | None = ENTROPY_COLUMN):
+        self.pad_id, self.ref_column, self.entropy_column = pad_id, ref_column, entropy_column
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(r["input_ids"]) for r in rows)
@@ -230,18 +235,16 @@ class SLMCollator:
         ids = torch.full((b, longest), self.pad_id, dtype=torch.long)
         attn = torch.zeros((b, longest), dtype=torch.long)
         labels = torch.full((b, longest), IGNORE_INDEX, dtype=torch.long)
-        ref = torch.full((b, longest), float("nan")) if self.ref_column and self.ref_column in rows[0] else None
+        scores = {c: torch.full((b, longest), float("nan")) for c in (self.ref_column, self.entropy_column)
+                  if c and c in rows[0]}  # the score columns, padded with NaN
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
-            if ref is not None and len(r[self.ref_column]) != n:
-                raise ValueError(f"a row has {n} input_ids but {len(r[self.ref_column])} '{self.ref_column}' values: "
-                                 "the column needs one score per token (score after truncating or packing)")
+            for c, t in scores.items():
+                if len(r[c]) != n:
+                    raise ValueError(f"a row has {n} input_ids but {len(r[c])} '{c}' values: "
+                                     "the column needs one score per token (score after truncating or packing)")
+                t[i, :n] = torch.as_tensor(np.asarray(r[c], dtype=np.float32))
             ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
             attn[i, :n] = 1
             labels[i, :n] = torch.as_tensor(r["labels"], dtype=torch.long) if "labels" in r else ids[i, :n]
-            if ref is not None:
-                ref[i, :n] = torch.as_tensor(np.asarray(r[self.ref_column], dtype=np.float32))
-        batch = {"input_ids": ids, "attention_mask": attn, "labels": labels}
-        if ref is not None:
-            batch[self.ref_column] = ref
-        return batch
+        return {"input_ids": ids, "attention_mask": attn, "labels": labels, **scores}

@@ -27,11 +27,12 @@ import dataclasses
 import torch
 from transformers import Trainer
 
-from .columns import REF_COLUMN
-from .config import SCOPES, STRATEGIES, TEMPERATURE_UNITS
+from .columns import ENTROPY_COLUMN, REF_COLUMN
+from .config import ENTROPY_SCORES, RATIO_SCHEDULES, SCOPES, SCORES, STRATEGIES, TEMPERATURE_UNITS, WEIGHTINGS
 from .loss import IGNORE_INDEX, token_losses
 from .model import model_token_losses
 from .objective import Objective
+from .reference import RefStats, token_score
 from .selection import num_selected
 from .step import StepMetrics
 
@@ -56,6 +57,22 @@ class SLMArguments:
     """Dataset column with the reference loss of every token (offline scores; index 0 of a row has none)."""
     seed: int = 0
     """Seed of the random and stochastic draws (with the optimizer step)."""
+    score: str = "excess"
+    """Per-token score, higher selected first (as `slm train`'s score): excess, reference, entropy, excess+entropy or self."""
+    entropy_weight: float = 1.0
+    """λ ≥ 0 of score=excess+entropy."""
+    entropy_column: str = ENTROPY_COLUMN
+    """Dataset column with the reference's predictive entropy of every token, for the entropy scores with offline scores (`slm score --hf-out` writes it); an online ref_model computes it instead."""
+    weighting: str = "hard"
+    """hard (select by strategy), soft (weights from the score, mean weight = ratio) or dft (weights ∝ exp(−loss), reference-free)."""
+    weight_temperature: float = 1.0
+    """Temperature of soft weights, in temperature_units."""
+    ratio_schedule: str = "constant"
+    """constant, linear or cosine from ratio to ratio_end over the Trainer's max_steps (after clm_warmup)."""
+    ratio_end: float | None = None
+    """Ratio of the last step of a ratio schedule."""
+    clm_warmup: float = 0.0
+    """Fraction of the Trainer's max_steps, in [0, 1), trained as plain CLM before selection starts."""
 
     def __post_init__(self):
         if not 0.0 < self.ratio <= 1.0:
@@ -68,10 +85,24 @@ class SLMArguments:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.temperature_unit not in TEMPERATURE_UNITS:
             raise ValueError(f"unknown temperature_unit {self.temperature_unit!r}: choose one of {', '.join(TEMPERATURE_UNITS)}")
+        for name, value, choices in (("score", self.score, SCORES), ("weighting", self.weighting, WEIGHTINGS),
+                                     ("ratio_schedule", self.ratio_schedule, RATIO_SCHEDULES)):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+        if not self.entropy_weight >= 0:
+            raise ValueError(f"entropy_weight must be >= 0, got {self.entropy_weight}")
+        if (self.ratio_schedule == "constant") != (self.ratio_end is None):
+            raise ValueError("ratio_schedule linear/cosine needs ratio_end, and ratio_end needs one of them")
+        self.objective()  # the objective's own checks (weights take top-k, ratio_end and clm_warmup ranges)
 
     def objective(self) -> Objective:
         return Objective("slm", self.strategy, self.ratio, self.temperature, self.selection_scope, self.seed,
-                         self.temperature_unit)
+                         self.temperature_unit, weighting=self.weighting, weight_temperature=self.weight_temperature,
+                         ratio_schedule=self.ratio_schedule, ratio_end=self.ratio_end, clm_warmup=self.clm_warmup)
+
+    @property
+    def needs_entropy(self) -> bool:
+        return self.weighting != "dft" and self.score in ENTROPY_SCORES
 
 
 def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -142,20 +173,25 @@ class SLMTrainerMixin:
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the selected count of the whole step
         if ref_model is not None:
             self.ref_model = _prepare_ref(ref_model, self.args.device)
-        else:
+        elif self.slm_args.weighting != "dft":  # dft needs no reference
             cols = getattr(self.train_dataset, "column_names", None)
             if cols is not None and self.slm_args.ref_column not in cols:
                 raise ValueError(f"the training dataset has no '{self.slm_args.ref_column}' column (it has "
                                  f"{', '.join(cols)}): attach reference losses with `slm score --hf-out` or "
                                  "selective_lm.columns.score_dataset, or pass ref_model= for online reference losses")
+            if cols is not None and self.slm_args.needs_entropy and self.slm_args.entropy_column not in cols:
+                raise ValueError(f"score={self.slm_args.score} needs the reference's entropies but the training dataset "
+                                 f"has no '{self.slm_args.entropy_column}' column: export the scores with `slm score "
+                                 "--hf-out` (with entropies, its default) or pass ref_model=")
         self.slm_metrics = StepMetrics(self.args.device)
         self._slm_step: dict | None = None
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        col = self.slm_args.ref_column
-        if self.ref_model is None and self._signature_columns is not None and col not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, col]  # remove_unused_columns keeps the scores
+        if self.ref_model is None and self._signature_columns is not None:  # remove_unused_columns keeps the scores
+            for col in (self.slm_args.ref_column, self.slm_args.entropy_column):
+                if col not in self._signature_columns:
+                    self._signature_columns = [*self._signature_columns, col]
 
     # ------------------------------------------------------------------ one optimizer step
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -166,7 +202,7 @@ class SLMTrainerMixin:
     def _plan_step(self, batches: list[dict]) -> dict:
         """The step's denominator (selected tokens over all micro-batches and devices) and, for
         selection_scope='step', the masks of every micro-batch; the same on every process."""
-        obj = self.slm_objective
+        obj = self.slm_objective.at_step(self.state.global_step, self.state.max_steps)  # warm-up, scheduled ratio
         batches = [self._prepare_inputs(b) for b in batches]
         if any("labels" not in b for b in batches):
             raise ValueError("SLM needs 'labels' in every batch: use a data collator that sets them "
@@ -174,7 +210,7 @@ class SLMTrainerMixin:
         self.model.train()  # the Trainer sets train mode only after this: the pre-pass must not depend on it
         targets = [shifted_targets(b["labels"]) for b in batches]
         valids = [self._valid(b, t) for b, t in zip(batches, targets)]
-        plan = {"denom": obj.denominator(valids), "gen": obj.generator(self.state.global_step), "next": 0,
+        plan = {"obj": obj, "denom": obj.denominator(valids), "gen": obj.generator(self.state.global_step), "next": 0,
                 "masks": None, "excess": [None] * len(batches), "shape": _max_shape(valids)}
         if obj.scope == "step" and len(batches) > 1:  # one micro-batch: the micro-step is the step
             if obj.needs_prepass:
@@ -182,7 +218,7 @@ class SLMTrainerMixin:
                     for m, (b, t) in enumerate(zip(batches, targets)):
                         ids, kw = model_inputs(b)
                         tl = model_token_losses(self.model, ids, t, **kw)
-                        plan["excess"][m] = self._excess(tl, self._ref(b, t), valids[m])
+                        plan["excess"][m] = self._score(tl, b, t, valids[m])
             plan["masks"] = select_padded(obj, [e if e is not None else v.float() for e, v in zip(plan["excess"], valids)],
                                           valids, plan["gen"], plan["shape"])
         return plan
@@ -195,24 +231,31 @@ class SLMTrainerMixin:
             valid = valid & ~torch.isnan(ref[:, 1:].to(valid.device))
         return valid
 
-    def _ref(self, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
+    def _ref(self, inputs: dict, targets: torch.Tensor) -> RefStats:
+        entropy = self.slm_args.needs_entropy
         if self.ref_model is not None:
             ids, kw = model_inputs(inputs)
             with torch.no_grad():
-                return model_token_losses(self.ref_model, ids, targets, **kw).float()
-        col = self.slm_args.ref_column
-        ref = inputs.get(col)
-        if ref is None:
-            raise ValueError(f"the batch has no '{col}' column: keep it through the data collator "
-                             "(selective_lm.columns.SLMCollator does) or pass ref_model=")
-        if ref.shape != inputs["input_ids"].shape:
-            raise ValueError(f"'{col}' has shape {tuple(ref.shape)} but input_ids {tuple(inputs['input_ids'].shape)}: "
-                             "the scores must be one per token of the same rows")
-        return shifted_refs(ref.to(targets.device))
+                out = model_token_losses(self.ref_model, ids, targets, entropy=entropy, **kw)
+            return RefStats(out[0].float(), out[1].float()) if entropy else RefStats(out.float())
+        cols = (self.slm_args.ref_column, self.slm_args.entropy_column)[:1 + entropy]
+        vals = []
+        for col in cols:
+            ref = inputs.get(col)
+            if ref is None:
+                raise ValueError(f"the batch has no '{col}' column: keep it through the data collator "
+                                 "(selective_lm.columns.SLMCollator does) or pass ref_model=")
+            if ref.shape != inputs["input_ids"].shape:
+                raise ValueError(f"'{col}' has shape {tuple(ref.shape)} but input_ids {tuple(inputs['input_ids'].shape)}: "
+                                 "the scores must be one per token of the same rows")
+            vals.append(shifted_refs(ref.to(targets.device)))
+        return RefStats(*vals)
 
-    @staticmethod
-    def _excess(tl: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        return torch.where(valid, tl.detach().float() - ref, torch.zeros_like(ref))
+    def _score(self, tl: torch.Tensor, inputs: dict, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The per-token score (slm_args.score; the model's own loss for dft), 0 where not valid."""
+        a, own = self.slm_args, tl.detach().float()
+        s = own if a.weighting == "dft" else token_score(a.score, own, self._ref(inputs, targets), a.entropy_weight)
+        return torch.where(valid, s, torch.zeros_like(s))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         plan = self._slm_step
@@ -220,23 +263,24 @@ class SLMTrainerMixin:
             inputs = {k: v for k, v in inputs.items() if k != self.slm_args.ref_column}
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-        obj, m = self.slm_objective, plan["next"]
+        obj, m = plan["obj"], plan["next"]
         if m >= len(plan["excess"]):
             raise RuntimeError("compute_loss was called more often than the step has micro-batches")
         plan["next"] += 1
         targets = shifted_targets(inputs["labels"])
         valid = self._valid(inputs, targets)
         ids, kw = model_inputs(inputs)
-        tl = model_token_losses(model, ids, targets, sparse_backward=obj.ratio < 1.0, **kw)
+        tl = model_token_losses(model, ids, targets, sparse_backward=obj.sparse_backward, **kw)
         excess = plan["excess"][m]
-        if excess is None:
-            excess = self._excess(tl, self._ref(inputs, targets), valid)
+        if excess is None and obj.selective:
+            excess = self._score(tl, inputs, targets, valid)
         if plan["masks"] is not None:
             mask = plan["masks"][m]
         else:
-            mask = select_padded(obj, [excess], [valid], plan["gen"], plan["shape"])[0]
+            mask = select_padded(obj, [excess if excess is not None else valid.float()], [valid], plan["gen"],
+                                 plan["shape"])[0]
         loss = obj.loss(tl, mask, plan["denom"])
-        self.slm_metrics.add(tl.detach(), valid, mask, excess, None)
+        self.slm_metrics.add(tl.detach(), valid, mask, excess if obj.uses_reference else None, None)
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
@@ -265,6 +309,10 @@ class SLMLoss:
         self.slm_args = slm_args or SLMArguments()
         if self.slm_args.selection_scope != "microstep":
             raise ValueError("SLMLoss selects over each micro-batch step; for selection_scope='step' use SLMTrainer")
+        a = self.slm_args
+        if (a.score, a.weighting, a.ratio_schedule, a.clm_warmup) != ("excess", "hard", "constant", 0.0):
+            raise ValueError("SLMLoss ranks by excess loss with hard selection at a constant ratio; for other scores, "
+                             "weightings, ratio schedules or a CLM warm-up use SLMTrainer (or SLMTrainerMixin)")
         self.objective = self.slm_args.objective()
         self.ref_model = _prepare_ref(ref_model, next(model.parameters()).device)
         self.calls = 0
