@@ -82,17 +82,22 @@ def _eval(d: Path, step: int, tokens: float, target: np.ndarray, noisy: np.ndarr
 def build_study(root: Path, *, seeds=(0, 1, 2), ratios=(0.6, 0.3), strategies=("topk", "random", "stochastic"),
                 checkpoints: int = 10, slm_better: bool = True, val_shift: dict | None = None,
                 test_shift: dict | None = None, acc_floor: bool = False, quick: bool = False, lora: bool = False,
-                relative: bool = False, seed_jitter: float = 0.004) -> Path:
+                relative: bool = False, seed_jitter: float = 0.004, variants: dict | None = None) -> Path:
     """Write a synthetic finished v2 study under root/study and return its path.
 
     ``val_shift`` / ``test_shift``: {(strategy, ratio): nats} added to that group's final validation / test target
     loss (to make validation and test disagree on the best ratio).
+    ``variants``: {variant name: target-loss drop per 10 checkpoints (top-k's is DROPS["topk"])}: one variant arm
+    per seed at the last ratio, each with a stage timing of 10 + its index seconds.
     """
+    variants = variants or {}
     study = root / "study"
     p = (lambda q: str(Path(q).relative_to(study))) if relative else (lambda q: str(q))
     tok = _tokenizer(root)
-    drops = dict(DROPS, topk=DROPS["topk"] if slm_better else 0.005)
+    drops = dict(DROPS, topk=DROPS["topk"] if slm_better else 0.005, **{f"v:{v}": d for v, d in variants.items()})
     accs = {k: (0.01 if acc_floor else v) for k, v in dict(ACCS, topk=ACCS["topk"] if slm_better else 0.15).items()}
+    accs.update({f"v:{v}": accs["topk"] for v in variants})
+    timings = {"corpora": 1.0, "base": 1.5, "reference": 0.5, "arms": 3.0}
     val_shift, test_shift = val_shift or {}, test_shift or {}
     runs, pipelines = [], {}
     for seed in seeds:
@@ -133,9 +138,15 @@ def build_study(root: Path, *, seeds=(0, 1, 2), ratios=(0.6, 0.3), strategies=("
         shared = torch.randn(4, 4, generator=torch.Generator().manual_seed(50 + seed))
         arms = [("clm", None, 1.0), ("hq", None, 1.0), ("content", None, 1.0)]
         arms += [("slm", s, r) for r in ratios for s in strategies]
+        arms += [(f"v:{v}", "topk", ratios[-1]) for v in variants]
         for arm, strategy, ratio in arms:
             name = f"{arm}-s{seed}" if arm != "slm" else f"{strategy}-r{ratio:g}-s{seed}"
             key = strategy or arm
+            if arm.startswith("v:"):
+                key, name = arm, f"v-{arm[2:].replace('+', '-')}-r{ratio:g}-s{seed}"
+                timings[f"arm {name}"] = 10.0 + list(variants).index(arm[2:])
+            elif arm == "slm" and strategy == "topk" and variants:
+                timings[f"arm {name}"] = 10.0
             run_dir, eval_dir = sd / "runs" / name, ev / name
             jitter = seed_jitter * (seed - 1) + (0.003 * (1 - ratio) if key == "topk" else 0.0)
             for c in range(1, checkpoints + 1):
@@ -166,14 +177,15 @@ def build_study(root: Path, *, seeds=(0, 1, 2), ratios=(0.6, 0.3), strategies=("
                          "topk_overlap": overlap} if arm == "slm" else {})} for s in range(1, 21)]
             (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             (run_dir / "config.yaml").write_text(f"model: {sd / 'runs/base/final'}\nmax_tokens: 10000\nlr: 0.006\n")
-            runs.append({"name": name, "arm": arm, "strategy": strategy, "ratio": ratio, "seed": seed,
-                         "run_dir": p(run_dir), "eval_dir": p(eval_dir), "data": p(sd / "data/web_math")})
+            runs.append({"name": name, "arm": "variant" if arm.startswith("v:") else arm, "strategy": strategy,
+                         "ratio": ratio, "seed": seed, "run_dir": p(run_dir), "eval_dir": p(eval_dir),
+                         "data": p(sd / "data/web_math"), **({"variant": arm[2:]} if arm.startswith("v:") else {})})
     (study / "study.yaml").write_text(f"model: tiny\ncpt_tokens: 10000\nquick: {str(quick).lower()}\n")
     write_json(study / "index.json", {
         "version": 2, "seeds": list(seeds), "ratios": list(ratios), "strategies": list(strategies),
         "temperature": 1.0, "temperature_unit": "std", "model": "tiny", "seq_len": SEQ, "cpt_tokens": 10000,
         "checkpoints": checkpoints, "lora": {"r": 2, "alpha": 4} if lora else None, "quick": quick,
         "tune_split": "validation", "report_split": "test", "eval_windows": {"target": NT, "noisy": NW},
-        "pipelines": pipelines, "runs": runs,
-        "timings": {"corpora": 1.0, "base": 1.5, "reference": 0.5, "arms": 3.0}})
+        "pipelines": pipelines, "runs": runs, "timings": timings,
+        "variants": {v: f"synthetic variant {v}" for v in variants}, "variant_ratio": ratios[-1] if variants else None})
     return study

@@ -44,10 +44,13 @@ def test_bad_configs_refused_before_any_stage(tmp_path, capsys, tiny_data):
             capsys, "vocabulary", out)
 
 
+QUICK = ["study", "--quick", "--no-progress", "variants=[self,excess+entropy,soft]"]  # with the variants section
+
+
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "quick"
-    assert main(["study", "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert main([*QUICK, "--out", str(out)]) == 0
     return out
 
 
@@ -86,11 +89,20 @@ def test_quick_study_end_to_end(quick_study):
                 finite(v)
     finite(res)
     assert (quick_study / "report" / "selection.html").is_file()
+    # the variants: a self-reference on a held-out share, entropies in the scores, one section in the report
+    assert {"v-self-r0.6-s0", "v-excess-entropy-r0.6-s0", "v-soft-r0.6-s0"} <= names
+    assert [r["variant"] for r in res["variants"]["rows"]] == ["self", "excess+entropy", "soft"]
+    assert "## Token-selection variants" in md
+    sd = quick_study / "seed-0"
+    ref = json.loads((sd / "runs" / "self-reference" / "final" / "slm_meta.json").read_text())["holdout"]
+    arm = json.loads((sd / "runs" / "v-self-r0.6" / "final" / "slm_meta.json").read_text())
+    assert ref["side"] == "only" and arm["holdout"]["side"] == "exclude" and arm["self_reference"] is True
+    assert json.loads((sd / "scores" / "web_math" / "manifest.json").read_text())["entropy_file"]
 
 
 def test_resumed_study_skips_finished_stages(quick_study, capsys):
     before = json.loads((quick_study / "report" / "results.json").read_text())
-    assert main(["study", "--quick", "--out", str(quick_study), "--no-progress"]) == 0
+    assert main([*QUICK, "--out", str(quick_study)]) == 0
     out = capsys.readouterr().out
     stage_lines = [line for line in out.splitlines() if line.startswith("[")]
     assert stage_lines and all(line.endswith(": cached") for line in stage_lines), out
@@ -105,7 +117,7 @@ def test_study_killed_while_saving_the_base_resumes_to_the_same_results(quick_st
     from test_kill import killed
 
     out = tmp_path / "quick"
-    args = ["study", "--quick", "--out", str(out), "--no-progress"]
+    args = [*QUICK, "--out", str(out)]
     killed(args, "selective_lm.model.commit_dir", 1, "before")  # the base model's checkpoint, half written
     assert main(args) == 0
     runs = sorted(p.parent.name for p in (quick_study / "seed-0" / "runs").glob("*/run.json"))

@@ -126,6 +126,10 @@ def findings(res: dict) -> list[dict]:
                            ("content", "SLM's ranking adds to noise filtering (SLM beats CLM on content tokens only)")):
             if base in res["groups"]:
                 out += compare_groups(res, f"f-{base}", what, topk, base)
+    var = res.get("variants") or {}
+    for row in var.get("rows") or []:
+        out += compare_groups(res, "f-variant", f"variant {row['variant']} beats top-k at ratio {float(var['ratio']):g}",
+                              row["group"], var["baseline"], metrics=METRICS[:1])
     for g, o in ((res.get("overlap") or {}).get("groups") or {}).items():
         if o["strategy"] == "stochastic" and o["overlap"]["mean"] is not None:
             out.append({"id": "f-overlap", "claim": "where stochastic selection sits between top-k and random",
@@ -137,11 +141,47 @@ def findings(res: dict) -> list[dict]:
     return out
 
 
+def variants(res: dict) -> dict:
+    """The variants section: every variant group against top-k at variant_ratio and against CLM (test target
+    loss, one-sided Welch both ways), with each arm's measured training throughput (the stage's wall time)."""
+    cfg, g = res.get("config") or {}, res["groups"]
+    defs, r = cfg.get("variants") or {}, cfg.get("variant_ratio")
+    if not defs:
+        return {}
+    topk, timings, tokens = f"slm-topk-{float(r):g}", cfg.get("timings") or {}, cfg.get("cpt_tokens")
+
+    def speed(group: str) -> dict:
+        secs = [timings.get(f"arm {n}") for n, run in (res.get("runs") or {}).items() if run["group"] == group]
+        return stats.summary([tokens / x for x in secs if x and tokens])
+
+    rows = []
+    for v, what in defs.items():
+        k = f"variant-{v}"
+        if k not in g:
+            continue
+        rows.append({"variant": v, "group": k, "what": what, "target_loss": g[k]["target_loss"],
+                     "noisy_loss": g[k]["noisy_loss"],
+                     "vs_topk": stats.compare(_vals(g[k], "target_loss"), _vals(g.get(topk), "target_loss"), True),
+                     "vs_clm": stats.compare(_vals(g[k], "target_loss"), _vals(g.get("clm"), "target_loss"), True),
+                     "train_tokens_per_s": speed(k)})
+    holm = stats.holm([row["vs_topk"].get("p") for row in rows])
+    for row, q in zip(rows, holm):
+        row["vs_topk"]["p_holm"] = q
+    return {"ratio": r, "baseline": topk, "definitions": defs, "rows": rows,
+            "baseline_tokens_per_s": {b: speed(b) for b in (topk, "clm") if b in g},
+            "definition": "each variant is top-k SLM at the variant ratio changed in one way; p: one-sided Welch "
+                          "on the final test target loss over seeds (variant < top-k, and the opposite direction), "
+                          "with Holm's correction over the variants for the first; "
+                          "train tokens/s = the arm's tokens seen / its stage's wall time (a study stage, so other "
+                          "jobs on the machine count; benchmarks/throughput.py measures them cleanly)"}
+
+
 def headline(res: dict) -> list[dict]:
     """Rows of the headline table (test split): reference, CLM, hq, content, each SLM group."""
     g, eff = res["groups"], (res.get("data_efficiency") or {}).get("groups") or {}
     order = [k for k in ("reference", "clm", "hq", "content") if k in g]
     order += sorted((k for k in g if k.startswith("slm-")), key=lambda k: (g[k]["strategy"], -float(g[k]["ratio"])))
+    order += [k for k in g if k.startswith("variant-")]
     rows = []
     for k in order:
         v = g[k]
@@ -169,6 +209,11 @@ def summary_text(res: dict) -> str:
             f"{cfg.get('cpt_tokens')} continual-pretraining tokens per arm; arms CLM, HQ-only, content-only and SLM "
             f"({', '.join(cfg.get('strategies') or [])}) at ratios {', '.join(f'{r:g}' for r in cfg.get('ratios') or [])}"
             f"; best ratio per strategy chosen on validation: {best or 'none'}; all numbers below on the test split. ")
+    var = res.get("variants") or {}
+    if var.get("rows"):
+        won = [r["variant"] for r in var["rows"] if r["vs_topk"].get("verdict") == stats.HOLDS]
+        text += (f"Variants at ratio {float(var['ratio']):g} ({', '.join(r['variant'] for r in var['rows'])}): "
+                 f"{', '.join(won) if won else 'none'} beat top-k on the test target loss (p < 0.05). ")
     text += (f"Of {len(cl)} claim × metric lines, {len(held)} hold"
              + (f" ({'; '.join(held)})" if held else "") + f", {len(failed)} do not hold"
              + (f" ({'; '.join(failed)})" if failed else "") + f", {nsig} are not significant and {untested} "

@@ -35,7 +35,7 @@ PROTOCOL = ("Headline numbers are on the test split (metrics.json 'test'); tunin
 _ERRORS = (UserError, ValueError, OSError, KeyError, IndexError, TypeError)
 RESULT_KEYS = ("study", "written_by", "quick", "protocol", "rules", "config", "pipelines", "runs", "groups",
                "best_ratio", "data_efficiency", "overlap", "fig6", "fig6_final", "harder_noise", "dynamics", "buckets",
-               "cosine", "selection", "claims", "findings", "headline", "summary")
+               "cosine", "selection", "variants", "claims", "findings", "headline", "summary")
 PUBLIC = ("step", "tokens", "target_loss", "target_ppl", "noisy_loss", "noisy_ppl", "val_target_loss",
           "own_acc", "own_correct", "own_n", "ext_acc", "ext_correct", "ext_n")
 
@@ -61,6 +61,8 @@ def topk_mask(excess: np.ndarray, ratio: float) -> np.ndarray:
 
 
 def group_of(run: dict) -> str:
+    if run.get("arm") == "variant":
+        return f"variant-{run['variant']}"
     return run["arm"] if run.get("arm") != "slm" else f"slm-{run['strategy']}-{float(run['ratio']):g}"
 
 
@@ -240,7 +242,7 @@ def section_config(st: StudyResults) -> dict:
         return yaml.safe_load(f.read_text(encoding="utf-8")) if f.is_file() else None
 
     keys = ("version", "lora", "model", "seq_len", "cpt_tokens", "strategies", "temperature", "temperature_unit",
-            "checkpoints", "tune_split", "report_split", "eval_windows")
+            "checkpoints", "tune_split", "report_split", "eval_windows", "variants", "variant_ratio")
     out = {k: st.index.get(k) for k in keys}
     timings = st.index.get("timings") or {}
     out.update(seeds=st.seeds, ratios=st.ratios, study=st.study_cfg, quick=st.quick, timings=timings,
@@ -253,7 +255,7 @@ def section_config(st: StudyResults) -> dict:
 
 
 def section_runs(st: StudyResults) -> dict:
-    return {r["name"]: {**{k: r.get(k) for k in ("arm", "strategy", "ratio", "seed")}, "group": group_of(r),
+    return {r["name"]: {**{k: r.get(k) for k in ("arm", "strategy", "ratio", "seed", "variant")}, "group": group_of(r),
                         "final": public(c[-1]), "curve": [public(p) for p in c]}
             for r, c in ((r, st.curve(r)) for r in st.runs)}
 
@@ -281,7 +283,8 @@ def section_groups(runs: dict, pipelines: dict | None = None) -> dict:
     """Groups over seeds: mean/std/n of every final test metric, pooled accuracy with Wilson CI; reference and base."""
     groups: dict = {}
     for name, r in runs.items():
-        groups.setdefault(r["group"], {"arm": r["arm"], "strategy": r["strategy"], "ratio": r["ratio"], "runs": []})
+        groups.setdefault(r["group"], {"arm": r["arm"], "strategy": r["strategy"], "ratio": r["ratio"], "runs": [],
+                                       **({"variant": r["variant"]} if r.get("variant") else {})})
         groups[r["group"]]["runs"].append(name)
     out = {}
     for key in ("reference", "base"):
@@ -405,6 +408,7 @@ def collect(study_dir, writer: str = "slm analyze report") -> dict:
                     ("buckets", tokens.section_buckets), ("cosine", tokens.section_cosine),
                     ("selection", tokens.section_selection)):
         res[key] = _guard(fn, st, runs) if key == "harder_noise" else _guard(fn, st)
+    res["variants"] = cl.variants(res)
     res["claims"], res["findings"] = cl.claims(res), cl.findings(res)
     res["headline"] = cl.headline(res)
     res["summary"] = cl.summary_text(res)

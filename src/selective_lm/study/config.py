@@ -9,6 +9,20 @@ from ..files import UserError
 
 STRATEGY_NAMES = ("topk", "random", "stochastic")
 BASELINE_NAMES = ("hq", "content")
+# Token-selection variants (the `variants` study section): each is one arm per seed, top-k at variant_ratio,
+# compared with top-k at that ratio and with CLM. name -> what the arm changes against plain top-k SLM.
+VARIANTS = {
+    "reference": "score = −reference loss (what the reference predicts well; no training loss)",
+    "entropy": "score = −reference entropy (where the reference is confident)",
+    "excess+entropy": "score = excess − λ·reference entropy (the later paper's entropy-augmented score)",
+    "self": "excess against a self-reference: the base continued on a held-out share of the web corpus "
+            "(no HQ data); the arm trains on the other windows",
+    "soft": "soft weights w = min(1, c·exp(excess/(τ·std))) with mean weight = ratio, instead of a hard top-k",
+    "dft": "reference-free control: weights ∝ exp(−L) of the training loss (DFT-style), every token",
+    "warmup": "plain CLM for the first variant_warmup of the steps, then top-k",
+    "schedule": "ratio from 1 (every token) down to the ratio, linearly over training",
+}
+VARIANT_KEYS = ("variant_ratio", "self_fraction", "variant_warmup", "entropy_weight")
 CORPUS_FILES = ("hq_math.jsonl", "web_math.jsonl", "prose.jsonl", "fewshot_eval.jsonl", "fewshot_exemplars.jsonl")
 # Keys that may change between invocations on the same study directory.
 FREE_KEYS = {"out", "overwrite", "progress", "seeds", "device", "quick"}
@@ -67,6 +81,16 @@ class StudyConfig:
     """std (τ relative to the excess spread, scale-free) or nats (raw τ, as in earlier versions)."""
     baselines: list[str] = field(default_factory=lambda: list(BASELINE_NAMES))
     """Baselines beside CLM: hq (CLM continued on the HQ math alone, same budget) and content (CLM on the same noisy windows with the loss on content tokens only: pure noise filtering)."""
+    variants: list[str] = field(default_factory=list)
+    """Token-selection variants run as extra arms, each top-k at variant_ratio against top-k at that ratio and CLM (off by default; configs/study-variants.yaml turns them on): reference, entropy, excess+entropy, self, soft, dft, warmup, schedule. Adding variants to a finished study directory runs only the new arms."""
+    variant_ratio: float | None = None
+    """Token ratio of the variant arms; default: the first of `ratios` (top-k at this ratio is their baseline)."""
+    self_fraction: float = 0.2
+    """Share of the web-math train windows held out to train the self-reference (continued from the base for reference_epochs over them); the self arm trains on the rest."""
+    variant_warmup: float = 0.25
+    """CLM warm-up fraction of the warmup variant."""
+    entropy_weight: float = 1.0
+    """λ of the excess+entropy variant (nats per nat of entropy)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds of whole pipelines (each: corpus sample corpora_seed+seed, base, reference, arms, data order, selection draws); a claim is tested only with >= 3, e.g. 0,1,2."""
     lora: LoraConfig | None = None
@@ -112,6 +136,24 @@ class StudyConfig:
         for b in self.baselines:
             if b not in BASELINE_NAMES:
                 raise UserError(f"unknown baseline '{b}' in baselines: choose from {', '.join(BASELINE_NAMES)}")
+        for v in self.variants:
+            if v not in VARIANTS:
+                raise UserError(f"unknown variant '{v}' in variants: choose from {', '.join(VARIANTS)}")
+        if len(set(self.variants)) != len(self.variants):
+            raise UserError(f"variants must be distinct, got {self.variants}")
+        if self.variants:
+            if self.variant_ratio is None:
+                self.variant_ratio = self.ratios[0]
+            check_ratio(self.variant_ratio, "variant_ratio")
+            if "topk" not in self.strategies or float(self.variant_ratio) not in [float(r) for r in self.ratios]:
+                raise UserError(f"the variants are compared with top-k at variant_ratio {self.variant_ratio:g}: keep "
+                                "topk in strategies and variant_ratio in ratios")
+        if not 0 < self.self_fraction < 1:
+            raise UserError(f"self_fraction must be in (0, 1), got {self.self_fraction}")
+        if not 0 <= self.variant_warmup < 1:
+            raise UserError(f"variant_warmup must be in [0, 1), got {self.variant_warmup}")
+        if not self.entropy_weight >= 0:
+            raise UserError(f"entropy_weight must be >= 0, got {self.entropy_weight}")
         if self.temperature_unit not in ("std", "nats"):
             raise UserError(f"unknown temperature_unit '{self.temperature_unit}': choose one of std, nats")
         if len(set(self.seeds)) != len(self.seeds):

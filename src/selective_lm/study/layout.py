@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..config import TrainConfig, first_change
+from ..config import TrainConfig, first_change, load_yaml
 from ..files import UserError, read_json, write_json
-from .config import FREE_KEYS, StudyConfig
+from .config import FREE_KEYS, VARIANT_KEYS, VARIANTS, StudyConfig
 
 class Study:
     """Builds the stage list of a study directory and runs the unfinished ones."""
@@ -43,6 +43,13 @@ class Study:
     def scores(self, seed: int) -> Path:
         return self.seed_dir(seed) / "scores" / "web_math"
 
+    def self_scores(self, seed: int) -> Path:
+        """The self-reference's scores of the web-math train split (the `self` variant)."""
+        return self.seed_dir(seed) / "scores" / "web_math-self"
+
+    def self_reference_ckpt(self, seed: int) -> Path:
+        return self.run_dir(seed, "self-reference") / "final"
+
     def base_ckpt(self, seed: int) -> Path:
         from ..model import PRESETS
 
@@ -62,6 +69,9 @@ class Study:
                 for strategy in self.cfg.strategies:
                     runs.append({"name": f"{strategy}-r{ratio:g}-s{seed}", "arm": "slm", "strategy": strategy,
                                  "ratio": ratio, "seed": seed})
+            for v in self.cfg.variants:  # top-k at variant_ratio, changed in one way (config.VARIANTS)
+                runs.append({"name": f"v-{v.replace('+', '-')}-r{self.cfg.variant_ratio:g}-s{seed}", "arm": "variant",
+                             "variant": v, "strategy": "topk", "ratio": self.cfg.variant_ratio, "seed": seed})
         for r in runs:
             short = r["name"].rsplit("-s", 1)[0]
             r["run_dir"] = str(self.run_dir(r["seed"], short))
@@ -72,7 +82,10 @@ class Study:
     # config identity -----------------------------------------------------------------------
     def check_dir(self) -> None:
         saved = self.p("study.yaml")  # (--overwrite moved an earlier study aside: see run_study)
-        if saved.is_file() and (change := first_change(self.cfg, saved, FREE_KEYS)):
+        # variants only add arms; the variant settings of a study made before they existed are not a change
+        free = FREE_KEYS | {"variants"} | ({k for k in VARIANT_KEYS if k not in load_yaml(saved)} if saved.is_file()
+                                           else set())
+        if saved.is_file() and (change := first_change(self.cfg, saved, free)):
             k, was, now = change
             raise UserError(f"{self.root} was made with {k}={was!r}, now {now!r}: "
                             "use another --out or pass --overwrite to start over")
@@ -107,9 +120,14 @@ class Study:
                               "checkpoint": str(self.reference_ckpt(seed)),
                               "eval_dir": str(self.eval_dir(seed, "reference"))},
                 "scores": str(self.scores(seed))}
+            if "self" in c.variants:
+                pipelines[str(seed)]["self_reference"] = {
+                    "run_dir": str(self.run_dir(seed, "self-reference")), "checkpoint": str(self.self_reference_ckpt(seed)),
+                    "scores": str(self.self_scores(seed)), "fraction": c.self_fraction}
         index = {
             "version": 2, "quick": c.quick, "seeds": c.seeds, "ratios": c.ratios, "strategies": c.strategies,
-            "baselines": c.baselines, "temperature": c.temperature, "temperature_unit": c.temperature_unit,
+            "baselines": c.baselines, "variants": {v: VARIANTS[v] for v in c.variants},
+            "variant_ratio": c.variant_ratio if c.variants else None, "temperature": c.temperature, "temperature_unit": c.temperature_unit,
             "lora": dataclasses.asdict(c.lora) if c.lora else None, "model": c.model, "seq_len": c.seq_len,
             "cpt_tokens": c.cpt_tokens, "checkpoints": c.checkpoints, "tune_split": "validation", "report_split": "test",
             "eval_windows": {"target": c.eval_windows_target, "noisy": c.eval_windows_noisy},

@@ -19,6 +19,7 @@ FAMILY = {"topk": ["#08306b", "#2171b5", "#6baed6", "#9ecae1"], "random": ["#7f2
           "stochastic": ["#00441b", "#238b45", "#74c476", "#a1d99b"]}
 OTHER = ["#49006a", "#ae017e", "#f768a1", "#fbb4b9"]
 STYLES = ["-", "--", ":", "-."]
+VARIANT_COLOURS = ["#e7298a", "#bcbd22", "#e6ab02", "#8c564b", "#17becf", "#666666", "#f781bf", "#9edae5"]
 MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*"]
 FIXED = {"clm": ("black", "-", "o"), "hq": ("#6a3d9a", "--", "s"), "content": ("#b15928", ":", "D"),
          "reference": ("#e31a1c", ":", None), "base": ("#737373", "-.", None)}
@@ -56,6 +57,10 @@ def style(group: str, groups: dict, ratios: list[float]) -> dict:
         c, ls, m = FIXED[group]
         return {"color": c, "ls": ls, "marker": m}
     g = groups.get(group) or {}
+    if g.get("arm") == "variant":  # one colour and marker per variant, dash-dot
+        names = sorted(k for k, v in groups.items() if v.get("arm") == "variant")
+        j = names.index(group)
+        return {"color": VARIANT_COLOURS[j % len(VARIANT_COLOURS)], "ls": "-.", "marker": MARKERS[j % len(MARKERS)]}
     i = ratios.index(float(g["ratio"])) if g.get("ratio") is not None and float(g["ratio"]) in ratios else 0
     fam = FAMILY.get(g.get("strategy"), OTHER)
     strategies = sorted({v.get("strategy") for v in groups.values() if v.get("strategy")})
@@ -97,14 +102,22 @@ def _lines(ax, curves: dict, groups: dict, ratios: list, label: bool = True) -> 
 
 
 def _zoom(ax, curves: dict, refs: dict[str, float | None]) -> None:
-    """y range of the arms' curves; reference values inside it as lines, outside it as a note."""
-    vals = np.concatenate([m for _, m, _ in curves.values()]) if curves else np.array([])
+    """y range of the arms' curves; reference values inside it as lines, outside it as a note. A curve far
+    above the others (its lowest point beyond the arms' final values' upper quartile + 10 IQR, e.g. a
+    diverged arm) does not set the range: it is named in the note instead."""
+    finals = np.array([m[-1] for _, m, _ in curves.values() if len(m)])
+    far = set()
+    if finals.size >= 4:
+        q1, q3 = np.percentile(finals, [25, 75])
+        fence = q3 + 10 * max(q3 - q1, 0.01 * abs(q3))
+        far = {g for g, (_, m, _) in curves.items() if len(m) and m.min() > fence}
+    vals = np.concatenate([m for g, (_, m, _) in curves.items() if g not in far]) if curves else np.array([])
     if not vals.size:
         return
     lo, hi = float(vals.min()), float(vals.max())
     pad = 0.08 * (hi - lo or 1.0)
     ax.set_ylim(lo - pad, hi + pad)
-    notes = []
+    notes = [f"{g}: final {curves[g][1][-1]:.3f} (above, off scale)" for g in sorted(far)]
     for name, v in refs.items():
         if v is None:
             continue

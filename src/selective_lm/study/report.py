@@ -117,6 +117,7 @@ def render(res: dict, images: dict, html_link: str | None) -> str:
                    _acc(h["own"]), _acc(h["ext"]), _speed(h), stats.fmt_p(h["p_vs_clm"]) if h["p_vs_clm"] is not None
                    else "—"] for h in res.get("headline") or []])
     md += _perplexity(res, images) + _accuracy(res, images) + _efficiency(res, images) + _overlap(res, images)
+    md += _variants(res)
     md += _noise(res, images) + _fig6(res, images) + _dynamics(res, images) + _buckets(res)
     cos = res.get("cosine") or {}
     md += ["## Update-direction cosine similarity", "", cos.get("definition", ""), ""] + _err(cos)
@@ -214,6 +215,38 @@ def _overlap(res: dict, images: dict) -> list[str]:
                      [[g, _ms(o["overlap"]), f"≈ {float(o['ratio']):g}", _f(o["position"], 2)]
                       for g, o in ov["groups"].items()])
     return md + _img(images, "overlap", "top-k overlap per SLM arm")
+
+
+def _variants(res: dict) -> list[str]:
+    """The token-selection variants against top-k at their ratio (only when the study ran variants)."""
+    var = res.get("variants") or {}
+    if not var.get("rows"):
+        return []
+    md = ["## Token-selection variants", "", f"Baseline: `{var['baseline']}` (top-k at ratio {float(var['ratio']):g}) "
+          "and CLM. " + var["definition"] + ".", ""]
+    base = var.get("baseline_tokens_per_s") or {}
+    tk = (base.get(var["baseline"]) or {}).get("mean")
+
+    def rel(s: dict) -> str:
+        return f"{s['mean'] / tk:.2f}×" if tk and s and s.get("mean") else "—"
+
+    rows = [[f"{var['baseline']} (baseline)", "top-k SLM", "—", "—", "—", "—", "—",
+             _ms(base.get(var["baseline"]), 0), "1.00×" if tk else "—"]]
+    for r in var["rows"]:
+        t, c = r["vs_topk"], r["vs_clm"]
+        rows.append([r["variant"], r["what"], _ms(r["target_loss"], 4), _f(t.get("diff"), 4),
+                     f"{stats.fmt_p(t.get('p'))} / {stats.fmt_p(t.get('p_opposite'))}",
+                     stats.fmt_p(t["p_holm"]) if t.get("p_holm") is not None else "—", stats.fmt_p(c.get("p")),
+                     _ms(r["train_tokens_per_s"], 0), rel(r["train_tokens_per_s"])])
+    md += _table(["variant", "what it changes", "test target loss", "Δ vs top-k", "p better / worse than top-k",
+                  "p better (Holm)", "p better than CLM", "train tokens/s", "vs top-k"], rows)
+    better = [r["variant"] for r in var["rows"] if r["vs_topk"].get("verdict") == stats.HOLDS]
+    holm = [r["variant"] for r in var["rows"] if (r["vs_topk"].get("p_holm") or 1) < stats.ALPHA]
+    worse = [r["variant"] for r in var["rows"] if r["vs_topk"].get("verdict") == stats.FAILS]
+    md += [f"Beat top-k (p < 0.05): {', '.join(better) or 'none'}; after Holm's correction for "
+           f"{len(var['rows'])} comparisons: {', '.join(holm) or 'none'}. Significantly worse than top-k: "
+           f"{', '.join(worse) or 'none'}.", ""]
+    return md
 
 
 def _noise(res: dict, images: dict) -> list[str]:

@@ -153,9 +153,11 @@ def _pipeline(study: Study, seed: int) -> list[Stage]:
         print(f"      mean reference loss {m['mean_loss']:.4f} over {m['windows']} windows", flush=True)
         return m["windows"] * m["seq_len"]
 
-    stages.append(Stage(tag + "score", "reference losses of every web-math training token", 0.0,
-                        (study.scores(seed) / "manifest.json").is_file(), score,
+    stages.append(Stage(tag + "score", "reference losses and entropies of every web-math training token", 0.0,
+                        _scored(study.scores(seed), entropy=bool(set(c.variants) & ENTROPY_VARIANTS)), score,
                         tokens=1_700_000 * c.corpora_scale, kind="forward"))
+    if "self" in c.variants:
+        stages += _self_reference(study, seed)
 
     # 7. arms ------------------------------------------------------------------------------
     ckpt_every = _arm_checkpoints(study)[0]
@@ -168,6 +170,8 @@ def _pipeline(study: Study, seed: int) -> list[Stage]:
                       temperature_unit=c.temperature_unit, ref_scores=str(study.scores(seed)))
         elif arm["arm"] == "content":
             kw.update(keep_labels=[0])
+        elif arm["arm"] == "variant":
+            kw.update(variant_train_kwargs(study, seed, arm["variant"]))
         tcfg = study.train_cfg(**kw)
         stages.append(Stage(f"arm {arm['name']}", f"{ARM_LABELS.get(arm['arm']) or _slm_label(arm)}, {c.cpt_tokens:,} "
                             f"tokens from the base", 0.0, is_finished(tcfg.out), (lambda t=tcfg: _train(study, t)),
@@ -176,11 +180,74 @@ def _pipeline(study: Study, seed: int) -> list[Stage]:
 
 
 ARM_LABELS = {"clm": "CLM (all tokens)", "hq": "CLM on HQ math only", "content": "CLM on content tokens only",
-              "slm": ""}
+              "slm": "", "variant": ""}
+ENTROPY_VARIANTS = {"entropy", "excess+entropy"}
 
 
 def _slm_label(arm: dict) -> str:
+    if arm["arm"] == "variant":
+        return f"variant {arm['variant']} (top-k ratio {arm['ratio']:g})"
     return f"SLM {arm['strategy']} ratio {arm['ratio']:g}"
+
+
+def _scored(scores: Path, entropy: bool) -> bool:
+    """A finished scores directory (with the reference's entropies when a variant needs them)."""
+    m = scores / "manifest.json"
+    return m.is_file() and (not entropy or bool(read_json(m).get("entropy_file")))
+
+
+def variant_train_kwargs(study: Study, seed: int, variant: str) -> dict:
+    """The TrainConfig of a variant arm: top-k SLM at variant_ratio, changed in one way (config.VARIANTS)."""
+    c = study.cfg
+    kw = dict(objective="slm", strategy="topk", ratio=c.variant_ratio, ref_scores=str(study.scores(seed)))
+    if variant in ("reference", "entropy", "excess+entropy"):
+        kw.update(score=variant, entropy_weight=c.entropy_weight)
+    elif variant == "self":
+        kw.update(score="self", ref_scores=str(study.self_scores(seed)), holdout_fraction=c.self_fraction,
+                  holdout="exclude", holdout_seed=seed)
+    elif variant in ("soft", "dft"):
+        kw.update(weighting=variant)
+        if variant == "dft":
+            kw.update(ref_scores=None)
+    elif variant == "warmup":
+        kw.update(clm_warmup=c.variant_warmup)
+    elif variant == "schedule":
+        kw.update(ratio=1.0, ratio_schedule="linear", ratio_end=c.variant_ratio)
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    return kw
+
+
+def _self_reference(study: Study, seed: int) -> list[Stage]:
+    """The self-reference (the base continued on a held-out share of the web-math train windows, the same
+    epochs as the HQ reference) and its scores of the web-math train split."""
+    c = study.cfg
+    web = study.data(seed, "web_math")
+    run = study.run_dir(seed, "self-reference")
+
+    def train_self() -> int:
+        from ..data import TokenDataset
+
+        n = round(c.self_fraction * TokenDataset(web).num_windows("train"))
+        return _train(study, study.train_cfg(data=str(web), out=str(run), model=str(study.base_ckpt(seed)),
+                                             max_tokens=int(c.reference_epochs * n * c.seq_len), lr=c.reference_lr,
+                                             seed=seed, data_seed=seed, holdout_fraction=c.self_fraction,
+                                             holdout="only", holdout_seed=seed))
+
+    def score_self() -> int:
+        from ..scoring import score as do_score
+
+        m = do_score(ScoreConfig(data=str(web), model=str(study.self_reference_ckpt(seed)), out=str(study.self_scores(seed)),
+                                 split="train", entropy=False, device=c.device, progress=c.progress, overwrite=True))
+        print(f"      mean self-reference loss {m['mean_loss']:.4f} over {m['windows']} windows", flush=True)
+        return m["windows"] * m["seq_len"]
+
+    return [Stage(f"s{seed} self-reference", f"continue the base on {c.self_fraction:.0%} of the web-math train windows "
+                  f"(held out from the self arm) for {c.reference_epochs:g} epochs", 0.0, is_finished(run), train_self,
+                  tokens=c.reference_epochs * c.self_fraction * 1_600_000 * c.corpora_scale, kind="train"),
+            Stage(f"s{seed} self-score", "self-reference losses of every web-math training token", 0.0,
+                  _scored(study.self_scores(seed), entropy=False), score_self,
+                  tokens=1_700_000 * c.corpora_scale, kind="forward")]
 
 
 def _own_questions(corpora_dir: Path) -> set[str]:

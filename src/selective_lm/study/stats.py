@@ -97,6 +97,16 @@ def compare(a, b, lower_is_better: bool) -> dict:
     return out
 
 
+def holm(ps: list) -> list:
+    """Holm–Bonferroni adjusted p-values (None stays None; m = the number of p-values given)."""
+    idx = sorted((i for i, p in enumerate(ps) if p is not None), key=lambda i: ps[i])
+    out, run = [None] * len(ps), 0.0
+    for rank, i in enumerate(idx):
+        run = max(run, min(1.0, (len(idx) - rank) * ps[i]))
+        out[i] = run
+    return out
+
+
 def one_sample(values, null: float, greater: bool = True) -> dict:
     """Claim "mean > null" (or < null) over seeds: one-sample t-test, 95% CI of the mean, Cohen's d."""
     s = summary(values)
