@@ -1,5 +1,6 @@
 """Training and scoring throughput: CLM vs SLM (offline scores, online reference) in each selection
-scope, and scoring.
+scope, and scoring; with --modes, the token-selection variants too (soft and dft weights, the
+excess+entropy score, scoring without entropies).
 
 Prints a table. Each mode runs in its own subprocess so its peak memory is its own; modes run
 round-robin so a slow minute on the machine hits every mode alike. Targets: SLM-offline (microstep)
@@ -8,6 +9,7 @@ no-grad forward costs <= 1.4x its microstep mode's time; scoring >= 2.5x trainin
 
     python benchmarks/throughput.py [--preset tiny] [--seq-len 256] [--batch-size 16] [--grad-accum 1]
                                     [--steps 40] [--rounds 3] [--device auto] [--precision auto]
+                                    [--modes clm,slm-offline,slm-soft,slm-dft,slm-entropy,score,score-no-entropy]
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODES = ("clm", "slm-offline", "slm-offline-step", "slm-online", "slm-online-step", "score")
+# the variants: soft / dft weights and score=excess+entropy (offline), and `slm score --no-entropy`
+VARIANT_MODES = ("slm-soft", "slm-dft", "slm-entropy", "score-no-entropy")
 TARGETS = {"slm-offline": 0.98, "slm-online": 0.70, "score": 2.5}  # tokens/s vs CLM
 
 
@@ -40,9 +44,10 @@ def child(mode: str, args: argparse.Namespace, root: Path) -> dict:
                   precision=args.precision, compile=args.compile, eval_windows=4)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    if mode == "score":
-        m = score(ScoreConfig(data=str(root / "ds"), model=str(root / "ref" / "final"), out=str(root / "scores"),
-                              batch_size=args.batch_size * 2, progress=False, overwrite=True, device=args.device))
+    if mode.startswith("score"):  # `score` writes entropies (the default), `score-no-entropy` only losses
+        m = score(ScoreConfig(data=str(root / "ds"), model=str(root / "ref" / "final"), out=str(root / f"scores-{mode}"),
+                              batch_size=args.batch_size * 2, progress=False, overwrite=True, device=args.device,
+                              entropy=mode == "score"))
         # The scoring loop's own time (as training's tokens/s, it excludes model loading and hashing).
         tok_s = m["windows"] * m["seq_len"] / m["seconds"]
     else:
@@ -51,6 +56,12 @@ def child(mode: str, args: argparse.Namespace, root: Path) -> dict:
             kw = dict(objective="slm", ref_scores=str(root / "scores"))
         elif mode.startswith("slm-online"):
             kw = dict(objective="slm", ref_model=str(root / "ref" / "final"))
+        elif mode == "slm-soft":
+            kw = dict(objective="slm", ref_scores=str(root / "scores"), weighting="soft")
+        elif mode == "slm-dft":
+            kw = dict(objective="slm", weighting="dft")
+        elif mode == "slm-entropy":
+            kw = dict(objective="slm", ref_scores=str(root / "scores"), score="excess+entropy")
         if mode.endswith("-step"):
             kw["selection_scope"] = "step"
         out = root / f"run-{mode}"
@@ -97,9 +108,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="repetitions of every mode (median reported)")
     ap.add_argument("--vocab-size", type=int, default=2048)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help=f"comma-separated, clm first (default: {','.join(MODES)}; variants: {','.join(VARIANT_MODES)})")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    modes = args.modes.split(",")
+    if modes[0] != "clm" or not set(modes) <= set(MODES + VARIANT_MODES):
+        ap.error(f"--modes must start with clm and name modes of {', '.join(MODES + VARIANT_MODES)}")
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args, Path(args.root))))
         return
@@ -108,7 +124,7 @@ def main() -> None:
         setup(args, root)
         runs: dict[str, list[dict]] = {}
         for _ in range(args.rounds):  # round-robin, so a slow minute on the machine hits every mode alike
-            for mode in MODES:
+            for mode in modes:
                 cmd = [sys.executable, __file__, "--child", mode, "--root", str(root)] + sys.argv[1:]
                 out = subprocess.run(cmd, capture_output=True, text=True,
                                      env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -136,6 +152,9 @@ def print_table(args: argparse.Namespace, results: dict) -> None:
         if mode in TARGETS:
             tgt = TARGETS[mode]
             target = f">= {tgt:.2f} {'ok' if ratio >= tgt else 'MISSED'}"
+        elif mode == "score-no-entropy":  # what the entropies cost the scoring pass
+            if "score" in results:
+                target = f"entropy: -{1 - results['score']['tokens_per_s'] / r['tokens_per_s']:.0%} tok/s"
         elif mode.endswith("-step"):  # cost of the step scope relative to the same mode's microstep scope
             cost = results[mode[:-5]]["tokens_per_s"] / r["tokens_per_s"]
             target = f"{cost:.2f}x <= 1.40 {'ok' if cost <= 1.4 else 'MISSED'}"
