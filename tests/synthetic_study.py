@@ -143,7 +143,7 @@ def build_study(root: Path, *, seeds=(0, 1, 2), ratios=(0.6, 0.3), strategies=("
             name = f"{arm}-s{seed}" if arm != "slm" else f"{strategy}-r{ratio:g}-s{seed}"
             key = strategy or arm
             if arm.startswith("v:"):
-                key, name = arm, f"v-{arm[2:].replace('+', '-')}-r{ratio:g}-s{seed}"
+                key, name = arm, f"v-{arm[2:].replace('+', '-').replace(':', '-')}-r{ratio:g}-s{seed}"
                 timings[f"arm {name}"] = 10.0 + list(variants).index(arm[2:])
             elif arm == "slm" and strategy == "topk" and variants:
                 timings[f"arm {name}"] = 10.0

@@ -29,6 +29,11 @@ def test_bad_variant_configs_refused_before_any_stage(tmp_path, capsys):
     refused(["study", "--out", out, "variants=[soft]", "variant_ratio=0.5"], capsys, "variant_ratio", out)
     refused(["study", "--out", out, "variants=[self]", "self_fraction=1"], capsys, "self_fraction", out)
     refused(["study", "--out", out, "variants=[warmup]", "variant_warmup=1.2"], capsys, "variant_warmup", out)
+    refused(["study", "--out", out, "variants=[reference:0.5]"], capsys, "takes no setting", out)
+    refused(["study", "--out", out, "variants=[excess+entropy:-1]"], capsys, "λ must be >= 0", out)
+    refused(["study", "--out", out, "variants=[soft:0]"], capsys, "must be > 0", out)
+    refused(["study", "--out", out, "variants=[warmup:1]"], capsys, "must be in [0, 1)", out)
+    refused(["study", "--out", out, "variants=[warmup:half]"], capsys, "not a number", out)
 
 
 def test_variant_arms_and_their_train_configs(tmp_path):
@@ -54,6 +59,14 @@ def test_variant_arms_and_their_train_configs(tmp_path):
     sch = tcfgs["schedule"]
     assert (sch.ratio, sch.ratio_schedule, sch.ratio_end) == (1.0, "linear", 0.3)
     assert all(t.ratio == 0.3 and t.objective == "slm" for k, t in tcfgs.items() if k != "schedule")
+    # name:value sets the variant's own value; the arms of two settings are two arms
+    kw = {v: variant_train_kwargs(st, 0, v) for v in ("excess+entropy:0.3", "warmup:0.5", "soft:2")}
+    assert kw["excess+entropy:0.3"]["entropy_weight"] == 0.3 and kw["warmup:0.5"]["clm_warmup"] == 0.5
+    assert kw["soft:2"]["weight_temperature"] == 2.0
+    two = StudyConfig(out=str(tmp_path / "u"), variants=["excess+entropy", "excess+entropy:0.3"])
+    two.validate()
+    assert [a["name"] for a in Study(two).arms() if a["arm"] == "variant"] == [
+        "v-excess-entropy-r0.6-s0", "v-excess-entropy-0.3-r0.6-s0"]
     names = [x.name for x in build_stages(st)]
     for seed in (0, 1):  # the self-reference is built after the scores, before the arms
         i = names.index(f"s{seed} score")
@@ -90,7 +103,8 @@ def variant_results(tmp_path_factory):
     from selective_lm.study.collect import collect
 
     study = build_study(tmp_path_factory.mktemp("var"), variants={"soft": DROPS["topk"] + 0.02, "dft": 0.005,
-                                                                  "entropy": DROPS["topk"]})
+                                                                  "entropy": DROPS["topk"], "warmup": 0.03,
+                                                                  "warmup:0.5": 0.033})
     return study, collect(study)
 
 
@@ -99,12 +113,16 @@ def test_variants_are_compared_with_topk_and_clm(variant_results):
     var = res["variants"]
     assert var["baseline"] == "slm-topk-0.3" and var["ratio"] == 0.3
     rows = {r["variant"]: r for r in var["rows"]}
-    assert set(rows) == {"soft", "dft", "entropy"}
+    assert set(rows) == {"soft", "dft", "entropy", "warmup", "warmup:0.5"}
+    # two settings of one variant: the one with the lower validation loss is marked; single ones are not
+    assert rows["warmup:0.5"]["best_on_validation"] and not rows["warmup"]["best_on_validation"]
+    assert not rows["soft"]["best_on_validation"]
     assert rows["soft"]["vs_topk"]["verdict"] == stats.HOLDS  # a larger drop than top-k's
     assert rows["dft"]["vs_topk"]["verdict"] == stats.FAILS  # a smaller one: significantly worse
     assert rows["entropy"]["vs_topk"]["verdict"] != stats.HOLDS  # the same drop
-    holm = stats.holm([rows[v]["vs_topk"]["p"] for v in ("soft", "dft", "entropy")])
-    assert [rows[v]["vs_topk"]["p_holm"] for v in ("soft", "dft", "entropy")] == pytest.approx(holm)
+    names = list(rows)
+    holm = stats.holm([rows[v]["vs_topk"]["p"] for v in names])
+    assert [rows[v]["vs_topk"]["p_holm"] for v in names] == pytest.approx(holm)
     # throughput: cpt_tokens / the arm stage's seconds (synthetic: 10 s for top-k, 10 + index for variants)
     assert rows["dft"]["train_tokens_per_s"]["mean"] == pytest.approx(10000 / 11)
     assert var["baseline_tokens_per_s"]["slm-topk-0.3"]["mean"] == pytest.approx(1000)
@@ -112,7 +130,7 @@ def test_variants_are_compared_with_topk_and_clm(variant_results):
     assert g["variant-soft"]["arm"] == "variant" and g["variant-soft"]["variant"] == "soft"
     assert "variant-soft" not in {b["group"] for b in res["best_ratio"].values()}  # never tuned as a ratio
     found = [f for f in res["findings"] if f["id"] == "f-variant"]
-    assert {f["a_group"] for f in found} == {"variant-soft", "variant-dft", "variant-entropy"}
+    assert {f["a_group"] for f in found} == {f"variant-{v}" for v in rows}
     assert {h["group"] for h in res["headline"]} >= {"variant-soft", "variant-dft"}
     assert "soft beat top-k" in res["summary"]
 
@@ -125,6 +143,6 @@ def test_variants_section_of_the_report(variant_results, tmp_path):
     sec = md[md.index("## Token-selection variants"):]
     sec = sec[: sec.index("\n## ")]
     assert "| soft |" in sec and "| dft |" in sec and "Beat top-k (p < 0.05): soft" in sec
-    assert "Significantly worse than top-k: dft" in sec
+    assert "Significantly worse than top-k: dft" in sec and "| warmup:0.5 ★ |" in sec and "★ = the best" in sec
     no_var = dict(res, variants={})
     assert "## Token-selection variants" not in render(no_var, {}, None)

@@ -159,11 +159,18 @@ def variants(res: dict) -> dict:
         k = f"variant-{v}"
         if k not in g:
             continue
-        rows.append({"variant": v, "group": k, "what": what, "target_loss": g[k]["target_loss"],
-                     "noisy_loss": g[k]["noisy_loss"],
+        rows.append({"variant": v, "family": v.partition(":")[0], "group": k, "what": what,
+                     "target_loss": g[k]["target_loss"], "noisy_loss": g[k]["noisy_loss"],
+                     "val_target_loss": g[k]["val_target_loss"],
                      "vs_topk": stats.compare(_vals(g[k], "target_loss"), _vals(g.get(topk), "target_loss"), True),
                      "vs_clm": stats.compare(_vals(g[k], "target_loss"), _vals(g.get("clm"), "target_loss"), True),
                      "train_tokens_per_s": speed(k)})
+    for fam in {row["family"] for row in rows}:  # several settings of one variant: the best on validation
+        cand = [row for row in rows if row["family"] == fam and row["val_target_loss"]["mean"] is not None]
+        best = min(cand, key=lambda row: row["val_target_loss"]["mean"]) if len(cand) > 1 else None
+        for row in rows:
+            if row["family"] == fam:
+                row["best_on_validation"] = row is best
     holm = stats.holm([row["vs_topk"].get("p") for row in rows])
     for row, q in zip(rows, holm):
         row["vs_topk"]["p_holm"] = q

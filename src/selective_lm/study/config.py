@@ -23,6 +23,36 @@ VARIANTS = {
     "schedule": "ratio from 1 (every token) down to the ratio, linearly over training",
 }
 VARIANT_KEYS = ("variant_ratio", "self_fraction", "variant_warmup", "entropy_weight")
+# variants that take a setting as `name:value` (e.g. excess+entropy:0.3), to compare several in one study:
+# name -> (what the value is, lowest allowed, highest allowed or None, lowest excluded)
+VARIANT_SETTINGS = {"excess+entropy": ("λ", 0.0, None, False), "warmup": ("CLM warm-up fraction", 0.0, 1.0, False),
+                    "soft": ("weight temperature τ", 0.0, None, True)}
+
+
+def parse_variant(spec: str) -> tuple[str, float | None]:
+    """`name` or `name:value` -> (name, value or None); UserError names the problem and the fix."""
+    name, sep, value = str(spec).partition(":")
+    if name not in VARIANTS:
+        raise UserError(f"unknown variant '{name}' in variants: choose from {', '.join(VARIANTS)}")
+    if not sep:
+        return name, None
+    if name not in VARIANT_SETTINGS:
+        raise UserError(f"variant '{name}' takes no setting (got '{spec}'): settings exist for "
+                        f"{', '.join(f'{k}:<{v[0]}>' for k, v in VARIANT_SETTINGS.items())}")
+    what, lo, hi, open_lo = VARIANT_SETTINGS[name]
+    try:
+        x = float(value)
+    except ValueError:
+        raise UserError(f"variant '{spec}': '{value}' is not a number (the {what})") from None
+    if x < lo or (open_lo and x == lo) or (hi is not None and x >= hi):
+        bounds = f"{'(' if open_lo else '['}{lo:g}, {hi:g})" if hi is not None else f"{'>' if open_lo else '>='} {lo:g}"
+        raise UserError(f"variant '{spec}': the {what} must be {'in ' if hi is not None else ''}{bounds}")
+    return name, x
+
+
+def describe_variant(spec: str) -> str:
+    name, x = parse_variant(spec)
+    return VARIANTS[name] + (f" ({VARIANT_SETTINGS[name][0]} = {x:g})" if x is not None else "")
 CORPUS_FILES = ("hq_math.jsonl", "web_math.jsonl", "prose.jsonl", "fewshot_eval.jsonl", "fewshot_exemplars.jsonl")
 # Keys that may change between invocations on the same study directory.
 FREE_KEYS = {"out", "overwrite", "progress", "seeds", "device", "quick"}
@@ -82,7 +112,7 @@ class StudyConfig:
     baselines: list[str] = field(default_factory=lambda: list(BASELINE_NAMES))
     """Baselines beside CLM: hq (CLM continued on the HQ math alone, same budget) and content (CLM on the same noisy windows with the loss on content tokens only: pure noise filtering)."""
     variants: list[str] = field(default_factory=list)
-    """Token-selection variants run as extra arms, each top-k at variant_ratio against top-k at that ratio and CLM (off by default; configs/study-variants.yaml turns them on): reference, entropy, excess+entropy, self, soft, dft, warmup, schedule. Adding variants to a finished study directory runs only the new arms."""
+    """Token-selection variants run as extra arms, each top-k at variant_ratio against top-k at that ratio and CLM (off by default; configs/study-variants.yaml turns them on): reference, entropy, excess+entropy, self, soft, dft, warmup, schedule. excess+entropy:λ, warmup:fraction and soft:τ set that variant's value (several of one variant compare settings; the report marks the best on validation). Adding variants to a finished study directory runs only the new arms."""
     variant_ratio: float | None = None
     """Token ratio of the variant arms; default: the first of `ratios` (top-k at this ratio is their baseline)."""
     self_fraction: float = 0.2
@@ -136,9 +166,9 @@ class StudyConfig:
         for b in self.baselines:
             if b not in BASELINE_NAMES:
                 raise UserError(f"unknown baseline '{b}' in baselines: choose from {', '.join(BASELINE_NAMES)}")
+        self.variants = [str(v) for v in self.variants]
         for v in self.variants:
-            if v not in VARIANTS:
-                raise UserError(f"unknown variant '{v}' in variants: choose from {', '.join(VARIANTS)}")
+            parse_variant(v)
         if len(set(self.variants)) != len(self.variants):
             raise UserError(f"variants must be distinct, got {self.variants}")
         if self.variants:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config import TrainConfig, first_change, load_yaml
 from ..files import UserError, read_json, write_json
-from .config import FREE_KEYS, VARIANT_KEYS, VARIANTS, StudyConfig
+from .config import FREE_KEYS, VARIANT_KEYS, StudyConfig, describe_variant
 
 class Study:
     """Builds the stage list of a study directory and runs the unfinished ones."""
@@ -70,7 +70,8 @@ class Study:
                     runs.append({"name": f"{strategy}-r{ratio:g}-s{seed}", "arm": "slm", "strategy": strategy,
                                  "ratio": ratio, "seed": seed})
             for v in self.cfg.variants:  # top-k at variant_ratio, changed in one way (config.VARIANTS)
-                runs.append({"name": f"v-{v.replace('+', '-')}-r{self.cfg.variant_ratio:g}-s{seed}", "arm": "variant",
+                slug = v.replace("+", "-").replace(":", "-")
+                runs.append({"name": f"v-{slug}-r{self.cfg.variant_ratio:g}-s{seed}", "arm": "variant",
                              "variant": v, "strategy": "topk", "ratio": self.cfg.variant_ratio, "seed": seed})
         for r in runs:
             short = r["name"].rsplit("-s", 1)[0]
@@ -126,7 +127,7 @@ class Study:
                     "scores": str(self.self_scores(seed)), "fraction": c.self_fraction}
         index = {
             "version": 2, "quick": c.quick, "seeds": c.seeds, "ratios": c.ratios, "strategies": c.strategies,
-            "baselines": c.baselines, "variants": {v: VARIANTS[v] for v in c.variants},
+            "baselines": c.baselines, "variants": {v: describe_variant(v) for v in c.variants},
             "variant_ratio": c.variant_ratio if c.variants else None, "temperature": c.temperature, "temperature_unit": c.temperature_unit,
             "lora": dataclasses.asdict(c.lora) if c.lora else None, "model": c.model, "seq_len": c.seq_len,
             "cpt_tokens": c.cpt_tokens, "checkpoints": c.checkpoints, "tune_split": "validation", "report_split": "test",

@@ -223,7 +223,9 @@ def _variants(res: dict) -> list[str]:
     if not var.get("rows"):
         return []
     md = ["## Token-selection variants", "", f"Baseline: `{var['baseline']}` (top-k at ratio {float(var['ratio']):g}) "
-          "and CLM. " + var["definition"] + ".", ""]
+          "and CLM. " + var["definition"] + "." + (" ★ = the best of a variant's settings on validation (test shown "
+                                                   "for every setting)." if any(r.get("best_on_validation")
+                                                                                 for r in var["rows"]) else ""), ""]
     base = var.get("baseline_tokens_per_s") or {}
     tk = (base.get(var["baseline"]) or {}).get("mean")
 
@@ -234,7 +236,8 @@ def _variants(res: dict) -> list[str]:
              _ms(base.get(var["baseline"]), 0), "1.00×" if tk else "—"]]
     for r in var["rows"]:
         t, c = r["vs_topk"], r["vs_clm"]
-        rows.append([r["variant"], r["what"], _ms(r["target_loss"], 4), _f(t.get("diff"), 4),
+        rows.append([r["variant"] + (" ★" if r.get("best_on_validation") else ""), r["what"], _ms(r["target_loss"], 4),
+                     _f(t.get("diff"), 4),
                      f"{stats.fmt_p(t.get('p'))} / {stats.fmt_p(t.get('p_opposite'))}",
                      stats.fmt_p(t["p_holm"]) if t.get("p_holm") is not None else "—", stats.fmt_p(c.get("p")),
                      _ms(r["train_tokens_per_s"], 0), rel(r["train_tokens_per_s"])])

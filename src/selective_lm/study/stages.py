@@ -8,6 +8,7 @@ from pathlib import Path
 from ..checkpoint import checkpoint_dirs, checkpoint_step, is_finished
 from ..config import LoraConfig, PrepareConfig, ScoreConfig
 from ..files import atomic_dir, commit_dir, read_json, write_json
+from .config import parse_variant
 from .layout import Study
 from .plan import Stage
 
@@ -154,7 +155,8 @@ def _pipeline(study: Study, seed: int) -> list[Stage]:
         return m["windows"] * m["seq_len"]
 
     stages.append(Stage(tag + "score", "reference losses and entropies of every web-math training token", 0.0,
-                        _scored(study.scores(seed), entropy=bool(set(c.variants) & ENTROPY_VARIANTS)), score,
+                        _scored(study.scores(seed), entropy=any(parse_variant(v)[0] in ENTROPY_VARIANTS
+                                                                for v in c.variants)), score,
                         tokens=1_700_000 * c.corpora_scale, kind="forward"))
     if "self" in c.variants:
         stages += _self_reference(study, seed)
@@ -196,21 +198,23 @@ def _scored(scores: Path, entropy: bool) -> bool:
     return m.is_file() and (not entropy or bool(read_json(m).get("entropy_file")))
 
 
-def variant_train_kwargs(study: Study, seed: int, variant: str) -> dict:
-    """The TrainConfig of a variant arm: top-k SLM at variant_ratio, changed in one way (config.VARIANTS)."""
+def variant_train_kwargs(study: Study, seed: int, spec: str) -> dict:
+    """The TrainConfig of a variant arm: top-k SLM at variant_ratio, changed in one way (config.VARIANTS;
+    `name:value` sets the variant's value, config.VARIANT_SETTINGS)."""
     c = study.cfg
+    variant, value = parse_variant(spec)
     kw = dict(objective="slm", strategy="topk", ratio=c.variant_ratio, ref_scores=str(study.scores(seed)))
     if variant in ("reference", "entropy", "excess+entropy"):
-        kw.update(score=variant, entropy_weight=c.entropy_weight)
+        kw.update(score=variant, entropy_weight=c.entropy_weight if value is None else value)
     elif variant == "self":
         kw.update(score="self", ref_scores=str(study.self_scores(seed)), holdout_fraction=c.self_fraction,
                   holdout="exclude", holdout_seed=seed)
     elif variant in ("soft", "dft"):
-        kw.update(weighting=variant)
+        kw.update(weighting=variant, **({"weight_temperature": value} if value is not None else {}))
         if variant == "dft":
             kw.update(ref_scores=None)
     elif variant == "warmup":
-        kw.update(clm_warmup=c.variant_warmup)
+        kw.update(clm_warmup=c.variant_warmup if value is None else value)
     elif variant == "schedule":
         kw.update(ratio=1.0, ratio_schedule="linear", ratio_end=c.variant_ratio)
     else:
