@@ -146,3 +146,22 @@ def test_variants_section_of_the_report(variant_results, tmp_path):
     assert "Significantly worse than top-k: dft" in sec and "| warmup:0.5 ★ |" in sec and "★ = the best" in sec
     no_var = dict(res, variants={})
     assert "## Token-selection variants" not in render(no_var, {}, None)
+
+
+def test_stage_timings_add_up_over_invocations(tmp_path):
+    """A stage run in two invocations (a resumed evaluation, a rescoring) counts both; writing the index
+    twice in one invocation counts it once; the report keeps its last time."""
+    import json
+
+    cfg = StudyConfig(out=str(tmp_path / "s"))
+    cfg.validate()
+    first = Study(cfg)
+    first.timings = {"evaluate": 10.0, "report": 1.0}
+    first.write_index()
+    first.write_index()
+    second = Study(cfg)
+    second.timings = {"evaluate": 2.5, "arm x": 3.0, "report": 0.5}
+    second.write_index()
+    second.write_index()
+    t = json.loads((tmp_path / "s" / "index.json").read_text())["timings"]
+    assert t == {"evaluate": 12.5, "report": 0.5, "arm x": 3.0}

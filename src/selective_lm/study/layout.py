@@ -106,7 +106,14 @@ class Study:
         return cfg
 
     def write_index(self) -> None:
-        old = read_json(self.p("index.json")).get("timings", {}) if self.p("index.json").is_file() else {}
+        if not hasattr(self, "_prior_timings"):  # what earlier invocations spent, read once per invocation
+            self._prior_timings = (read_json(self.p("index.json")).get("timings", {})
+                                   if self.p("index.json").is_file() else {})
+        # a stage's seconds add up over the invocations that ran part of it (a resumed evaluation, a rescoring);
+        # the report is rewritten every time, so it keeps the last
+        timings = dict(self._prior_timings)
+        for k, v in self.timings.items():
+            timings[k] = v if k == "report" else round(timings.get(k, 0.0) + v, 2)
         c = self.cfg
         pipelines = {}
         for seed in c.seeds:
@@ -132,6 +139,6 @@ class Study:
             "lora": dataclasses.asdict(c.lora) if c.lora else None, "model": c.model, "seq_len": c.seq_len,
             "cpt_tokens": c.cpt_tokens, "checkpoints": c.checkpoints, "tune_split": "validation", "report_split": "test",
             "eval_windows": {"target": c.eval_windows_target, "noisy": c.eval_windows_noisy},
-            "pipelines": pipelines, "runs": self.arms(), "timings": {**old, **self.timings},
+            "pipelines": pipelines, "runs": self.arms(), "timings": timings,
         }
         write_json(self.p("index.json"), index)

@@ -363,7 +363,8 @@ def _appendix(res: dict) -> list[str]:
     if study:
         md += ["Study settings (study.yaml):", ""] + _table(["key", "value"], [[k, v] for k, v in study.items()])
     timings = cfg.get("timings") or {}
-    md += ["### Timings", ""] + _table(["stage", "seconds"], [[k, _f(float(v), 1)] for k, v in timings.items()]
+    md += ["### Timings", "", "Seconds of each stage, summed over the invocations that ran part of it (the report: "
+           "the last).", ""] + _table(["stage", "seconds"], [[k, _f(float(v), 1)] for k, v in timings.items()]
                                        + [["**total**", f"**{cfg.get('timings_total', 0.0):.1f}**"]])
     return md
 
