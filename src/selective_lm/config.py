@@ -12,25 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import UserError
-from .options import (add_arguments, apply_overrides, dump_yaml, field_docs, first_change, from_args, from_dict,
-                      load_yaml, resolve, save_config, to_dict)
+from .options import (BOS_CHOICES, DOC_SCORES, ENTROPY_SCORES, OBJECTIVES, PARALLEL, RATIO_SCHEDULES, REF_COMBINE,
+                      SCOPES, SCORES, STRATEGIES, TEMPERATURE_UNITS, WEIGHTINGS, _check_choice, absolute,
+                      add_arguments, apply_overrides, check_ratio, dump_yaml, field_docs, first_change, from_args,
+                      from_dict, load_yaml, resolve, save_config, to_dict)
 
 __all__ = ["EvalConfig", "FilterConfig", "LoraConfig", "PrepareConfig", "ScoreConfig", "TrainConfig", "add_arguments",
            "apply_overrides", "check_ratio", "dump_yaml", "field_docs", "first_change", "from_args", "from_dict",
-           "load_yaml", "resolve", "save_config", "to_dict"]
-
-STRATEGIES = ("topk", "random", "stochastic")
-OBJECTIVES = ("clm", "slm")
-SCOPES = ("microstep", "step")
-TEMPERATURE_UNITS = ("std", "nats")
-SCORES = ("excess", "reference", "entropy", "excess+entropy", "self")
-ENTROPY_SCORES = ("entropy", "excess+entropy")  # the scores that need the reference's predictive entropy
-REF_COMBINE = ("min", "mean", "weighted")
-WEIGHTINGS = ("hard", "soft", "dft")
-RATIO_SCHEDULES = ("constant", "linear", "cosine")
-PARALLEL = ("ddp", "fsdp")
-BOS_CHOICES = ("auto", "true", "false")
-DOC_SCORES = ("ref_loss", "mean_excess", "selected_share", "ref_entropy")
+           "load_yaml", "resolve", "save_config", "to_dict", "BOS_CHOICES", "DOC_SCORES", "ENTROPY_SCORES", "OBJECTIVES",
+           "PARALLEL", "RATIO_SCHEDULES", "REF_COMBINE", "SCOPES", "SCORES", "STRATEGIES", "TEMPERATURE_UNITS",
+           "WEIGHTINGS"]
 
 
 # --------------------------------------------------------------------------- configs
@@ -501,18 +492,3 @@ class FilterConfig:
         if self.min_tokens < 1 or self.batch_size < 1 or self.verify_documents < -1:
             raise UserError(f"need min_tokens >= 1, batch_size >= 1 and verify_documents >= -1, got {self.min_tokens}, "
                             f"{self.batch_size} and {self.verify_documents}")
-
-
-# --------------------------------------------------------------------------- validation
-def absolute(path: str | None) -> str | None:
-    return None if path is None else os.path.abspath(os.path.expanduser(path))
-
-
-def check_ratio(ratio: float, key: str = "ratio") -> None:
-    if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
-        raise UserError(f"{key} must be in (0, 1], got {ratio}: pick e.g. 0.6")
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"unknown {key} '{value}': choose one of {', '.join(choices)}")

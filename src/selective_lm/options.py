@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import inspect
 import math
+import os
 import textwrap
 import types
 import typing
@@ -21,6 +22,35 @@ from typing import Any
 import yaml
 
 from .files import UserError, atomic_write_text
+
+# The choices of the configs' enumerated fields (selective_lm.config re-exports them).
+STRATEGIES = ("topk", "random", "stochastic")
+OBJECTIVES = ("clm", "slm")
+SCOPES = ("microstep", "step")
+TEMPERATURE_UNITS = ("std", "nats")
+SCORES = ("excess", "reference", "entropy", "excess+entropy", "self")
+ENTROPY_SCORES = ("entropy", "excess+entropy")  # the scores that need the reference's predictive entropy
+REF_COMBINE = ("min", "mean", "weighted")
+WEIGHTINGS = ("hard", "soft", "dft")
+RATIO_SCHEDULES = ("constant", "linear", "cosine")
+PARALLEL = ("ddp", "fsdp")
+BOS_CHOICES = ("auto", "true", "false")
+DOC_SCORES = ("ref_loss", "mean_excess", "selected_share", "ref_entropy")
+
+
+# ------------------------------------------------------------------ checks shared by the configs' validate()
+def absolute(path: str | None) -> str | None:
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+
+def check_ratio(ratio: float, key: str = "ratio") -> None:
+    if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
+        raise UserError(f"{key} must be in (0, 1], got {ratio}: pick e.g. 0.6")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {key} '{value}': choose one of {', '.join(choices)}")
 
 
 @cache
