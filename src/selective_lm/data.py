@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .config import PrepareConfig
-from .files import DirLock, UserError, atomic_dir, commit_dir, read_json, remove_stale_temporaries, sha256_json, write_json
+from .files import DirLock, UserError, atomic_dir, check_output_dir, commit_dir, read_json, remove_stale_temporaries, sha256_json, write_json
 from .sources import expand_inputs, iter_documents
 from .tokenizer import (EOS_TOKEN, copy_tokenizer, load_tokenizer, resolve_bos, token_dtype,
                         tokenizer_fingerprint, train_tokenizer, train_tokenizer_from_inputs)
@@ -275,25 +275,14 @@ def _label_names(seen: set[int]) -> dict[str, str]:
     return names
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} is a file: pass a directory for --out")
-    if out.is_dir() and any(out.iterdir()):
-        if (out / "manifest.json").is_file():
-            if not overwrite:
-                raise UserError(f"output directory {out} already holds a dataset: pass --overwrite to replace it")
-        else:
-            raise UserError(f"output directory {out} is not empty and is not a dataset directory: "
-                            "choose a new --out")
-
-
 def prepare(cfg: PrepareConfig) -> dict:
     """Build the dataset directory ``cfg.out``; returns its manifest."""
     cfg.validate()
     out = Path(cfg.out)
     with DirLock(out, "dataset directory", inside=False):
         remove_stale_temporaries(out.parent, out.name)  # what a killed `slm prepare` of this dataset left
-        _check_out(out, cfg.overwrite)
+        check_output_dir(out, cfg.overwrite, lambda o: (o / "manifest.json").is_file(), "a dataset directory",
+                         "a dataset")
         return _prepare(cfg, out)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from .config import FilterConfig, PrepareConfig
 from .data import TokenDataset, split_of
-from .files import DirLock, UserError, atomic_dir, commit_dir, read_json, remove_stale_temporaries, write_json
+from .files import DirLock, UserError, atomic_dir, check_output_dir, commit_dir, read_json, remove_stale_temporaries, write_json
 from .sources import (_SURROGATE, _checked, _jsonl_lines, clean_text, decode_bytes, expand_inputs, iter_documents,
                       open_input, source_record, split_ext)
 
@@ -46,24 +46,15 @@ def filter_documents(cfg: FilterConfig) -> dict:
     out = Path(cfg.out)
     with DirLock(out, "filter output", inside=False):
         remove_stale_temporaries(out.parent, out.name)  # what a killed `slm filter` of this output left
-        _check_out(out, cfg.overwrite)
+        check_output_dir(out, cfg.overwrite, _ours, "an `slm filter` output", "filtered documents", "them")
         return _filter(cfg, out)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} is a file: pass a directory for --out")
-    if out.is_dir() and any(out.iterdir()):
-        try:
-            ours = read_json(out / "manifest.json").get("kind") == KIND
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            raise UserError(f"output directory {out} is not empty and is not an `slm filter` output: "
-                            "choose a new --out")
-        if not overwrite:
-            raise UserError(f"output directory {out} already holds filtered documents: pass --overwrite to "
-                            "replace them")
+def _ours(out: Path) -> bool:
+    try:
+        return read_json(out / "manifest.json").get("kind") == KIND
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_sources(inputs: list[str], manifest: dict) -> list[dict]:

@@ -28,11 +28,11 @@ import torch
 from transformers import Trainer
 
 from .columns import ENTROPY_COLUMN, REF_COLUMN
-from .config import ENTROPY_SCORES, RATIO_SCHEDULES, SCOPES, SCORES, STRATEGIES, TEMPERATURE_UNITS, WEIGHTINGS
+from .config import ENTROPY_SCORES, SCOPES, SCORES, STRATEGIES, TEMPERATURE_UNITS
 from .loss import IGNORE_INDEX, token_losses
 from .model import model_token_losses
 from .objective import Objective
-from .reference import RefStats, token_score
+from .reference import RefStats, online_stats, token_score
 from .selection import num_selected
 from .step import StepMetrics
 
@@ -85,15 +85,13 @@ class SLMArguments:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.temperature_unit not in TEMPERATURE_UNITS:
             raise ValueError(f"unknown temperature_unit {self.temperature_unit!r}: choose one of {', '.join(TEMPERATURE_UNITS)}")
-        for name, value, choices in (("score", self.score, SCORES), ("weighting", self.weighting, WEIGHTINGS),
-                                     ("ratio_schedule", self.ratio_schedule, RATIO_SCHEDULES)):
-            if value not in choices:
-                raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+        if self.score not in SCORES:
+            raise ValueError(f"unknown score {self.score!r}: choose one of {', '.join(SCORES)}")
         if not self.entropy_weight >= 0:
             raise ValueError(f"entropy_weight must be >= 0, got {self.entropy_weight}")
         if (self.ratio_schedule == "constant") != (self.ratio_end is None):
             raise ValueError("ratio_schedule linear/cosine needs ratio_end, and ratio_end needs one of them")
-        self.objective()  # the objective's own checks (weights take top-k, ratio_end and clm_warmup ranges)
+        self.objective()  # the objective's own checks (weighting, ratio_schedule, ratio_end, clm_warmup)
 
     def objective(self) -> Objective:
         return Objective("slm", self.strategy, self.ratio, self.temperature, self.selection_scope, self.seed,
@@ -235,9 +233,7 @@ class SLMTrainerMixin:
         entropy = self.slm_args.needs_entropy
         if self.ref_model is not None:
             ids, kw = model_inputs(inputs)
-            with torch.no_grad():
-                out = model_token_losses(self.ref_model, ids, targets, entropy=entropy, **kw)
-            return RefStats(out[0].float(), out[1].float()) if entropy else RefStats(out.float())
+            return online_stats(self.ref_model, ids, targets, entropy, **kw)
         cols = (self.slm_args.ref_column, self.slm_args.entropy_column)[:1 + entropy]
         vals = []
         for col in cols:
@@ -342,8 +338,7 @@ class SLMLoss:
         if not self._training:  # evaluation: the plain CLM loss, and no draw of the training generator
             return tl.sum() / torch.as_tensor(num_items_in_batch, dtype=tl.dtype, device=tl.device).reshape(-1)[0]
         ids, kw = model_inputs(self._inputs)
-        with torch.no_grad():
-            ref = model_token_losses(self.ref_model, ids, targets, **kw).float()
+        ref = online_stats(self.ref_model, ids, targets, False, **kw).loss
         excess = torch.where(valid, tl.detach() - ref, torch.zeros_like(ref))
         mask = select_padded(obj, [excess], [valid], obj.generator(self.calls), _max_shape([valid]))[0]
         self.calls += 1

@@ -60,6 +60,15 @@ def token_score(score: str, train_losses: torch.Tensor, ref: RefStats, entropy_w
     raise ValueError(f"unknown score {score!r}")
 
 
+def online_stats(model, inputs: torch.Tensor, targets: torch.Tensor, entropy: bool, **forward_kwargs) -> RefStats:
+    """A reference model's no-grad losses (and entropies, from the same logits) of a micro-batch, in float32."""
+    with torch.no_grad():
+        if entropy:
+            loss, ent = model_token_losses(model, inputs, targets, entropy=True, **forward_kwargs)
+            return RefStats(loss.float(), ent.float())
+        return RefStats(model_token_losses(model, inputs, targets, **forward_kwargs).float())
+
+
 def combine(values: list[torch.Tensor], how: str = "mean", weights: list[float] | None = None) -> torch.Tensor:
     """Several references' per-token values → one, elementwise: min, mean or weighted (weights sum to 1)."""
     if len(values) == 1:
@@ -104,11 +113,8 @@ class RefLosses:
     def __call__(self, idx: np.ndarray, inputs: torch.Tensor, targets: torch.Tensor) -> RefStats:
         if self.scores:
             return RefStats(self._rows(self.scores, idx), self._rows(self.entropies, idx) if self.needs_entropy else None)
-        with torch.no_grad(), autocast_ctx(self.device, self.precision):
-            if self.needs_entropy:
-                loss, ent = model_token_losses(self.model, inputs, targets, entropy=True)
-                return RefStats(loss.float(), ent.float())
-            return RefStats(model_token_losses(self.model, inputs, targets).float())
+        with autocast_ctx(self.device, self.precision):
+            return online_stats(self.model, inputs, targets, self.needs_entropy)
 
     def _rows(self, maps: list[np.ndarray], idx: np.ndarray) -> torch.Tensor:
         vals = [torch.from_numpy(np.asarray(m[idx], dtype=np.float32)) for m in maps]

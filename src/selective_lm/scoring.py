@@ -217,14 +217,15 @@ def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float) -> 
     if missing:
         raise UserError(f"{missing} windows of {out} were not scored (a rank stopped early?): run the same "
                         "`slm score` command again to finish them")
-    total_nats = float(np.memmap(partial, dtype=np.float16, mode="r", shape=(n, ds.seq_len)).astype(np.float64).sum())
-    digest = sha256_file(partial)
+    def mean_and_digest(path: Path) -> tuple[float, str]:
+        total = float(np.memmap(path, dtype=np.float16, mode="r", shape=(n, ds.seq_len)).astype(np.float64).sum())
+        return total / max(1, n * ds.seq_len), sha256_file(path)
+
+    mean_loss, digest = mean_and_digest(partial)
     entropy = {}
     if cfg.entropy:
-        ent = out / (ENTROPY_FILE + ".partial")
-        total_ent = float(np.memmap(ent, dtype=np.float16, mode="r", shape=(n, ds.seq_len)).astype(np.float64).sum())
-        entropy = {"entropy_file": ENTROPY_FILE, "entropy_sha256": sha256_file(ent),
-                   "mean_entropy": total_ent / max(1, n * ds.seq_len)}
+        mean_ent, ent_digest = mean_and_digest(out / (ENTROPY_FILE + ".partial"))
+        entropy = {"entropy_file": ENTROPY_FILE, "entropy_sha256": ent_digest, "mean_entropy": mean_ent}
     (out / "manifest.json").unlink(missing_ok=True)  # --overwrite: the old scores end here, the new ones are complete
     os.replace(partial, final)
     if cfg.entropy:
@@ -243,7 +244,7 @@ def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float) -> 
         "sha256": digest,
         "dataset": str(Path(cfg.data).resolve()),
         "model": str(Path(cfg.model).resolve()),
-        "mean_loss": total_nats / max(1, n * ds.seq_len),
+        "mean_loss": mean_loss,
         **entropy,
         "seconds": round(elapsed, 3),
     }

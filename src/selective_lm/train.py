@@ -160,13 +160,12 @@ def train(cfg: TrainConfig, console: bool = True, callbacks: Iterable[Callable[[
         return _train(cfg, console, device, logger)
 
 
-def _check_budget(cfg: TrainConfig, ds: TokenDataset, world: int) -> None:
+def _check_budget(cfg: TrainConfig, ds: TokenDataset, world: int, pool: np.ndarray | None) -> None:
     per_step = cfg.batch_size * cfg.grad_accum * world * ds.seq_len
     if cfg.max_tokens and not cfg.max_steps and cfg.max_tokens < per_step:
         raise UserError(f"max_tokens {cfg.max_tokens} is less than one optimizer step ({per_step} tokens = batch_size "
                         f"{cfg.batch_size} × grad_accum {cfg.grad_accum} × {world} ranks × seq_len {ds.seq_len}): "
                         "raise max_tokens or lower the batch")
-    pool = window_pool(cfg, ds.num_windows("train"))
     n = ds.num_windows("train") if pool is None else len(pool)
     if n < cfg.batch_size * cfg.grad_accum * world:
         raise UserError(f"dataset {cfg.data} has {n} training windows"
@@ -188,8 +187,8 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     torch.manual_seed(cfg.seed)  # whatever draws from the global generator (e.g. LoRA dropout) is seeded too
     dist.agree(dist.check_parallel, cfg.parallel)
     ds = dist.agree(TokenDataset, cfg.data)
-    dist.agree(_check_budget, cfg, ds, world)
-    pool = window_pool(cfg, ds.num_windows("train"))
+    pool = dist.agree(window_pool, cfg, ds.num_windows("train"))
+    dist.agree(_check_budget, cfg, ds, world, pool)
     n_train = ds.num_windows("train") if pool is None else len(pool)
     out = Path(cfg.out)
     resume_from = dist.agree(prepare_run_dir, cfg, ds.fingerprint, main_only=True)

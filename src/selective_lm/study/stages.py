@@ -132,31 +132,17 @@ def _pipeline(study: Study, seed: int) -> list[Stage]:
 
     # 5. reference -------------------------------------------------------------------------
     def reference() -> int:
-        from ..data import TokenDataset
-
-        n = TokenDataset(study.data(seed, "hq_math")).num_windows("train")
-        tokens = int(c.reference_epochs * n * c.seq_len)
-        return _train(study, study.train_cfg(data=str(study.data(seed, "hq_math")), out=str(study.run_dir(seed, "reference")),
-                                             model=str(study.base_ckpt(seed)), max_tokens=tokens, lr=c.reference_lr,
-                                             seed=seed, data_seed=seed))
+        return _train_reference(study, seed, study.data(seed, "hq_math"), study.run_dir(seed, "reference"))
 
     stages.append(Stage(tag + "reference", f"continue the base on HQ math (train split) for {c.reference_epochs:g} epochs",
                         0.0, is_finished(study.run_dir(seed, "reference")), reference,
                         tokens=c.reference_epochs * 450_000 * c.corpora_scale, kind="train"))
 
     # 6. score -----------------------------------------------------------------------------
-    def score() -> int:
-        from ..scoring import score as do_score
-
-        m = do_score(ScoreConfig(data=str(study.data(seed, "web_math")), model=str(study.reference_ckpt(seed)),
-                                 out=str(study.scores(seed)), split="train", device=c.device, progress=c.progress,
-                                 overwrite=True))
-        print(f"      mean reference loss {m['mean_loss']:.4f} over {m['windows']} windows", flush=True)
-        return m["windows"] * m["seq_len"]
-
     stages.append(Stage(tag + "score", "reference losses and entropies of every web-math training token", 0.0,
                         _scored(study.scores(seed), entropy=any(parse_variant(v)[0] in ENTROPY_VARIANTS
-                                                                for v in c.variants)), score,
+                                                                for v in c.variants)),
+                        lambda: _score_web(study, seed, study.reference_ckpt(seed), study.scores(seed), "reference"),
                         tokens=1_700_000 * c.corpora_scale, kind="forward"))
     if "self" in c.variants:
         stages += _self_reference(study, seed)
@@ -222,29 +208,42 @@ def variant_train_kwargs(study: Study, seed: int, spec: str) -> dict:
     return kw
 
 
+def _train_reference(study: Study, seed: int, data: Path, out: Path, share: float = 1.0, **holdout) -> int:
+    """Continue the base for reference_epochs over ``share`` of the train windows of ``data`` (the HQ
+    reference; the self-reference with its held-out share)."""
+    from ..data import TokenDataset
+
+    c = study.cfg
+    n = round(share * TokenDataset(data).num_windows("train"))
+    return _train(study, study.train_cfg(data=str(data), out=str(out), model=str(study.base_ckpt(seed)),
+                                         max_tokens=int(c.reference_epochs * n * c.seq_len), lr=c.reference_lr,
+                                         seed=seed, data_seed=seed, **holdout))
+
+
+def _score_web(study: Study, seed: int, model: Path, out: Path, what: str, entropy: bool = True) -> int:
+    """Score every web-math training token with ``model`` into ``out``; returns the tokens scored."""
+    from ..scoring import score
+
+    c = study.cfg
+    m = score(ScoreConfig(data=str(study.data(seed, "web_math")), model=str(model), out=str(out), split="train",
+                          entropy=entropy, device=c.device, progress=c.progress, overwrite=True))
+    print(f"      mean {what} loss {m['mean_loss']:.4f} over {m['windows']} windows", flush=True)
+    return m["windows"] * m["seq_len"]
+
+
 def _self_reference(study: Study, seed: int) -> list[Stage]:
     """The self-reference (the base continued on a held-out share of the web-math train windows, the same
     epochs as the HQ reference) and its scores of the web-math train split."""
     c = study.cfg
-    web = study.data(seed, "web_math")
     run = study.run_dir(seed, "self-reference")
 
     def train_self() -> int:
-        from ..data import TokenDataset
-
-        n = round(c.self_fraction * TokenDataset(web).num_windows("train"))
-        return _train(study, study.train_cfg(data=str(web), out=str(run), model=str(study.base_ckpt(seed)),
-                                             max_tokens=int(c.reference_epochs * n * c.seq_len), lr=c.reference_lr,
-                                             seed=seed, data_seed=seed, holdout_fraction=c.self_fraction,
-                                             holdout="only", holdout_seed=seed))
+        return _train_reference(study, seed, study.data(seed, "web_math"), run, share=c.self_fraction,
+                                holdout_fraction=c.self_fraction, holdout="only", holdout_seed=seed)
 
     def score_self() -> int:
-        from ..scoring import score as do_score
-
-        m = do_score(ScoreConfig(data=str(web), model=str(study.self_reference_ckpt(seed)), out=str(study.self_scores(seed)),
-                                 split="train", entropy=False, device=c.device, progress=c.progress, overwrite=True))
-        print(f"      mean self-reference loss {m['mean_loss']:.4f} over {m['windows']} windows", flush=True)
-        return m["windows"] * m["seq_len"]
+        return _score_web(study, seed, study.self_reference_ckpt(seed), study.self_scores(seed), "self-reference",
+                          entropy=False)
 
     return [Stage(f"s{seed} self-reference", f"continue the base on {c.self_fraction:.0%} of the web-math train windows "
                   f"(held out from the self arm) for {c.reference_epochs:g} epochs", 0.0, is_finished(run), train_self,
