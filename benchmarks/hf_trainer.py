@@ -22,7 +22,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from selective_lm.columns import SLMCollator, load_scored
 from selective_lm.config import PrepareConfig, ScoreConfig, TrainConfig
-from selective_lm.study.corpora import build_default_corpora
+from selective_lm.corpora.default import build_default_corpora
 from selective_lm.data import TokenDataset, prepare
 from selective_lm.hf import SLMArguments, SLMTrainer
 from selective_lm.model import build_model, load_model

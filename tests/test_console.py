@@ -59,7 +59,8 @@ def test_help_imports_neither_torch_nor_transformers():
 # every subcommand's --help example, with the arguments the command needs anyway
 NEEDED = {"prepare": ["--inputs", "c.jsonl", "--out", "ds"], "score": ["--data", "ds", "--model", "m", "--out", "s"],
           "train": ["--data", "ds", "--out", "run"], "eval": ["--model", "m", "--data", "ds"], "study": [],
-          "filter": ["--data", "ds", "--ref-scores", "s", "--inputs", "c.jsonl", "--out", "kept"]}
+          "filter": ["--data", "ds", "--ref-scores", "s", "--inputs", "c.jsonl", "--out", "kept"],
+          "corpora": ["--out", "c"]}
 
 
 @pytest.mark.parametrize("command", sorted(NEEDED))

@@ -9,7 +9,7 @@ from selective_lm.config import FilterConfig, PrepareConfig, TrainConfig
 from selective_lm.data import TokenDataset, prepare, split_of
 from selective_lm.files import read_json
 from selective_lm.filter import document_bounds, filter_documents, key_counts, top_threshold
-from selective_lm.scoring import load_scores
+from selective_lm.scores import load_scores
 
 
 def rows_of(path):

@@ -150,7 +150,7 @@ def test_scores_changed_after_finishing_are_refused(tiny_data, reference, tmp_pa
     import shutil
 
     from selective_lm.data import TokenDataset
-    from selective_lm.scoring import load_scores
+    from selective_lm.scores import load_scores
 
     shutil.copytree(reference / "scores", tmp_path / "s")
     f = tmp_path / "s" / "ref_losses.bin"

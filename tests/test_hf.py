@@ -188,7 +188,7 @@ def test_missing_scores_column_is_one_clear_error(tmp_path, tiny_data, scored):
 
 
 def test_exported_column_matches_the_memmap_and_score_dataset(tmp_path, tiny_data, reference, scored):
-    from selective_lm.scoring import load_scores
+    from selective_lm.scores import load_scores
 
     ds = TokenDataset(tiny_data)
     data = load_scored(scored)

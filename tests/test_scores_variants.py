@@ -15,7 +15,7 @@ from selective_lm.data import TokenDataset
 from selective_lm.model import load_model, model_token_losses, save_checkpoint_dir
 from selective_lm.objective import Objective
 from selective_lm.reference import RefLosses, RefStats, combine, token_score
-from selective_lm.scoring import load_entropy, load_scores
+from selective_lm.scores import load_entropy, load_scores
 from selective_lm.train import train
 
 

@@ -62,7 +62,7 @@ def test_eval_perplexity_and_dump(tiny_data, model_dir, tmp_path, capsys):
 def test_fewshot_exact_match_counts(tiny_data, model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from selective_lm.evaluate import extract_answer, fewshot_accuracy
+    from selective_lm.fewshot import extract_answer, fewshot_accuracy
 
     assert extract_answer(" 2 + 2 = 4.\nAnswer: 4.\n") == "4"
     assert extract_answer("no answer here") is None

@@ -132,7 +132,7 @@ def test_bos_true_without_a_bos_token_exits_2(tmp_path, bpe, capsys):
 
 # --------------------------------------------------------------------------- eval
 def test_fewshot_prompts_start_with_bos_once(bos_tok):
-    from selective_lm.evaluate import fewshot_accuracy
+    from selective_lm.fewshot import fewshot_accuracy
 
     tok = load_tokenizer(bos_tok)
     seen = []

@@ -10,7 +10,7 @@ import selective_lm.train as train_mod
 from selective_lm.config import TrainConfig
 from selective_lm.data import TokenDataset
 from selective_lm.model import damaged_files, load_model, model_token_losses
-from selective_lm.scoring import load_scores
+from selective_lm.scores import load_scores
 from selective_lm.train import train
 
 

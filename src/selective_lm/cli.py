@@ -23,6 +23,7 @@ EXAMPLES = {
     "eval": "max_windows=100 shots=2",
     "filter": "keep_fraction=0.5 doc_score=ref_loss",
     "study": "ratios=0.6,0.3 seeds=0,1,2",
+    "corpora": "scale=0.2 seed=1",
 }
 
 
@@ -91,7 +92,18 @@ def _filter(cfg: FilterConfig) -> None:
           + f"; {d['unscored']} unscored documents ({m['unscored']}) -> {os.path.join(cfg.out, m['file'])}")
 
 
+def _corpora(cfg) -> None:
+    from .corpora import write_corpora
+
+    m = write_corpora(cfg)
+    files = ", ".join(f"{f['path']} {f['documents']} docs" for f in m["files"].values())
+    ext = f", fewshot_external.jsonl {m['external']['n']} questions" if "external" in m else ""
+    print(f"wrote {cfg.out}: {files}{ext} (leaked held-out problems: {m['leakage']['max_share']:.0%}; `slm prepare --inputs "
+          f"{os.path.join(cfg.out, 'web_math.jsonl')} ...` tokenizes one)")
+
+
 def _commands() -> dict[str, tuple[type, Callable, str]]:
+    from .corpora import CorporaConfig
     from .study.config import StudyConfig
     from .study.runner import run_study
 
@@ -102,6 +114,7 @@ def _commands() -> dict[str, tuple[type, Callable, str]]:
         "eval": (EvalConfig, _eval, "perplexity, per-token loss dumps, few-shot exact match, lm-eval tasks"),
         "filter": (FilterConfig, _filter, "document scores from token scores; the kept documents as JSONL or Parquet"),
         "study": (StudyConfig, run_study, "Rho-1's experiment end to end with a report"),
+        "corpora": (CorporaConfig, _corpora, "write the embedded default corpora as JSONL (no download)"),
     }
 
 
@@ -113,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, help_text) in _commands().items():
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
         add_arguments(p, cls, example=EXAMPLES.get(name))
-    from .analysis.cli import add_analyze_parser
+    from .analyze import add_analyze_parser
 
     add_analyze_parser(sub)
     return parser
@@ -135,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command == "analyze":
-            from .analysis.cli import run_analyze
+            from .analyze import run_analyze
 
             run_analyze(args)
             return 0

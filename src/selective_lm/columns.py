@@ -78,7 +78,7 @@ def export_scored(data: str | os.PathLike, scores: str | os.PathLike, out: str |
     from datasets.arrow_writer import ArrowWriter
 
     from .data import TokenDataset
-    from .scoring import load_entropy, load_scores
+    from .scores import load_entropy, load_scores
 
     out = Path(out)
     _check_out(out, overwrite)

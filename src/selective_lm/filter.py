@@ -327,7 +327,7 @@ def _quantiles(x: np.ndarray) -> dict | None:
 
 def _filter(cfg: FilterConfig, out: Path) -> dict:
     from .runtime import progress
-    from .scoring import load_scores
+    from .scores import load_scores
 
     t0 = time.perf_counter()
     ds = TokenDataset(cfg.data)

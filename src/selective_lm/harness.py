@@ -5,7 +5,7 @@
 ``tokenizer=`` the checkpoint's own tokenizer. The task ``slm_fewshot`` is exported to a directory as
 a task YAML and a JSONL of documents whose ``prompt`` is the exact prompt ``slm eval --fewshot`` builds
 (exemplars, then "Problem: q\\nSolution:"); lm-eval generates greedily until a blank line and scores
-with :func:`selective_lm.evaluate.score_generation`, so the two report the same exact match. Run it
+with :func:`selective_lm.fewshot.score_generation`, so the two report the same exact match. Run it
 outside slm with::
 
     lm_eval --model hf --model_args pretrained=RUN/final,tokenizer=RUN/final \\
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .config import EvalConfig
-from .evaluate import fewshot_prompt, score_generation
+from .fewshot import fewshot_prompt, score_generation
 from .files import UserError, atomic_write_text
 from .model import adapter_base, is_adapter
 

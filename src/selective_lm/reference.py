@@ -34,7 +34,7 @@ from .config import ENTROPY_SCORES
 from .data import TokenDataset
 from .files import read_json
 from .model import autocast_ctx, check_compatible, load_model, model_token_losses
-from .scoring import load_entropy, load_scores
+from .scores import load_entropy, load_scores
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from synthetic_study import build_study
 
-from selective_lm.analysis.cli import NAMES, add_analyze_parser, run_analyze
+from selective_lm.analyze import NAMES, add_analyze_parser, run_analyze
 from selective_lm.files import UserError
 from selective_lm.study.collect import collect
 from selective_lm.study.plots import CAPTIONS

@@ -10,10 +10,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
+
+from ..files import UserError, read_json
 
 _PEFT_PREFIX = "base_model.model."
 _LINEAR_RE = re.compile(r"^(?P<mod>.+)\.(?P<kind>lora_A|lora_B)(?:\.(?P<adapter>[^.]+))?\.weight$")
@@ -190,3 +194,27 @@ def cosine_matrix(
     unit = mat / norms[:, None]
     sims = (unit @ unit.T).clamp(-1.0, 1.0).numpy()
     return names, sims
+
+
+def read_state(ckpt) -> dict:
+    files = sorted(Path(ckpt).glob("model*.safetensors"))
+    if not files:
+        raise UserError(f"no model.safetensors in {ckpt}: pass a full checkpoint directory (HF save_pretrained)")
+    return {k: v for f in files for k, v in load_file(str(f)).items()}
+
+
+def checkpoint_delta(ckpt, base_state=None) -> tuple[torch.Tensor, str]:
+    """Flattened update of a checkpoint dir: B·A·α/r for a PEFT adapter, else weights - ``base_state``."""
+    d = Path(ckpt)
+    if not d.is_dir():
+        raise UserError(f"checkpoint directory not found: {d}: pass a run's final/ or checkpoints/step_N/ dir")
+    if (d / "adapter_model.safetensors").is_file():
+        if not (d / "adapter_config.json").is_file():
+            raise UserError(f"{d / 'adapter_config.json'} is missing: a LoRA adapter dir needs it")
+        cfg = read_json(d / "adapter_config.json")
+        delta = lora_delta(load_file(str(d / "adapter_model.safetensors")), float(cfg.get("lora_alpha", cfg["r"])),
+                           int(cfg["r"]), use_rslora=bool(cfg.get("use_rslora", False)))
+        return flatten_delta(delta).float(), "lora"
+    if base_state is None:
+        raise UserError(f"{d} is a full checkpoint: pass the base checkpoint it started from (--base DIR)")
+    return flatten_delta(full_delta(base_state, read_state(d))).float(), "full"

@@ -225,3 +225,27 @@ def split_losses(losses: np.ndarray, selected_mask: np.ndarray) -> dict:
         out[side] = float(arr[mask].mean()) if count else None
         out[f"n_{side}"] = count
     return out
+
+
+def topk_mask(excess: np.ndarray, ratio: float) -> np.ndarray:
+    """The selection SLM makes at a checkpoint: top-k (k = round(ratio × N)) of the excess loss, as in training."""
+    import torch
+
+    from ..selection import select_tokens
+
+    return select_tokens(torch.from_numpy(np.ascontiguousarray(excess)), ratio, "topk").numpy()
+
+
+def training_shares(run_dir) -> dict:
+    """noise_share_selected / noise_share_all / topk_overlap of the train rows of metrics.jsonl; a curve."""
+    from ..checkpoint import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if r.get("type") == "train"]
+    out: dict = {}
+    for key in ("noise_share_selected", "noise_share_all", "topk_overlap"):
+        v = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = {"first": v[0], "last": v[-1], "mean": float(np.mean(v)), "n": len(v)} if v else None
+    pts = [[r.get("tokens"), r.get("noise_share_selected"), r.get("noise_share_all")] for r in rows
+           if r.get("noise_share_all") is not None or r.get("noise_share_selected") is not None]
+    out["curve"] = pts[:: max(1, math.ceil(len(pts) / 200))]
+    return out

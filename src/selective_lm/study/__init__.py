@@ -1,10 +1,11 @@
 """`slm study`: Rho-1's experiment end to end, cached stage by stage, with a report.
 
-The study is an application of the library (data, model, scoring, objective, train, evaluate), kept
-apart from it: ``config`` (StudyConfig), ``layout`` (paths, arms, index.json), ``plan`` (stages and
-ETA), ``stages`` (what each stage runs), ``runner`` (the loop and ``run_study``), ``corpora`` /
-``mathgen`` (the embedded default data), ``collect`` (results.json; with ``stats``, ``tokens``, ``claims``),
-``report`` (report.md) and ``plots``.
+The study is the experiment, an application of the library (data, model, scoring, objective, train,
+evaluate, analysis) and of the embedded data (:mod:`selective_lm.corpora`), kept apart from both:
+``config`` (StudyConfig), ``layout`` (paths, arms, index.json), ``plan`` (stages and ETA), ``stages``
+(what each stage runs), ``runner`` (the loop and ``run_study``), ``results`` (a finished study read
+back), ``tokens`` and ``claims`` (token-level sections, verdicts; with ``stats``), ``collect``
+(results.json from all of them), ``report`` (report.md) and ``plots``.
 Stages: corpora → tokenizer → prepare → base → reference → score → arms → evaluate → report.
 """
 from __future__ import annotations

@@ -67,15 +67,16 @@ def _pipeline(study: Study, seed: int) -> list[Stage]:
     # 1. corpora (+ the external few-shot questions) ----------------------------------------
     def corpora() -> None:
         if c.corpora is None:
-            from .corpora import build_default_corpora
+            from ..corpora.default import build_default_corpora
 
             build_default_corpora(corpora_dir, seed=c.corpora_seed + seed, scale=c.corpora_scale, progress=c.progress)
         if c.fewshot_external:
-            from .external import write_external
+            from ..corpora.default import own_questions
+            from ..corpora.external import write_external
 
-            write_external(ext, c.fewshot_external, seed=c.corpora_seed + seed, exclude=_own_questions(corpora_dir))
+            write_external(ext, c.fewshot_external, seed=c.corpora_seed + seed, exclude=own_questions(corpora_dir))
 
-    from .corpora import is_cached
+    from ..corpora.default import is_cached
 
     own_done = c.corpora is not None or is_cached(corpora_dir, c.corpora_seed + seed, float(c.corpora_scale))
     stages.append(Stage(tag + "corpora", f"embedded default corpora (seed {c.corpora_seed + seed}, scale {c.corpora_scale:g})"
@@ -253,28 +254,6 @@ def _self_reference(study: Study, seed: int) -> list[Stage]:
                   tokens=1_700_000 * c.corpora_scale, kind="forward")]
 
 
-def _own_questions(corpora_dir: Path) -> set[str]:
-    """Normalised questions of our own corpora (problem lines and the few-shot files): the external
-    questions must not repeat them."""
-    import json
-    import re
-
-    out: set[str] = set()
-    from .external import normalize_question as norm  # the form `exclude` is compared in
-    pat = re.compile(r"(?:Problem|Q): (.+)")
-    for name in ("hq_math.jsonl", "web_math.jsonl", "fewshot_eval.jsonl", "fewshot_exemplars.jsonl"):
-        path = corpora_dir / name
-        if not path.is_file():
-            continue
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                if "question" in row:
-                    out.add(norm(row["question"]))
-                out.update(norm(q) for q in pat.findall(row.get("text", "")))
-    return out
-
-
 def _all_checkpoints_done(study: Study) -> bool:
     """Every arm finished (so no checkpoint is still to come and be evaluated)."""
     return all(is_finished(a["run_dir"]) for a in study.arms())
@@ -320,7 +299,8 @@ def _evaluate(study: Study) -> None:
     import torch
 
     from ..data import TokenDataset
-    from ..evaluate import dataset_token_losses, dump_token_losses, fewshot_accuracy, loss_summary, read_jsonl
+    from ..evaluate import dataset_token_losses, dump_token_losses, loss_summary
+    from ..fewshot import fewshot_accuracy, read_jsonl
     from ..model import load_model, resolve_device
     from ..runtime import progress
 

@@ -14,11 +14,12 @@ import numpy as np
 
 from ..analysis import selection_diag as diag
 from ..analysis.buckets import bucket_transitions, high_low_threshold
-from ..analysis.cosine import cosine_matrix
+from ..analysis.cosine import checkpoint_delta, cosine_matrix, read_state
 from ..analysis.dynamics import CATEGORIES, classify_dynamics, dynamics_examples
+from ..analysis.selection_diag import topk_mask, training_shares
 from ..files import atomic_write_text
 from . import stats
-from .collect import _ERRORS, StudyResults, checkpoint_delta, read_state, topk_mask, training_shares
+from .results import _ERRORS, StudyResults
 
 PAPER_DYNAMICS = {"H→H": 0.11, "L→H": 0.12, "H→L": 0.26, "L→L": 0.51}
 DYNAMICS_TOLERANCE = 0.10  # largest allowed |share - paper share| for claim (d)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from selective_lm.study import corpora
-from selective_lm.study.corpora import (
+from selective_lm.corpora import default as corpora
+from selective_lm.corpora.default import (
     FILE_NAMES,
     OFFTOPIC_MODULES,
     PROSE_MODULES,
@@ -26,9 +26,9 @@ from selective_lm.study.corpora import (
     render_module_doc,
 )
 from selective_lm.files import UserError, read_json, sha256_file
-from selective_lm.study.heldout import EVAL_SETS, SPLITS, ProblemSplit, extract_questions, leakage
-from selective_lm.study.mathgen import _UNITS, FAMILIES, generate_problems, normalise_question
-from selective_lm.study.noise import canonical_text, latexify, math_table, number_words, wrong_solution
+from selective_lm.corpora.heldout import EVAL_SETS, SPLITS, ProblemSplit, extract_questions, leakage
+from selective_lm.corpora.mathgen import _UNITS, FAMILIES, generate_problems, normalise_question
+from selective_lm.corpora.noise import canonical_text, latexify, math_table, number_words, wrong_solution
 
 SCALE = 0.02
 
@@ -242,7 +242,7 @@ def test_planted_leaks_are_found(built: CorporaPaths, tmp_path: Path) -> None:
 def test_reworded_leak_is_an_instance_leak(built: CorporaPaths, tmp_path: Path) -> None:
     """A held-out problem's numbers in another wording in training text: no verbatim leak, but an
     instance leak; and every wording of one instance goes to one split."""
-    from selective_lm.study.heldout import ProblemSplit, instance_key
+    from selective_lm.corpora.heldout import ProblemSplit, instance_key
 
     split = ProblemSplit(3)
     assert instance_key("What is 7 * 8?") == instance_key("Multiply 8 by 7.") == "#7,8"
@@ -400,7 +400,7 @@ def test_deterministic(built: CorporaPaths, tmp_path: Path) -> None:
 
 
 def test_deterministic_across_hash_seeds(built: CorporaPaths, tmp_path: Path) -> None:
-    code = ("import sys; from selective_lm.study.corpora import build_default_corpora as b; "
+    code = ("import sys; from selective_lm.corpora.default import build_default_corpora as b; "
             f"b(sys.argv[1], seed=3, scale={SCALE}, progress=False)")
     env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=str(Path(corpora.__file__).parents[2]))
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "sub")], check=True, env=env)
@@ -431,3 +431,32 @@ def test_bad_scale(tmp_path: Path) -> None:
     for bad in (0, -1, float("nan"), "1", True):
         with pytest.raises(UserError):
             build_default_corpora(tmp_path / "x", scale=bad, progress=False)
+
+
+def test_slm_corpora_writes_the_default_without_the_study(tmp_path: Path) -> None:
+    """`slm corpora` is the generators' own command: the files `slm prepare` reads, external questions
+    that repeat none of ours, and bad input refused in one line."""
+    from selective_lm.cli import main
+    from selective_lm.corpora.default import own_questions
+    from selective_lm.corpora.external import normalize_question
+    from selective_lm.data import prepare
+    from selective_lm.config import PrepareConfig
+
+    out = tmp_path / "c"
+    assert main(["corpora", "--out", str(out), "--scale", "0.01", "--external", "6", "--no-progress"]) == 0
+    m = read_json(out / "manifest.json")
+    assert m["scale"] == 0.01 and m["leakage"]["max_share"] == 0
+    ext = [json.loads(line) for line in (out / "fewshot_external.jsonl").read_text().splitlines()]
+    assert len(ext) == 6 and not {normalize_question(r["question"]) for r in ext} & own_questions(out)
+    ds = prepare(PrepareConfig(inputs=[str(out / "web_math.jsonl")], out=str(tmp_path / "ds"), vocab_size=300,
+                               seq_len=32, progress=False))
+    assert ds["splits"]["train"]["windows"] > 0 and ds["splits"]["test"]["windows"] > 0
+
+
+def test_slm_corpora_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
+    from selective_lm.cli import main
+
+    assert main(["corpora", "--out", str(tmp_path / "c"), "--scale", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scale must be in (0, 100]" in err[0]
+    assert main(["corpora"]) == 2 and "pass --out DIR" in capsys.readouterr().err

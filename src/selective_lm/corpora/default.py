@@ -418,3 +418,23 @@ def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 
         "web_label_chars": {PROVENANCE[i]: c for i, c in enumerate(label_chars)},
         "leakage": leakage(paths.root), "families": list(FAMILIES)})
     return paths
+
+
+def own_questions(corpora_dir: Path) -> set[str]:
+    """Normalised questions of our own corpora (problem lines and the few-shot files): the external
+    questions must not repeat them."""
+    from .external import normalize_question as norm  # the form `exclude` is compared in
+
+    out: set[str] = set()
+    pat = re.compile(r"(?:Problem|Q): (.+)")
+    for name in ("hq_math.jsonl", "web_math.jsonl", "fewshot_eval.jsonl", "fewshot_exemplars.jsonl"):
+        path = corpora_dir / name
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                if "question" in row:
+                    out.add(norm(row["question"]))
+                out.update(norm(q) for q in pat.findall(row.get("text", "")))
+    return out

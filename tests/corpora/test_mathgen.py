@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from selective_lm.study.mathgen import (_UNITS, FAMILIES, Problem, format_problem, generate_problems, iter_problems,
+from selective_lm.corpora.mathgen import (_UNITS, FAMILIES, Problem, format_problem, generate_problems, iter_problems,
                                        normalise_question)
 
 N_PER_FAMILY = 300

@@ -1,5 +1,8 @@
 """`slm analyze NAME`: each analysis of the report on its own, on a study directory or on arbitrary runs.
 
+The command layer: it reads runs, dumps and studies and calls the array functions of :mod:`.analysis`
+(and, for ``--study``, the sections of :mod:`.study`), which never import it.
+
 Every subcommand prints its result as JSON (``--out FILE`` also writes it atomically). Bad input raises
 :class:`~selective_lm.files.UserError` (the CLI prints one line and exits with code 2).
 """
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import UserError, write_json
+from .files import UserError, write_json
 
 NAMES = {
     "report": "the whole report of a study: results.json, plots, selection.html, report.md",
@@ -81,7 +84,7 @@ def _need(args, *names: str) -> None:
 
 
 def _losses(files) -> list[np.ndarray]:
-    from ..study.collect import load_losses
+    from .evaluate import load_losses
 
     out = [load_losses(f) for f in files]
     if len({a.size for a in out}) > 1:
@@ -91,7 +94,7 @@ def _losses(files) -> list[np.ndarray]:
 
 
 def _eval_curve(run_dir) -> tuple:
-    from ..checkpoint import read_metrics
+    from .checkpoint import read_metrics
 
     f = Path(run_dir) / "metrics.jsonl"
     if not f.is_file():
@@ -104,7 +107,7 @@ def _eval_curve(run_dir) -> tuple:
 
 
 def _report(args, st) -> dict:
-    from ..study.report import write_report
+    from .study.report import write_report
 
     path = write_report(st.dir)
     return {"report": path, "results": path.parent / "results.json",
@@ -113,8 +116,8 @@ def _report(args, st) -> dict:
 
 
 def _perplexity(args, st) -> dict:
-    from ..evaluate import loss_summary
-    from ..study.collect import section_groups, section_pipelines, section_runs
+    from .evaluate import loss_summary
+    from .study.collect import section_groups, section_pipelines, section_runs
 
     if st is None:
         _need(args, "losses")
@@ -128,8 +131,8 @@ def _perplexity(args, st) -> dict:
 
 
 def _efficiency(args, st) -> dict:
-    from ..study.collect import section_efficiency, section_runs
-    from .efficiency import data_efficiency
+    from .study.collect import section_efficiency, section_runs
+    from .analysis.efficiency import data_efficiency
 
     if st is not None:
         return section_efficiency(st, section_runs(st))
@@ -140,8 +143,8 @@ def _efficiency(args, st) -> dict:
 
 
 def _dynamics(args, st) -> dict:
-    from ..study.tokens import section_dynamics
-    from .dynamics import classify_dynamics, dynamics_examples
+    from .study.tokens import section_dynamics
+    from .analysis.dynamics import classify_dynamics, dynamics_examples
 
     if st is not None:
         return section_dynamics(st, threshold=args.threshold)
@@ -152,7 +155,7 @@ def _dynamics(args, st) -> dict:
     out = {"files": args.losses, "n_tokens": res.categories.size, "threshold": res.threshold, "shares": res.shares,
            "counts": res.counts, "last_mean": res.last_mean}
     if args.data:
-        from ..data import TokenDataset
+        from .data import TokenDataset
 
         ds = TokenDataset(args.data)
         n, win = res.categories.size, ds.windows(args.split)
@@ -165,8 +168,8 @@ def _dynamics(args, st) -> dict:
 
 
 def _buckets(args, st) -> dict:
-    from .buckets import bucket_transitions, high_low_threshold
-    from ..study.tokens import section_buckets
+    from .analysis.buckets import bucket_transitions, high_low_threshold
+    from .study.tokens import section_buckets
 
     if st is not None:
         return section_buckets(st, args.quantile)
@@ -177,9 +180,8 @@ def _buckets(args, st) -> dict:
 
 
 def _selected(args, st) -> dict:
-    from ..study.collect import topk_mask
-    from ..study.tokens import FIG6_DEFINITION, section_fig6
-    from .selection_diag import split_losses
+    from .analysis.selection_diag import split_losses, topk_mask
+    from .study.tokens import FIG6_DEFINITION, section_fig6
 
     if st is not None:
         return section_fig6(st)
@@ -197,9 +199,8 @@ def _selected(args, st) -> dict:
 
 
 def _cosine(args, st) -> dict:
-    from ..study.collect import checkpoint_delta, read_state
-    from ..study.tokens import section_cosine
-    from .cosine import cosine_matrix
+    from .analysis.cosine import checkpoint_delta, cosine_matrix, read_state
+    from .study.tokens import section_cosine
 
     if st is not None:
         return section_cosine(st)
@@ -216,8 +217,9 @@ def _cosine(args, st) -> dict:
 
 
 def _selection(args, st) -> dict:
-    from ..study.collect import section_runs, training_shares
-    from ..study.tokens import section_noise, section_selection
+    from .analysis.selection_diag import training_shares
+    from .study.collect import section_runs
+    from .study.tokens import section_noise, section_selection
 
     if st is not None:
         return {"harder_noise": section_noise(st, section_runs(st)), "tokens": section_selection(st)}
@@ -234,7 +236,7 @@ _HANDLERS = {"report": _report, "perplexity": _perplexity, "efficiency": _effici
 
 def run_analyze(args: argparse.Namespace) -> dict:
     """Run ``args.analysis``; print the JSON result (and write it to ``args.out``); return it."""
-    from ..study.collect import StudyResults, clean
+    from .study.results import StudyResults, clean
 
     name = args.analysis
     if name == "report" and not args.study:

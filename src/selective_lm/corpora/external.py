@@ -1,6 +1,6 @@
 """Few-shot test questions that nobody here wrote: drawn from an external, pinned generator.
 
-Our own generator (:mod:`selective_lm.study.mathgen`) makes the training data; evaluating only on
+Our own generator (:mod:`selective_lm.corpora.mathgen`) makes the training data; evaluating only on
 its questions would measure how well a model learned *our* templates. These questions come from
 `reasoning-gym <https://pypi.org/project/reasoning-gym/>`_ (procedural generators, among them a
 GSM8K-derived ``gsm_symbolic``), pinned exactly in ``pyproject.toml``.
@@ -12,7 +12,7 @@ the wheel) from ``random.Random(seed + index)`` alone, so a seed gives the same 
 every machine.
 
 Rows are ``{"family": "reasoning_gym/<task>", "question", "answer", "source": "reasoning-gym==<v>"}``,
-the row format :func:`selective_lm.evaluate.fewshot_accuracy` reads. What is changed from the
+the row format :func:`selective_lm.fewshot.fewshot_accuracy` reads. What is changed from the
 package's items:
 
 * answer-format instructions aimed at chat models ("Give only the result as your final answer.")

@@ -15,9 +15,9 @@ import pytest
 
 pytest.importorskip("reasoning_gym")
 
-from selective_lm.evaluate import check_rows, read_jsonl, score_generation
+from selective_lm.fewshot import check_rows, read_jsonl, score_generation
 from selective_lm.files import UserError
-from selective_lm.study import external
+from selective_lm.corpora import external
 
 N = 80  # 10 per task: enough to see every task, quick to make
 
@@ -123,7 +123,7 @@ def test_deterministic_across_processes_offline(rows, tmp_path):
         "import json, socket, sys\n"
         "def refuse(*a, **k):\n    raise OSError('network used')\n"
         "socket.socket.connect = refuse\nsocket.create_connection = refuse\nsocket.getaddrinfo = refuse\n"
-        "from selective_lm.study.external import external_questions\n"
+        "from selective_lm.corpora.external import external_questions\n"
         f"json.dump(external_questions({N}, seed=3), sys.stdout)\n")
     env = {**os.environ, "PYTHONHASHSEED": "12345", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(external.__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
