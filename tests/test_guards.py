@@ -298,7 +298,7 @@ def test_disk_full_while_allocating_scores_is_one_line(tiny_data, reference, tmp
 
     monkeypatch.setattr(os, "posix_fallocate", full)
     one_line_error(["score", "--data", tiny_data, "--model", reference / "ref" / "final", "--out", tmp_path / "s",
-                    "--no-progress"], capsys, "No space left on device")
+                    "--no-progress"], capsys, f"no space left on {tmp_path / 's'}")
     assert not (tmp_path / "s" / "manifest.json").exists()
 
 
@@ -362,20 +362,30 @@ def test_relative_and_absolute_spellings_resume_the_same_run(tiny_data, tmp_path
 
 
 def test_disk_full_while_saving_a_checkpoint_is_one_line(tiny_data, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
     import selective_lm.model as model_mod
+
+    class Full:  # a file on a full disk
+        def write(self, b):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
 
     real, calls = model_mod.torch.save, {"n": 0}
 
-    def full(obj, f, *a, **k):  # what torch.save raises when the disk fills up mid-write
+    def full(obj, f, *a, **k):  # the second checkpoint's training state meets a full disk
         calls["n"] += 1
         if calls["n"] == 2:
-            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
-                               "data/3: file write failed; unexpected pos 12345 vs 12000")
+            f.f = Full()
         return real(obj, f, *a, **k)
 
     monkeypatch.setattr(model_mod.torch, "save", full)
     out = tmp_path / "run"
     one_line_error(["train", "--data", tiny_data, "--out", out, "--batch-size", "4", "--max-steps", "4",
-                    "--ckpt-every", "2", "--no-progress"], capsys, "could not write the checkpoint")
+                    "--ckpt-every", "2", "--no-progress"], capsys,
+                   f"no space left on {out / 'checkpoints' / 'step_000004' / 'training_state.pt'}", "--resume")
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000002"]  # the good one, nothing half
     assert not (out / "run.json").exists()

@@ -7,6 +7,7 @@ transformers (``slm --help`` is instant); the commands import what they need.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -143,7 +144,28 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _os_error_line(e: OSError, args: argparse.Namespace | None, cfg) -> str:
+    """One line for an OS error (disk full, read-only or missing directories, permissions): the path,
+    the problem and the fix. An error that names no file names the command's output."""
+    from .files import NO_SPACE, shown_path
+
+    out = getattr(cfg, "out", None) or getattr(cfg, "dump", None)
+    again = "run the same command again"
+    if args is not None and args.command == "train" and cfg is not None and not cfg.resume and out \
+            and os.path.isfile(os.path.join(out, "config.yaml")):
+        again = "run the same command again with --resume"  # the run started: it continues from its checkpoint
+    if e.errno in NO_SPACE:  # the space is needed where a copy goes (filename2), else at the file named
+        where = e.filename2 or e.filename or out
+        where = shown_path(where) if where else None
+        what = "no space left" if e.errno == errno.ENOSPC else "disk quota exceeded"
+        return f"{what} on {where or 'the output device'}: free space there or choose another output path, then {again}"
+    where = shown_path(e.filename or out) if (e.filename or out) else None
+    return f"{f'{where}: ' if where else ''}{e.strerror or e} (fix the permissions or choose another output path, " \
+           f"then {again})"
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = cfg = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -181,13 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slm: interrupted", file=sys.stderr)
         return 130
-    except OSError as e:  # disk full, read-only or missing directories, permissions: the path and the problem
-        if _rank_world()[0] == 0:
-            where = f" {e.filename}" if e.filename else ""
-            print(f"slm: error:{where}: {e.strerror or e} (free space, fix the permissions or choose another "
-                  "output path, then run the same command again)", file=sys.stderr)
-        return 2
     except Exception as e:
+        from .files import os_error
+
+        if (err := os_error(e)) is not None:  # Python's OSError, or a library's with the OS's text ("os error 28")
+            if _rank_world()[0] == 0:
+                print(f"slm: error: {_os_error_line(err, args, cfg)}", file=sys.stderr)
+            return 2
         d = sys.modules.get(f"{__package__}.dist")
         if d is None or not d.peer_failure(e):
             raise
@@ -197,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if (d := sys.modules.get(f"{__package__}.dist")) is not None:
             d.cleanup()
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from . import dist
 from .config import EvalConfig
 from .data import TokenDataset
 from .fewshot import check_rows, fewshot_accuracy, read_jsonl
-from .files import UserError, write_json
+from .files import UserError, atomic_memmap, write_json
 from .model import autocast_ctx, check_compatible, load_model, model_token_losses, resolve_device
 from .tokenizer import adds_bos, load_tokenizer
 from .runtime import progress as progress_bar
@@ -66,13 +65,8 @@ def loss_summary(losses: np.ndarray) -> dict:
 def dump_token_losses(losses: np.ndarray, path: str | Path, meta: dict | None = None) -> Path:
     """Write per-token losses as a float16 memmap (aligned with the targets) plus a JSON sidecar."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    mm = np.memmap(tmp, dtype=np.float16, mode="w+", shape=losses.shape)
-    mm[:] = losses.astype(np.float16)
-    mm.flush()
-    del mm
-    os.replace(tmp, path)
+    with atomic_memmap(path, np.float16, losses.shape) as mm:  # its space reserved first: no SIGBUS on a full disk
+        mm[:] = losses
     write_json(path.with_suffix(".json"), {"dtype": "float16", "shape": list(losses.shape), **(meta or {})})
     return path
 

@@ -7,10 +7,12 @@ kill never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -47,13 +49,84 @@ def _tmp_path(path: Path) -> Path:
     return Path(name)
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def os_error(e: BaseException, path: str | os.PathLike | None = None) -> OSError | None:
+    """The OS error behind ``e``, naming ``path`` when it names no file (a failed write() or fallocate names
+    none); None when ``e`` is not one. Libraries written in Rust (safetensors, tokenizers) raise their own
+    types with the OS's text and "(os error N)"."""
+    if isinstance(e, OSError):
+        if path is not None and e.filename is None and e.errno is not None:
+            e.filename = os.fspath(path)
+        return e
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    if m is None:
+        return None
+    n = int(m.group(1))
+    return OSError(n, os.strerror(n), None if path is None else os.fspath(path))
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as a user should read it: absolute, with the output that a temporary (``.NAME.XXXXXXXX.tmp``
+    of :func:`atomic_dir`) becomes in its place."""
+    path = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    return re.sub(r"/\.([^/]+)\.[A-Za-z0-9_]{8}\.tmp(?=/|$)", r"/\1", os.path.abspath(path))
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike):
+    """An OS error raised inside (by Python or by a Rust library) names ``path`` if it names no file."""
+    try:
+        yield
+    except Exception as e:
+        err = os_error(e, path)
+        if err is None or err is e:
+            raise
+        raise err from None
+
+
+def reserve(path: str | os.PathLike, size: int, name: str | os.PathLike | None = None) -> None:
+    """Create ``path`` with ``size`` bytes allocated on disk (zeros), before it is memory-mapped: a full
+    disk is then an OSError here (naming ``name``, default ``path``), not a SIGBUS when a page of the map
+    is first written."""
+    try:
+        with writing(name or path), open(path, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, max(int(size), 1))
+    except BaseException:
+        Path(path).unlink(missing_ok=True)  # what was allocated goes back
+        raise
+
+
+@contextlib.contextmanager
+def atomic_memmap(path: str | os.PathLike, dtype, shape: tuple[int, ...]):
+    """A writable memmap for ``path``: its file is reserved (:func:`reserve`) under a temporary name,
+    flushed and renamed to ``path`` when the block ends without an error, deleted otherwise."""
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        reserve(tmp, int(np.prod(shape)) * np.dtype(dtype).itemsize, name=path)
+        mm = np.memmap(tmp, dtype=dtype, mode="r+", shape=shape)
+        yield mm
+        with writing(path):
+            mm.flush()
+        del mm
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
-        with open(tmp, "wb") as f:
+        with writing(path), open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -28,7 +28,8 @@ import numpy as np
 
 from .config import FilterConfig, PrepareConfig
 from .data import TokenDataset, split_of
-from .files import DirLock, UserError, atomic_dir, check_output_dir, commit_dir, read_json, remove_stale_temporaries, write_json
+from .files import (DirLock, UserError, atomic_dir, check_output_dir, commit_dir, read_json, remove_stale_temporaries,
+                    reserve, write_json)
 from .sources import (_SURROGATE, _checked, _jsonl_lines, clean_text, decode_bytes, expand_inputs, iter_documents,
                       open_input, source_record, split_ext)
 
@@ -355,7 +356,8 @@ def _filter(cfg: FilterConfig, out: Path) -> dict:
         elif cfg.doc_score == "mean_excess":
             chunks = _excess_chunks(cfg, ds, ref, step, bar)
         else:  # selected_share: the excess of every target first (float16 beside the output), then the share
-            excess = np.memmap(tmp / "excess.tmp", dtype=np.float16, mode="w+", shape=ref.shape)
+            reserve(tmp / "excess.tmp", ref.size * 2, name=out)  # allocated first: a full disk is no SIGBUS
+            excess = np.memmap(tmp / "excess.tmp", dtype=np.float16, mode="r+", shape=ref.shape)
             hist = np.zeros(1 << 16, dtype=np.int64)
             for s, e in _excess_chunks(cfg, ds, ref, step, bar):
                 excess[s:s + len(e)] = e

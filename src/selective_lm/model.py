@@ -9,11 +9,12 @@ moved run keeps working), else absolute; :func:`load_model` merges it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
+import io
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 
 from .config import LoraConfig
 from .dist import first_line
-from .files import UserError, atomic_dir, commit_dir, default_mode, sha256_file, write_json
+from .files import UserError, atomic_dir, commit_dir, default_mode, sha256_file, write_json, writing
 from .loss import token_losses
 
 # Named shapes. vocab_size and max_position_embeddings come from the dataset at build time.
@@ -48,6 +49,15 @@ def quiet_hf() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+@contextlib.contextmanager
+def peft_quiet():
+    """While PEFT wraps or loads a model: silence the FutureWarning transformers 5 gives when PEFT reads the
+    deprecated ``is_gradient_checkpointing`` (every LoRA run would print it), and only that warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -107,7 +117,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu"):
             from peft import PeftModel
 
             model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-            model = PeftModel.from_pretrained(model, p).merge_and_unload()
+            with peft_quiet():
+                model = PeftModel.from_pretrained(model, p).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
@@ -195,7 +206,7 @@ def apply_lora(model, lora: LoraConfig, seed: int = 0):
     conv1d = any(isinstance(m, Conv1D) for m in model.modules())  # GPT-2 stores its weights transposed
     cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                          bias="none", task_type="CAUSAL_LM", fan_in_fan_out=conv1d)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), peft_quiet():
         torch.manual_seed(seed)
         try:
             return get_peft_model(model, cfg)
@@ -230,15 +241,14 @@ def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None
     tmp = atomic_dir(out)
     kw = {"state_dict": dict(state_dict)} if state_dict is not None else {}  # HF pops from the dict it is given
     try:
-        if hasattr(model, "peft_config"):
+        with writing(out):  # safetensors reports a failed write as its own error with the OS's text
             model.save_pretrained(tmp, safe_serialization=True, **kw)
+        if hasattr(model, "peft_config"):
             cfg_path = tmp / "adapter_config.json"
             cfg = json.loads(cfg_path.read_text())
             if base_path:
                 cfg["base_model_name_or_path"] = base_reference(base_path, out, run_dir)
             cfg_path.write_text(json.dumps(cfg, indent=2))
-        else:
-            model.save_pretrained(tmp, safe_serialization=True, **kw)
         if tokenizer_dir is not None:
             from .tokenizer import copy_tokenizer
 
@@ -246,21 +256,49 @@ def save_checkpoint_dir(model, out: str | Path, tokenizer_dir: str | Path | None
         if meta is not None:
             write_json(tmp / "slm_meta.json", meta)
         if state is not None:
-            torch.save(state, tmp / "training_state.pt")
+            save_torch(state, tmp / "training_state.pt", name=out / "training_state.pt")
         for f in tmp.iterdir():  # safetensors writes 0600 files; a checkpoint's files get the usual mode
             f.chmod(default_mode())
         write_index(tmp)
         commit_dir(tmp, out)
-    except RuntimeError as e:  # torch.save and safetensors report a full disk as a RuntimeError ("unexpected pos")
-        shutil.rmtree(tmp, ignore_errors=True)
-        text = str(e).lower()
-        if any(k in text for k in ("unexpected pos", "write", "no space", "disk")):
-            raise OSError(errno.ENOSPC, f"could not write the checkpoint ({first_line(e)})", str(out)) from None
-        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+class _Recorder(io.RawIOBase):
+    """A file torch.save writes through, keeping the OSError of a failed write (torch reports only
+    "unexpected pos ...")."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def save_torch(obj, path: Path, name: Path | None = None) -> None:
+    """``torch.save`` to ``path``; a failed write raises the OS's error naming ``name``
+    (default ``path``), e.g. ENOSPC on a full disk."""
+    with writing(name or path), open(path, "wb") as f:
+        rec = _Recorder(f)
+        try:
+            torch.save(obj, rec)
+        except RuntimeError:
+            if rec.error is not None:
+                raise rec.error from None
+            raise
 
 
 def link_checkpoint_dir(src: str | Path, out: str | Path, meta: dict | None = None,

@@ -24,7 +24,7 @@ import torch
 from . import dist
 from .config import ScoreConfig
 from .data import TokenDataset
-from .files import DirLock, UserError, read_json, sha256_file, write_json
+from .files import DirLock, UserError, read_json, reserve, sha256_file, write_json
 from .model import autocast_ctx, check_compatible, load_model, model_fingerprint, model_token_losses, resolve_device
 from .runtime import progress
 from .scores import ENTROPY_FILE, KIND, SCORES_FILE
@@ -63,8 +63,7 @@ def _open_partial(cfg: ScoreConfig, ds: TokenDataset, ident: dict) -> int:
             f.unlink(missing_ok=True)
         sizes = [(partial, n * ds.seq_len * 2), (done_path, n)] + ([(ent, n * ds.seq_len * 2)] if cfg.entropy else [])
         for f, size in sizes:
-            with open(f, "wb") as fh:  # allocated now: a full disk is an error here, not a SIGBUS mid-run
-                os.posix_fallocate(fh.fileno(), 0, max(size, 1))
+            reserve(f, size)  # allocated now: a full disk is an error here, not a SIGBUS mid-run
         write_json(progress_path, {"identity": ident})
     return int(np.count_nonzero(np.memmap(done_path, dtype=np.uint8, mode="r", shape=(n,))))
 

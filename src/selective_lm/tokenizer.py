@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import UserError, atomic_dir, read_json, sha256_json, write_json
+from .files import UserError, atomic_dir, read_json, sha256_json, write_json, writing
 from .sources import iter_documents
 
 EOS_TOKEN = "<|endoftext|>"
@@ -34,7 +34,8 @@ def _save_tokenizer(tokenizer, out_dir: str | Path) -> None:
     out = Path(out_dir)
     tmp = atomic_dir(out)
     try:
-        tokenizer.save_pretrained(str(tmp))
+        with writing(out):  # tokenizers reports a failed write as a bare Exception with the OS's text
+            tokenizer.save_pretrained(str(tmp))
         out.mkdir(parents=True, exist_ok=True)
         pin_tokenizer_class(tmp)
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == "tokenizer.json"):  # tokenizer.json last
