@@ -272,13 +272,30 @@ def _bad_inputs(tiny_data, finished, tmp_path):
                                    "answer"),
         "resume finished": (["train", "--data", tiny_data, "--out", run, "--max-steps", "4", "--batch-size", "4",
                              "--ckpt-every", "2", "--no-progress", "--resume"], "finished run"),
+        # outputs go into their own kind of directory only: never beside a run's (or anything else's) files
+        "score into a run": (["score", "--data", tiny_data, "--model", run / "final", "--out", run, "--no-progress"],
+                             "is not an `slm score` output"),
+        "score over a dataset": (["score", "--data", tiny_data, "--model", run / "final", "--out", tiny_data,
+                                  "--overwrite", "--no-progress"], "is not an `slm score` output"),
+        "score into other files": (["score", "--data", tiny_data, "--model", run / "final", "--out", tmp_path,
+                                    "--no-progress"], "is not an `slm score` output"),
+        "hf-out over a run": (["score", "--data", tiny_data, "--model", run / "final", "--out", tmp_path / "s",
+                               "--hf-out", run, "--overwrite", "--no-progress"], "is not a scored dataset"),
+        "dump into a run": (["eval", "--model", run / "final", "--data", tiny_data, "--dump", run, "--no-progress"],
+                            "is not a directory of loss dumps"),
+        # an option given twice: one of the two would be dropped
+        "flag and key=value": (train + ["--lr", "0.001", "lr=abc", "--dry-run"], "lr is given twice"),
+        "key=value twice": (train + ["lr=0.001", "lr=abc", "--dry-run"], "lr is given twice"),
+        "nested key twice": (train + ["lora.r=4", "lora={r: 8}", "--dry-run"], "lora is given twice"),
     }
 
 
 CASES = ["lr zero", "lr negative", "lr nan", "beta1 one", "beta2 negative", "batch zero", "grad accum zero",
          "min lr ratio", "weight decay", "lora targets", "missing model", "missing ref model", "truncated model",
          "truncated unsealed", "budget below a step", "out under a file", "score missing model", "eval missing model",
-         "eval batch zero", "fewshot without answer", "resume finished"]
+         "eval batch zero", "fewshot without answer", "resume finished", "score into a run", "score over a dataset",
+         "score into other files", "hf-out over a run", "dump into a run", "flag and key=value", "key=value twice",
+         "nested key twice"]
 
 
 @pytest.mark.parametrize("case", CASES)

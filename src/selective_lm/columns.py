@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import UserError, atomic_dir, commit_dir, read_json, write_json
+from .files import UserError, atomic_dir, check_output_dir, commit_dir, read_json, write_json
 from .loss import IGNORE_INDEX
 
 REF_COLUMN = "ref_loss"
@@ -65,9 +65,16 @@ def _save(dataset, out: Path, meta: dict) -> None:
         raise
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} already exists and is not empty: pass --overwrite to replace it, or choose another --hf-out")
+def _check_out(out: Path, overwrite: bool, flag: str = "--hf-out") -> None:
+    """Refuse a file, a non-empty directory that is not a scored dataset (--overwrite or not), and a scored
+    dataset without --overwrite."""
+    def ours(d: Path) -> bool:
+        try:
+            return read_json(d / META_FILE).get("kind") == KIND
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    check_output_dir(out, overwrite, ours, "a scored dataset", "a scored dataset", flag=flag)
 
 
 def export_scored(data: str | os.PathLike, scores: str | os.PathLike, out: str | os.PathLike, split: str = "train",

@@ -13,7 +13,7 @@ from . import dist
 from .config import EvalConfig
 from .data import TokenDataset
 from .fewshot import check_rows, fewshot_accuracy, read_jsonl
-from .files import UserError, atomic_memmap, write_json
+from .files import UserError, atomic_memmap, check_output_dir, write_json
 from .model import autocast_ctx, check_compatible, load_model, model_token_losses, resolve_device
 from .tokenizer import adds_bos, load_tokenizer
 from .runtime import progress as progress_bar
@@ -71,6 +71,14 @@ def dump_token_losses(losses: np.ndarray, path: str | Path, meta: dict | None = 
     return path
 
 
+def only_dumps(directory: Path) -> bool:
+    """Whether a directory holds loss dumps (``NAME.SPLIT.losses.bin`` and ``.json``) and nothing else but
+    their temporaries."""
+    return all(p.is_file() and ".losses." in p.name and (p.name.endswith((".losses.bin", ".losses.json"))
+                                                          or p.name.startswith(".") and p.name.endswith(".tmp"))
+               for p in directory.iterdir())
+
+
 def load_token_losses(path: str | Path) -> np.ndarray:
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
@@ -101,6 +109,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             if dist.world_size() > 1:
                 raise UserError("--lm-eval runs in one process: start slm eval without torchrun (lm-eval spreads "
                                 "over GPUs itself with `accelerate launch -m lm_eval`)", agreed=True)
+        if cfg.dump:  # loss dumps go beside other loss dumps only, never into a run, a dataset or scores
+            check_output_dir(Path(cfg.dump), True, only_dumps, "a directory of loss dumps", "loss dumps", flag="--dump")
         datasets = [TokenDataset(d) for d in cfg.data]
         for ds in datasets:
             check_compatible(cfg.model, ds)

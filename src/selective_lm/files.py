@@ -289,14 +289,16 @@ def replacing(out: str | os.PathLike, overwrite: bool, is_complete, is_started):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def check_output_dir(out: Path, overwrite: bool, ours, what: str, held: str, pronoun: str = "it") -> None:
-    """Refuse an ``--out`` that is a file, a non-empty directory that is not ``what`` (``ours(out)`` is
-    false), or one that is but already holds ``held`` (``pronoun`` in the fix) without --overwrite."""
+def check_output_dir(out: Path, overwrite: bool, ours, what: str, held: str, pronoun: str = "it",
+                     flag: str = "--out") -> None:
+    """Refuse an output directory (``flag``) that is a file, a non-empty directory that is not ``what``
+    (``ours(out)`` is false), or one that is but already holds ``held`` (``pronoun`` in the fix) without
+    --overwrite."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} is a file: pass a directory for --out")
+        raise UserError(f"output path {out} is a file: pass a directory for {flag}")
     if out.is_dir() and any(out.iterdir()):
         if not ours(out):
-            raise UserError(f"output directory {out} is not empty and is not {what}: choose a new --out")
+            raise UserError(f"output directory {out} is not empty and is not {what}: choose a new {flag}")
         if not overwrite:
             raise UserError(f"output directory {out} already holds {held}: pass --overwrite to replace {pronoun}")
 

@@ -157,6 +157,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def check_given_once(overrides: list[str], flags: dict[str, Any]) -> None:
+    """Refuse an option given twice on the command line, as a ``--flag`` and a ``key=value`` or as two
+    ``key=value`` (a key and one of its nested keys count as the same option): one of them would be dropped."""
+    seen: dict[tuple[str, ...], str] = {}
+    for item in overrides:
+        if "=" not in item:
+            continue  # apply_overrides says what is wrong with it
+        parts = tuple(item.split("=", 1)[0].strip().split("."))
+        if parts[0] in flags:
+            flag = "--" + parts[0].replace("_", "-")
+            raise UserError(f"{parts[0]} is given twice, as {flag} {flags[parts[0]]!r} and as {item}: keep one")
+        for other, given in seen.items():
+            if other[:len(parts)] == parts or parts[:len(other)] == other:
+                raise UserError(f"{'.'.join(parts)} is given twice, as {given} and as {item}: keep one")
+        seen[parts] = item
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -177,6 +194,7 @@ def resolve(cls: type, config_file: str | None = None, overrides: list[str] | No
     Without ``base``, a class may derive one from what the user gave (``cls.base_values(values)``, e.g. the
     study's ``quick`` budgets), so that a key means the same as a flag, a ``key=value`` or in YAML.
     """
+    check_given_once(overrides or [], flags or {})
     yaml_data = load_yaml(config_file) if config_file else {}
 
     def merged(start: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 from . import dist
 from .config import ScoreConfig
 from .data import TokenDataset
-from .files import DirLock, UserError, read_json, reserve, sha256_file, write_json
+from .files import DirLock, UserError, check_output_dir, read_json, reserve, sha256_file, write_json
 from .model import autocast_ctx, check_compatible, load_model, model_fingerprint, model_token_losses, resolve_device
 from .runtime import progress
 from .scores import ENTROPY_FILE, KIND, SCORES_FILE
@@ -45,11 +45,21 @@ def _identity(ds: TokenDataset, split: str, model_path: str, entropy: bool = Fal
     }
 
 
+def _ours(out: Path) -> bool:
+    """A scores directory: finished (its manifest says so) or a job under way (its progress record)."""
+    try:
+        return read_json(out / "manifest.json").get("kind") == KIND
+    except (OSError, ValueError, AttributeError):
+        return (out / "progress.json").is_file() and (out / DONE_FILE).is_file()
+
+
 def _open_partial(cfg: ScoreConfig, ds: TokenDataset, ident: dict) -> int:
     """Rank 0: create or reuse ``ref_losses.bin.partial`` and its per-window ``done`` bitmap; returns
     the windows already done (a resumed job skips them)."""
     out = Path(cfg.out)
     n = ds.num_windows(cfg.split)
+    # a directory of other files (a dataset, a run, anything) is never written into, --overwrite or not
+    check_output_dir(out, True, _ours, "an `slm score` output", "scores")
     if (out / "manifest.json").is_file() and not cfg.overwrite:
         raise UserError(f"{out} already holds finished scores: pass --overwrite to recompute them")
     out.mkdir(parents=True, exist_ok=True)  # finished scores stay in place until the new ones are complete
@@ -121,7 +131,7 @@ def _score_hf_dataset(cfg: ScoreConfig, device: torch.device) -> dict:
     if cfg.hf_out:
         raise UserError("--hf-out exports an `slm prepare` dataset; with a Hugging Face dataset as --data the "
                         "scored dataset is --out itself: drop --hf-out")
-    _check_out(Path(cfg.out), cfg.overwrite)
+    _check_out(Path(cfg.out), cfg.overwrite, "--out")
     t0 = time.perf_counter()
     try:
         data = datasets.load_from_disk(cfg.data)
