@@ -336,9 +336,10 @@ def test_resume_after_the_dataset_was_prepared_again(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- checkpoints
-def test_damaged_latest_checkpoint_is_never_resumed_from(tiny_data, tmp_path, capsys):
+@pytest.mark.parametrize("keep, back_to", [(2, 2), (1, 0)])
+def test_damaged_latest_checkpoint_is_never_resumed_from(tiny_data, tmp_path, capsys, keep, back_to):
     args = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--batch-size", "4", "--max-steps",
-            "6", "--ckpt-every", "2", "--no-progress"]
+            "6", "--ckpt-every", "2", "--no-progress", f"ckpt_keep_states={keep}"]
     assert main(args + ["--out", str(tmp_path / "whole")]) == 0
     interrupted(args, 5)
     w = tmp_path / "run" / "checkpoints" / "step_000004" / "model.safetensors"
@@ -346,24 +347,39 @@ def test_damaged_latest_checkpoint_is_never_resumed_from(tiny_data, tmp_path, ca
     data[-10:] = bytes(10)  # bit rot in the newest checkpoint: same size, other bytes
     w.write_bytes(bytes(data))
     capsys.readouterr()
-    assert main(args + ["--resume"]) == 0
+    resumed = []
+    import selective_lm.train as train_mod
+
+    real = train_mod.train_step
+    train_mod.train_step = lambda t, step, *a, **k: (resumed.append(step), real(t, step, *a, **k))[1]
+    try:
+        assert main(args + ["--resume"]) == 0
+    finally:
+        train_mod.train_step = real
     err = capsys.readouterr().err
-    # warned; step_000002 kept its weights only (only the newest checkpoint keeps a training state): start over
-    assert "step_000004 is damaged" in err and "training starts again from step 0" in err
+    assert "step_000004 is damaged" in err and resumed[0] == back_to
+    # two states kept: back one interval, to step 2; one kept: step 2 has its weights only, so from step 0
+    assert ("resuming from the one before, step_000002" in err) == (back_to == 2)
+    assert ("training starts again from step 0" in err) == (back_to == 0)
     a, b = (load_file(str(tmp_path / n / "final" / "model.safetensors")) for n in ("run", "whole"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*"))  # the damaged one went, no temporary left
 
 
-def test_time_based_checkpoints_roll_and_vanish_at_the_end(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("keep", [1, 2])
+def test_time_based_checkpoints_roll_and_vanish_at_the_end(tiny_data, tmp_path, monkeypatch, keep):
     import selective_lm.checkpoint as ckpt_mod
 
     seen = []
-    real = ckpt_mod.drop_auto_checkpoints
-    monkeypatch.setattr("selective_lm.train.drop_auto_checkpoints",
-                        lambda run, keep: (real(run, keep), seen.append(sorted(p.name for p in ckpt_mod.checkpoint_dirs(run))))[0])
+    real = ckpt_mod.retire_checkpoints
+    monkeypatch.setattr("selective_lm.train.retire_checkpoints", lambda run, *a: (
+        real(run, *a), seen.append(sorted(p.name for p in ckpt_mod.checkpoint_dirs(run))))[0])
     train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), batch_size=4, max_steps=7, log_every=2,
-                      ckpt_minutes=1e-9, eval_windows=4, progress=False), console=False)  # due at every log step
-    assert seen[:3] == [["step_000002"], ["step_000004"], ["step_000006"]]  # each replaced the previous one
+                      ckpt_minutes=1e-9, eval_windows=4, progress=False, ckpt_keep_states=keep),
+          console=False)  # due at every log step
+    # each replaced the one before the newest `keep`
+    assert seen[:3] == ([["step_000002"], ["step_000004"], ["step_000006"]] if keep == 1 else
+                        [["step_000002"], ["step_000002", "step_000004"], ["step_000004", "step_000006"]])
     assert [p.name for p in ckpt_mod.checkpoint_dirs(tmp_path / "run")] == ["step_000007"]
 
 

@@ -80,6 +80,27 @@ def test_killed_training_resumes_to_the_same_run(tiny_data, reference, uninterru
     no_temporaries(out, out / "checkpoints", tmp_path)
 
 
+@pytest.mark.parametrize("part", ["training_state.pt", "model.safetensors"])
+def test_a_kill_that_truncates_the_newest_checkpoint_costs_one_interval(tiny_data, reference, uninterrupted, tmp_path,
+                                                                        capsys, part):
+    """A power cut after the step-9 checkpoint whose data never reached the disk: one of its files is cut short.
+    The run resumes from step 6 (ckpt_keep_states=2: the one before keeps its state), not from step 0."""
+    out = tmp_path / "run"
+    args = train_args(tiny_data, reference / "scores", out)
+    killed(args, "selective_lm.train.train_step", 10, "before")  # step 9 saved, older states dropped, step 10 due
+    f = out / "checkpoints" / "step_000009" / part
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "step_000009 is damaged" in err and "resuming from the one before, step_000006" in err, err
+    a, b = load_file(str(out / "final" / "model.safetensors")), load_file(str(uninterrupted / "final" /
+                                                                                "model.safetensors"))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert metrics(out) == metrics(uninterrupted)
+    no_temporaries(out, out / "checkpoints", tmp_path)
+
+
 PREPARE_KILLS = [("selective_lm.data.commit_dir", 1, "before"), ("selective_lm.data.write_json", 1, "after"),
                  ("selective_lm.data.load_tokenizer", 1, RNG.choice(["before", "after"]))]
 

@@ -122,7 +122,8 @@ def test_lora_trains_adapter_only(tiny_data, tmp_path):
     assert diff > 0
 
 
-def test_only_the_newest_checkpoint_keeps_a_training_state(tiny_data, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("keep", [1, 2])
+def test_only_the_newest_checkpoints_keep_a_training_state(tiny_data, tmp_path, monkeypatch, capsys, keep):
     import shutil
 
     from selective_lm.checkpoint import checkpoint_dirs, has_state
@@ -137,18 +138,19 @@ def test_only_the_newest_checkpoint_keeps_a_training_state(tiny_data, tmp_path, 
     monkeypatch.setattr(train_mod, "train_step", stop)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(tiny_data, run, max_steps=8, ckpt_every=2), console=False)
+        train(cfg(tiny_data, run, max_steps=8, ckpt_every=2, ckpt_keep_states=keep), console=False)
     monkeypatch.setattr(train_mod, "train_step", real)
     ckpts = checkpoint_dirs(run)
     assert [d.name for d in ckpts] == ["step_000002", "step_000004", "step_000006"]
-    assert [has_state(d) for d in ckpts] == [False, False, True]
+    assert [has_state(d) for d in ckpts] == [False] * (3 - keep) + [True] * keep
     assert all(damaged_files(d) == [] and (d / "model.safetensors").is_file() for d in ckpts)
-    # a drop cut short after step 4's index forgot its state: the file is there but never resumed from
-    shutil.copy(ckpts[2] / "training_state.pt", ckpts[1] / "training_state.pt")
-    shutil.rmtree(ckpts[2])
-    assert not has_state(ckpts[1])
+    # a drop cut short after step 2's index forgot its state: the file is there but never resumed from
+    shutil.copy(ckpts[2] / "training_state.pt", ckpts[0] / "training_state.pt")
+    for d in ckpts[1:]:
+        shutil.rmtree(d)
+    assert not has_state(ckpts[0])
     capsys.readouterr()
-    s = train(cfg(tiny_data, run, max_steps=8, ckpt_every=2, resume=True), console=False)
+    s = train(cfg(tiny_data, run, max_steps=8, ckpt_every=2, resume=True, ckpt_keep_states=keep), console=False)
     assert "training starts again from step 0" in capsys.readouterr().err
     assert s["checkpoints"] == [2, 4, 6, 8] and not list(run.rglob("training_state.pt"))
 

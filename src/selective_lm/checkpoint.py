@@ -4,8 +4,9 @@ Run directory::
 
     config.yaml              resolved TrainConfig (written before step 1)
     metrics.jsonl            one JSON object per log/eval line
-    checkpoints/step_NNNNNN/ HF (or PEFT adapter) directory + slm_meta.json; the newest checkpoint of an
-                             unfinished run also holds training_state.pt (what a resume needs)
+    checkpoints/step_NNNNNN/ HF (or PEFT adapter) directory + slm_meta.json; the newest ckpt_keep_states
+                             (default 2) checkpoints of an unfinished run also hold training_state.pt (what
+                             a resume needs), so a damaged newest one costs one interval
     final/                   the final weights as a loadable HF (or adapter) directory (hard links to the
                              last checkpoint's files where the filesystem allows)
     base/                    LoRA runs from a preset only: the base the adapter applies to
@@ -17,6 +18,7 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -33,7 +35,8 @@ from .files import UserError, atomic_write_text, read_json, remove_stale_tempora
 # A checkpoint holds full, name-keyed tensors, so the parallelism and the world size may change
 # between the two, as long as batch_size × grad_accum × ranks (the windows of a step) stays the same.
 RESUME_FREE_KEYS = {"resume", "overwrite", "progress", "log_every", "device", "parallel",
-                    "activation_checkpointing", "compile", "batch_size", "grad_accum", "out", "report_to"}
+                    "activation_checkpointing", "compile", "batch_size", "grad_accum", "out", "report_to",
+                    "ckpt_keep_states"}
 
 
 STATE_FILE = "training_state.pt"
@@ -61,31 +64,59 @@ def has_state(ckpt: Path) -> bool:
         return True  # a damaged index: latest_intact reports it
 
 
-def drop_states(run_dir: str | Path, keep: Path | None = None) -> None:
-    """Delete the training state of every checkpoint older than ``keep`` (all of them when ``keep`` is None):
-    only the newest checkpoint resumes a run, and the weights stay (the analyses read them).
+def retire_checkpoints(run_dir: str | Path, newest: Path | None = None, keep_states: int = 1) -> None:
+    """After checkpoint ``newest`` is saved, the ``keep_states`` newest checkpoints up to it keep their training
+    state (a damaged newest one falls back to the one before); the older ones keep their weights only (the
+    analyses read them), and the time-based ones among them go. ``newest`` None (a finished run, never
+    resumed): no checkpoint keeps a state, and every time-based one but the last goes.
 
-    ``keep`` is flushed to disk first. An index forgets the state before the file goes, so a kill at any
+    ``newest`` is flushed to disk first. An index forgets the state before the file goes, so a kill at any
     point leaves every checkpoint intact (its index matches its files) and only listed states resumable.
     """
-    if keep is not None:
-        fsync_dir(keep)
-    for d in checkpoint_dirs(run_dir):
-        if keep is not None and checkpoint_step(d) >= checkpoint_step(keep):
+    ckpts = checkpoint_dirs(run_dir)
+    if newest is not None:
+        fsync_dir(newest)
+        ckpts = [d for d in ckpts if checkpoint_step(d) <= checkpoint_step(newest)]  # a newer one is not ours
+    keep = ckpts[-keep_states:] if newest is not None and keep_states > 0 else []
+    for d in ckpts:
+        if d in keep:
             continue
-        remove_stale_temporaries(d, "index.json")  # a rewrite of the index cut short
-        state = d / STATE_FILE
-        if not state.exists():
-            continue
-        try:
-            index = read_json(d / "index.json")
-            listed = STATE_FILE in index["files"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # no index or a damaged one: leave the checkpoint as it is
-        if listed:
-            del index["files"][STATE_FILE]
-            write_json(d / "index.json", index)
-        state.unlink()
+        if d != ckpts[-1] and _is_auto(d):
+            remove_checkpoint(d)
+        else:
+            _drop_state(d)
+
+
+def _is_auto(ckpt: Path) -> bool:
+    """A time-based checkpoint (``ckpt_minutes``): ``auto`` in its slm_meta.json."""
+    try:
+        return bool(read_json(ckpt / "slm_meta.json").get("auto"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def remove_checkpoint(ckpt: Path) -> None:
+    """Delete a checkpoint directory: renamed to a temporary first, so a kill never leaves half of one (the
+    next run removes the temporary)."""
+    gone = ckpt.with_name(f".{ckpt.name}.{secrets.token_hex(4)}.tmp")
+    os.replace(ckpt, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def _drop_state(d: Path) -> None:
+    remove_stale_temporaries(d, "index.json")  # a rewrite of the index cut short
+    state = d / STATE_FILE
+    if not state.exists():
+        return
+    try:
+        index = read_json(d / "index.json")
+        listed = STATE_FILE in index["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no index or a damaged one: leave the checkpoint as it is
+    if listed:
+        del index["files"][STATE_FILE]
+        write_json(d / "index.json", index)
+    state.unlink()
 
 
 def fsync_dir(directory: Path) -> None:
@@ -106,31 +137,23 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name.split("_")[1])
 
 
-def drop_auto_checkpoints(run_dir: str | Path, keep: Path) -> None:
-    """Delete the time-based checkpoints (``auto`` in their slm_meta.json) older than ``keep``."""
-    for d in checkpoint_dirs(run_dir):
-        meta = d / "slm_meta.json"
-        if d != keep and checkpoint_step(d) < checkpoint_step(keep) and meta.is_file() and read_json(meta).get("auto"):
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def is_finished(run_dir: str | Path) -> bool:
     f = Path(run_dir) / "run.json"
     return f.is_file() and read_json(f).get("status") == "complete"
 
 
-def latest_intact(ckpts: list[Path]) -> Path | None:
-    """The newest checkpoint whose files match its index; a damaged one is skipped with a warning.
-    Pass checkpoints that hold a training state (:func:`has_state`) to find where a resume starts."""
+def latest_intact(ckpts: list[Path]) -> tuple[Path | None, list[tuple[Path, list[str]]]]:
+    """The newest checkpoint whose files match its index, and the newer ones that do not (with their damaged
+    files). Pass checkpoints that hold a training state (:func:`has_state`) to find where a resume starts."""
     from .model import damaged_files
 
+    damaged = []
     for d in reversed(ckpts):
         bad = damaged_files(d)
         if not bad:
-            return d
-        print(f"slm: warning: checkpoint {d} is damaged ({', '.join(bad[:3])} differ from its index.json): "
-              "using the previous one", file=sys.stderr, flush=True)
-    return None
+            return d, damaged
+        damaged.append((d, bad))
+    return None, damaged
 
 
 def prepare_run_dir(cfg: TrainConfig, dataset_fingerprint: str) -> Path | None:
@@ -158,10 +181,15 @@ def prepare_run_dir(cfg: TrainConfig, dataset_fingerprint: str) -> Path | None:
         k, was, now = change
         raise UserError(f"cannot resume {out} with a changed config: {k} was {was!r}, now {now!r} "
                         "(use the original settings or start a new run with --overwrite)")
-    ckpt = latest_intact([d for d in ckpts if has_state(d)])
+    ckpt, damaged = latest_intact([d for d in ckpts if has_state(d)])
+    for d, bad in damaged:  # recomputed by this run: a damaged checkpoint must not pass for one of its own
+        print(f"slm: warning: checkpoint {d} is damaged ({', '.join(bad[:3])} differ from its index.json): "
+              f"removed; {f'resuming from the one before, {ckpt.name}' if ckpt else 'looking further back'}",
+              file=sys.stderr, flush=True)
+        remove_checkpoint(d)
     if ckpt is None and ckpts:
-        print(f"slm: warning: no checkpoint in {out} holds an intact training state (only the newest keeps one): "
-              "training starts again from step 0", file=sys.stderr, flush=True)
+        print(f"slm: warning: no checkpoint in {out} holds an intact training state (the newest ckpt_keep_states="
+              f"{cfg.ckpt_keep_states} keep one): training starts again from step 0", file=sys.stderr, flush=True)
     if ckpt is not None and (ckpt / "slm_meta.json").is_file():
         fp = read_json(ckpt / "slm_meta.json").get("dataset_fingerprint")
         if fp is not None and fp != dataset_fingerprint:

@@ -235,7 +235,9 @@ class TrainConfig:
     ckpt_every: int = 0
     """Steps between checkpoints; 0 = only the final one."""
     ckpt_minutes: float = 15.0
-    """Also save a resumable checkpoint when this many minutes passed since the last one (checked at log steps; it replaces the previous such checkpoint); 0 = off."""
+    """Also save a resumable checkpoint when this many minutes passed since the last one (checked at log steps; it replaces the previous such checkpoint once ckpt_keep_states newer ones exist); 0 = off."""
+    ckpt_keep_states: int = 2
+    """The newest checkpoints that keep the training state a resume needs (older ones keep their weights only): with 2, a damaged newest checkpoint costs one interval, not the run. At least 1."""
     max_nonfinite_steps: int = 0
     """Optimizer steps with a non-finite loss or gradient norm that are skipped (weights and optimizer state left unchanged) before the run stops; 0 stops at the first one."""
     resume: bool = False
@@ -306,8 +308,9 @@ class TrainConfig:
                 raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.log_every < 1:
-            raise UserError(f"log_every must be >= 1, got {self.log_every}")
+        for name in ("log_every", "ckpt_keep_states"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.objective == "slm" and self.weighting != "dft" and not (self.ref_scores or self.ref_model):
             raise UserError("objective slm needs reference losses: pass ref_scores=DIR (from `slm score`) or ref_model=DIR "
                             "(or weighting=dft, the reference-free control)")

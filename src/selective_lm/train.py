@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from . import dist
-from .checkpoint import (capture_state, checkpoint_dirs, checkpoint_step, drop_auto_checkpoints, drop_states,
-                         is_finished, prepare_run_dir, read_metrics, restore_state, truncate_metrics)
+from .checkpoint import (capture_state, checkpoint_dirs, checkpoint_step, is_finished, prepare_run_dir, read_metrics,
+                         restore_state, retire_checkpoints, truncate_metrics)
 from .config import TrainConfig, save_config, to_dict
 from .data import TokenDataset
 from .evaluate import dataset_token_losses, loss_summary
@@ -279,8 +279,7 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
                 "tokens": step * tokens_per_step, "windows_per_step": per_step, "metrics": sums,
                 "nonfinite": float(t.nonfinite), "first_nonfinite": int(t.first_nonfinite)})
             save_checkpoint_dir(model, d, ds.tokenizer_dir, base_path, info, state, state_dict=sd, run_dir=out)
-            drop_auto_checkpoints(out, keep=d)
-            drop_states(out, keep=d)  # only the newest checkpoint resumes; older ones keep their weights
+            retire_checkpoints(out, d, cfg.ckpt_keep_states)  # the newest ones resume; older ones keep their weights
         if (final or only_final) and d.is_dir():  # the last checkpoint holds these weights: final/ links to them
             link_checkpoint_dir(d, out / "final", info)
         elif final or only_final:
@@ -369,6 +368,6 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
                "checkpoints": [checkpoint_step(d) for d in checkpoint_dirs(out)], **meta}
     if dist.is_main():
         write_json(out / "run.json", summary)
-        drop_states(out)  # a finished run is never resumed: its checkpoints keep their weights only
+        retire_checkpoints(out)  # a finished run is never resumed: its checkpoints keep their weights only
     dist.barrier()
     return summary
