@@ -72,6 +72,24 @@ def test_diverging_run_stops_at_the_first_non_finite_step(tiny_data, tmp_path, c
         strict_json(out / "metrics.jsonl")
 
 
+def test_a_diverging_lora_run_is_one_line_too(tiny_data, tmp_path, capsys):
+    """PEFT reads transformers' deprecated is_gradient_checkpointing (a FutureWarning of two lines on every
+    LoRA run): silenced there, and only there."""
+    import warnings
+
+    from selective_lm.model import peft_quiet
+
+    with warnings.catch_warnings(record=True) as seen:  # what would be printed (pytest keeps warnings off stderr)
+        warnings.simplefilter("always")  # every warning shows, however often it was seen before
+        one_line_error(["train", "--data", tiny_data, "--out", tmp_path / "run", "--batch-size", "4", "--max-steps",
+                        "6", "--lr", "1e4", "--warmup-steps", "0", "--ckpt-every", "1", "--log-every", "2",
+                        "--no-progress", "lora.r=4"], capsys, "non-finite")
+        with peft_quiet():
+            warnings.warn("another deprecation", FutureWarning, stacklevel=1)
+    messages = [str(w.message) for w in seen]
+    assert "another deprecation" in messages and not [m for m in messages if "is_gradient_checkpointing" in m]
+
+
 def test_non_finite_steps_are_skipped_up_to_the_limit(tiny_data, tmp_path, monkeypatch):
     real = objective_mod.Objective.loss
     calls = {"n": 0}

@@ -50,16 +50,72 @@ def test_missing_lm_eval_is_one_line(tiny_data, reference, tmp_path, capsys, mon
     assert code == 2 and err.count("\n") == 0 and "pip install 'selective-lm[eval]'" in err
 
 
+STUB = {  # lm-eval 0.4's shape where slm meets it: a git hash asked of `git describe`, bars with disable=False
+    "__init__.py": "from . import evaluator, tasks\nfrom .evaluator import simple_evaluate\n",
+    "evaluator.py": """import subprocess
+from tqdm import tqdm
+
+
+def get_git_commit_hash():
+    try:
+        return subprocess.check_output(["git", "describe", "--always"]).strip().decode()
+    except subprocess.CalledProcessError:
+        return None
+
+
+def simple_evaluate(model, model_args, tasks, task_manager, batch_size, device, log_samples, limit):
+    for _ in tqdm(range(3), desc="Running generate_until requests", disable=False):
+        pass
+    return {"results": {t: {"exact_match,none": 0.5} for t in tasks}, "git_hash": get_git_commit_hash()}
+""",
+    "tasks.py": """class TaskManager:
+    def __init__(self, include_path=None, include_defaults=True):
+        self.all_tasks = ["stub_task"]
+""",
+}
+
+
+def test_lm_eval_prints_only_its_results(reference, tmp_path, capfd, monkeypatch, request):
+    """No bars (--no-progress, or not a terminal) and no "fatal: not a git repository": with a stand-in for
+    lm-eval that prints both when left alone (the real one: test_lm_eval_runs_slm_fewshot_like_slm_eval)."""
+    import sys
+
+    for name, text in STUB.items():
+        (tmp_path / "stub" / "lm_eval").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "stub" / "lm_eval" / name).write_text(text)
+    def forget_lm_eval():  # whichever lm_eval was imported: the stand-in must not outlive this test
+        for name in [m for m in sys.modules if m == "lm_eval" or m.startswith("lm_eval.")]:
+            monkeypatch.delitem(sys.modules, name)
+
+    forget_lm_eval()
+    request.addfinalizer(lambda: [sys.modules.pop(m) for m in list(sys.modules)
+                                  if m == "lm_eval" or m.startswith("lm_eval.")])
+    monkeypatch.syspath_prepend(str(tmp_path / "stub"))
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "no-repository"))  # git describe fails here, as outside a repository
+    for progress in ("--no-progress", "--progress"):  # the captured stderr is no terminal: no bar either way
+        assert main(["eval", "--model", str(reference / "ref" / "final"), "--lm-eval", "stub_task", progress]) == 0
+        out, err = capfd.readouterr()
+        assert "lm-eval stub_task: exact_match 0.5000" in out and err == "", err
+    import lm_eval
+
+    assert lm_eval.__file__.startswith(str(tmp_path))  # the stand-in ran, and it prints when left alone:
+    lm_eval.simple_evaluate(None, None, ["stub_task"], None, 1, "cpu", False, None)
+    err = capfd.readouterr().err
+    assert "Running generate_until requests" in err and "fatal: not a git repository" in err, err
+
+
 @pytest.mark.lm_eval
-def test_lm_eval_runs_slm_fewshot_like_slm_eval(tiny_data, reference, tmp_path, capsys):
+def test_lm_eval_runs_slm_fewshot_like_slm_eval(tiny_data, reference, tmp_path, capfd, monkeypatch):
     pytest.importorskip("lm_eval")
+    monkeypatch.chdir(tmp_path)  # outside a git repository, where git describe fails
     final = reference / "ref" / "final"
     q, ex = write_jsonl(tmp_path / "q.jsonl", QUESTIONS), write_jsonl(tmp_path / "ex.jsonl", EXEMPLARS)
     tasks = tmp_path / "tasks"
     assert main(["eval", "--model", str(final), "--fewshot", str(q), "--exemplars", str(ex), "--shots", "1",
                  "--max-new-tokens", "12", "--batch-size", "1", "--lm-eval", "slm_fewshot", "--lm-eval-tasks-dir",
                  str(tasks), "--out", str(tmp_path / "m.json"), "--no-progress"]) == 0
-    assert "lm-eval slm_fewshot: exact_match" in capsys.readouterr().out
+    out, err = capfd.readouterr()
+    assert "lm-eval slm_fewshot: exact_match" in out and err == "", err  # no bars, no git, no PEFT warning
     r = json.loads((tmp_path / "m.json").read_text())
     ours, theirs = r["fewshot"], r["lm_eval"]
     assert theirs["model_args"] == {"pretrained": str(final), "tokenizer": str(final), "dtype": "float32",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import torch
 from .config import EvalConfig
 from .fewshot import fewshot_prompt, score_generation
 from .files import UserError, atomic_write_text
-from .model import adapter_base, is_adapter
+from .model import adapter_base, is_adapter, peft_quiet
+from .runtime import interactive
 
 FEWSHOT_TASK = "slm_fewshot"
 INSTALL = "pip install 'selective-lm[eval]'"
@@ -97,6 +99,42 @@ metadata:
     return path
 
 
+@contextlib.contextmanager
+def quiet_lm_eval(bars: bool):
+    """While lm-eval runs, only its results and its warnings reach the log: PEFT's deprecation warning on loading
+    an adapter is silenced (:func:`~selective_lm.model.peft_quiet`); outside a git repository git's "fatal: not a
+    git repository" (lm-eval asks ``git describe`` for its results' git_hash) is not printed; and without
+    ``bars`` (--no-progress, or not a terminal) its tqdm bars are off, although it passes ``disable=False``."""
+    import lm_eval.evaluator as evaluator
+    from tqdm import std
+
+    def git_hash_quietly() -> str | None:
+        try:
+            r = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+        except OSError:  # no git
+            return None
+        return r.stdout.strip() or None
+
+    patches = [(evaluator, "get_git_commit_hash", git_hash_quietly)] if hasattr(evaluator, "get_git_commit_hash") else []
+    if not bars:
+        init = std.tqdm.__init__
+
+        def no_bar(self, *args, **kwargs):
+            kwargs["disable"] = True
+            init(self, *args, **kwargs)
+
+        patches.append((std.tqdm, "__init__", no_bar))
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    try:
+        for obj, name, value in patches:
+            setattr(obj, name, value)
+        with peft_quiet():
+            yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+
+
 def run_lm_eval(cfg: EvalConfig, questions: list[dict], exemplars: list[dict], tokenizer_dir: str | Path,
                 device: torch.device, add_bos: bool = False) -> dict:
     """``lm_eval.simple_evaluate`` on ``cfg.model`` for the tasks ``cfg.lm_eval``; returns lm-eval's result.
@@ -106,7 +144,8 @@ def run_lm_eval(cfg: EvalConfig, questions: list[dict], exemplars: list[dict], t
     from lm_eval.tasks import TaskManager
     from transformers import AutoConfig, AutoTokenizer
 
-    if not cfg.progress:
+    bars = cfg.progress and interactive()
+    if not bars:
         from datasets.utils.logging import disable_progress_bar
 
         disable_progress_bar()
@@ -116,6 +155,7 @@ def run_lm_eval(cfg: EvalConfig, questions: list[dict], exemplars: list[dict], t
     if add_bos:
         args["add_bos_token"] = True
     with contextlib.ExitStack() as stack:
+        stack.enter_context(quiet_lm_eval(bars))
         tasks_dir = cfg.lm_eval_tasks_dir
         if FEWSHOT_TASK in cfg.lm_eval:
             tasks_dir = tasks_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="slm-lm-eval-"))
