@@ -105,7 +105,7 @@ def quiet_lm_eval(bars: bool):
     an adapter is silenced (:func:`~selective_lm.model.peft_quiet`); outside a git repository git's "fatal: not a
     git repository" (lm-eval asks ``git describe`` for its results' git_hash) is not printed; and without
     ``bars`` (--no-progress, or not a terminal) its tqdm bars are off, although it passes ``disable=False``."""
-    import lm_eval.evaluator as evaluator
+    from lm_eval import evaluator
     from tqdm import std
 
     def git_hash_quietly() -> str | None:
