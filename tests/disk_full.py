@@ -3,7 +3,7 @@
     python tests/disk_full.py [--sizes 16k,40k,...] [--commands prepare,score,...]
 
 builds a tiny dataset, reference run and scores, then runs every command with its output on a tmpfs of
-each size and sorts the runs: "fits" (exit 0), "one line" (exit 2 and one stderr line
+each size and sorts the runs: "fits" (exit 0), "one line: PATH" (exit 2 and one stderr line
 ``slm: error: no space left on /PATH ...`` that names a path on the tmpfs, nothing left that looks complete
 and no temporaries), or "failed" (anything else: a traceback, a SIGBUS, a doubled colon...). It prints
 one row per run and the count of full-disk cases that ended in one line. Mounting needs root (or
@@ -81,7 +81,7 @@ def verdict(r: subprocess.CompletedProcess, mnt: Path, before: dict) -> str:
     new = [str(p.relative_to(mnt)) for p in after if p not in before]
     if bad := [n for n in new if n.endswith((".tmp", ".old", "run.json", "manifest.json"))]:
         return f"failed: left {bad[:3]}"
-    return "one line"
+    return "one line: " + line.split("no space left on ", 1)[1].split(": free space")[0].replace(str(mnt.resolve()), "MNT")
 
 
 def build_inputs(root: Path) -> dict:
@@ -106,20 +106,21 @@ def cases(inp: dict) -> dict:
 
     return {
         "prepare": (lambda m: (["prepare", "--inputs", inp["corpus"], "--out", m / "ds", "--vocab-size", 320,
-                                "--seq-len", 32], m / "ds"), ["16k", "64k", "100k", "160k"]),
+                                "--seq-len", 32], m / "ds"), ["16k", "64k", "100k", "160k", "400k"]),
         "score": (lambda m: (["score", "--data", inp["ds"], "--model", inp["ref"], "--out", m / "s"], m / "s"),
-                  ["8k", "40k", "120k", "200k"]),
-        "score --overwrite": (overwrite_scores, ["200k", "240k", "320k"]),
+                  ["8k", "40k", "120k", "240k"]),
+        "score --overwrite": (overwrite_scores, ["200k", "240k", "320k", "480k"]),
         "train": (lambda m: (["train", "--data", inp["ds"], "--out", m / "run", "--batch-size", 4, "--max-steps", 2,
-                              "--ckpt-every", 1], m / "run"), ["8k", "2m", "6m", "12m", "16m"]),
+                              "--ckpt-every", 1], m / "run"), ["8k", "2m", "6m", "12m", "16m", "24m"]),
         "train lora": (lambda m: (["train", "--data", inp["ds"], "--out", m / "run", "--batch-size", 4,
                                    "--max-steps", 2, "--ckpt-every", 1, "lora.r=4"], m / "run"),
-                       ["8k", "2m", "4m", "4500k"]),
+                       ["8k", "2m", "4m", "4500k", "8m"]),
         "eval --dump": (lambda m: (["eval", "--model", inp["ref"], "--data", inp["ds"], "--split", "train", "--dump",
-                                    m / "d"], m / "d"), ["8k", "40k", "60k"]),
+                                    m / "d"], m / "d"), ["8k", "40k", "60k", "120k"]),
         "filter": (lambda m: (["filter", "--data", inp["ds"], "--ref-scores", inp["scores"], "--inputs",
                                inp["corpus"], "--model", inp["ref"], "--doc-score", "selected_share",
-                               "--keep-fraction", 0.5, "--out", m / "f"], m / "f"), ["8k", "40k", "100k"]),
+                               "--keep-fraction", 0.5, "--out", m / "f"], m / "f"), ["8k", "40k", "100k", "1m"]),
+        "corpora": (lambda m: (["corpora", "--out", m / "c", "scale=0.1"], m / "c"), ["8k", "64k", "256k", "8m"]),
     }
 
 
@@ -147,7 +148,7 @@ def main() -> int:
                 print(f"{name:18s} {size:>6s}  {v}", flush=True)
                 if v != "fits":
                     tried += 1
-                    one += v == "one line"
+                    one += v.startswith("one line")
         print(f"full-disk cases ending in one line: {one}/{tried}")
         return 0 if one == tried else 1
 
