@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from pathlib import Path
 
@@ -45,12 +46,20 @@ def _identity(ds: TokenDataset, split: str, model_path: str, entropy: bool = Fal
     }
 
 
+_OWN_FILES = {SCORES_FILE, ENTROPY_FILE, SCORES_FILE + ".partial", ENTROPY_FILE + ".partial", DONE_FILE,
+              "progress.json", "manifest.json"}
+
+
 def _ours(out: Path) -> bool:
-    """A scores directory: finished (its manifest says so) or a job under way (its progress record)."""
+    """A scores directory: finished (its manifest says so), or holding only files a scoring job writes (one
+    under way, or killed at any point)."""
     try:
-        return read_json(out / "manifest.json").get("kind") == KIND
+        if read_json(out / "manifest.json").get("kind") == KIND:
+            return True
     except (OSError, ValueError, AttributeError):
-        return (out / "progress.json").is_file() and (out / DONE_FILE).is_file()
+        pass
+    return all(p.name in _OWN_FILES or re.fullmatch(r"\.(manifest|progress)\.json\.[A-Za-z0-9_]{8}\.tmp", p.name)
+               for p in out.iterdir())
 
 
 def _open_partial(cfg: ScoreConfig, ds: TokenDataset, ident: dict) -> int:
