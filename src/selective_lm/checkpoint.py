@@ -104,6 +104,7 @@ def remove_checkpoint(ckpt: Path) -> None:
 
 
 def _drop_state(d: Path) -> None:
+    """Delete a checkpoint's training state: its index forgets it first, then the file goes."""
     remove_stale_temporaries(d, "index.json")  # a rewrite of the index cut short
     state = d / STATE_FILE
     if not state.exists():

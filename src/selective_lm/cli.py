@@ -158,7 +158,8 @@ def _os_error_line(e: OSError, args: argparse.Namespace | None, cfg) -> str:
         where = e.filename2 or e.filename or out
         where = shown_path(where) if where else None
         what = "no space left" if e.errno == errno.ENOSPC else "disk quota exceeded"
-        return f"{what} on {where or 'the output device'}: free space there or choose another output path, then {again}"
+        return f"{what} on {where or 'the output device'}: free space there or choose another output path, then " \
+               f"{again}"
     where = shown_path(e.filename or out) if (e.filename or out) else None
     return f"{f'{where}: ' if where else ''}{e.strerror or e} (fix the permissions or choose another output path, " \
            f"then {again})"
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if (d := sys.modules.get(f"{__package__}.dist")) is not None:
             d.cleanup()
+
 
 if __name__ == "__main__":
     sys.exit(main())
