@@ -49,6 +49,9 @@ def _jobs(data, ref, root):
     # token weights over the global tensor, and a ratio that changes per step after a CLM warm-up
     jobs["ddp-soft"] = dict(weighting="soft", weight_temperature=0.5, **slm)
     jobs["ddp-step-dft"] = dict(objective="slm", weighting="dft", selection_scope="step")
+    # per-window selection with per-window draws; ESLM's reference-free score ranked over the whole step
+    jobs["ddp-sequence-stochastic"] = dict(strategy="stochastic", selection_scope="sequence", **slm)
+    jobs["ddp-step-eslm-entropy"] = dict(objective="slm", ratio=0.5, score="model-entropy", selection_scope="step")
     jobs["ddp-schedule"] = dict(strategy="topk", ratio_schedule="linear", ratio_end=0.3, clm_warmup=0.34,
                                 **{**slm, "ratio": 0.6})
     # log_every 3 with ckpt_every 2: the step-2 checkpoint holds running metric sums of both ranks
@@ -170,8 +173,8 @@ def _assert_close_weights(a, b):
 
 
 @pytest.mark.parametrize("name", ["ddp-topk", "ddp-random", "ddp-stochastic", "ddp-clm", "ddp-step-topk",
-                                  "ddp-online-stochastic", "ddp-soft", "ddp-step-dft", "ddp-schedule", "fsdp-topk",
-                                  "fsdp-step-stochastic"])
+                                  "ddp-online-stochastic", "ddp-soft", "ddp-step-dft", "ddp-sequence-stochastic",
+                                  "ddp-step-eslm-entropy", "ddp-schedule", "fsdp-topk", "fsdp-step-stochastic"])
 def test_two_ranks_equal_one_process_with_twice_the_batch(runs, name):
     root, single, multi = runs
     one, ranks = single[name], [m[name] for m in multi]

@@ -43,6 +43,28 @@ def test_denominator_per_scope():
         Objective("slm", scope="batch")
 
 
+def test_sequence_scope_denominator_and_selection_per_window():
+    valid = [torch.ones(3, 8, dtype=torch.bool), torch.ones(3, 8, dtype=torch.bool)]
+    valid[0][1, :5] = False  # windows of 8, 3, 8 | 8, 0, 1 valid tokens
+    valid[1][1] = False
+    valid[1][2, 1:] = False
+    # round(0.3 × n) per window, at least 1 where n > 0: 2 + 1 + 2 + 2 + 0 + 1
+    assert float(Objective("slm", ratio=0.3, scope="sequence").denominator(valid)) == 8
+    assert float(Objective("slm", ratio=0.3, scope="microstep").denominator(valid)) == 6 + 3  # 19 and 9 valid
+    g = torch.Generator().manual_seed(1)
+    excess = [torch.randn(3, 8, generator=g) for _ in range(2)]
+    for strategy in ("topk", "random", "stochastic"):
+        obj = Objective("slm", strategy, 0.3, scope="sequence", seed=3, temperature=0.5)
+        masks = obj.select(excess, valid, obj.generator(2))
+        assert int(sum(m.sum() for m in masks)) == 8
+        whole = select_tokens(torch.cat(excess), 0.3, strategy, valid=torch.cat(valid), temperature=0.5,
+                              generator=obj.generator(2), per_row=True)
+        assert torch.equal(torch.cat(masks), whole)
+        # one call per micro-batch with the step's generator draws what one call over both draws
+        gen = obj.generator(2)
+        assert torch.equal(torch.cat([obj.select([e], [v], gen)[0] for e, v in zip(excess, valid)]), whole)
+
+
 def test_loss_is_selected_sum_over_step_count():
     tl = torch.tensor([[1.0, 2.0, 3.0, 4.0]], requires_grad=True)
     mask = torch.tensor([[True, False, True, False]])
@@ -77,6 +99,28 @@ def test_step_scope_accumulation_equals_one_big_batch(tiny_data, reference, tmp_
     assert len(masks["big"]) == len(masks["acc"]) == 3  # one selection per optimizer step
     for a, b in zip(masks["big"], masks["acc"]):
         assert torch.equal(a, b)
+    wa = load_file(str(tmp_path / "big" / "final" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "acc" / "final" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1.5e-4, rtol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("strategy", ["topk", "stochastic"])
+def test_sequence_scope_is_exact_per_window_and_under_accumulation(tiny_data, reference, tmp_path, monkeypatch,
+                                                                   strategy):
+    """selection_scope=sequence: round(ratio × 32) tokens of every window, the same masks and weights whether a
+    step's 8 windows come as 1 × 8 or 4 × 2 (draws included)."""
+    common = dict(data=str(tiny_data), model="tiny", objective="slm", strategy=strategy, ratio=0.3,
+                  selection_scope="sequence", ref_scores=str(reference / "scores"), max_steps=3, lr=3e-3,
+                  warmup_steps=1, log_every=1, eval_windows=4, progress=False)
+    masks = {}
+    for name, bs, acc in (("big", 8, 1), ("acc", 2, 4)):
+        calls = _record(monkeypatch)
+        train(TrainConfig(out=str(tmp_path / name), batch_size=bs, grad_accum=acc, **common), console=False)
+        masks[name] = torch.cat(calls).view(3, 8, 32)  # steps × windows × positions
+        monkeypatch.undo()
+    assert torch.equal(masks["big"], masks["acc"])
+    assert (masks["big"].sum(-1) == round(0.3 * 32)).all()  # the tiny windows have no ignored target
     wa = load_file(str(tmp_path / "big" / "final" / "model.safetensors"))
     wb = load_file(str(tmp_path / "acc" / "final" / "model.safetensors"))
     for k in wa:

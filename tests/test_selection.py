@@ -113,3 +113,48 @@ def test_bad_arguments():
         select_tokens(s, 0.5, "best")
     with pytest.raises(ValueError, match="shape"):
         select_tokens(s, 0.5, "topk", valid=torch.ones(3, 2, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------ per-row (selection_scope=sequence)
+@pytest.mark.parametrize("strategy", ["topk", "random", "stochastic"])
+@pytest.mark.parametrize("ratio", [0.01, 0.3, 0.6, 1.0])
+def test_per_row_exact_k_in_every_row(strategy, ratio):
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randn(2, 5, 23, generator=g)
+    valid = torch.rand(2, 5, 23, generator=g) > torch.linspace(0, 0.9, 5).view(1, 5, 1)  # rows from full to sparse
+    valid[1, 3] = False  # a window with no valid token selects none
+    sel = select_tokens(scores, ratio, strategy, valid=valid, generator=g, per_row=True)
+    assert sel.shape == scores.shape and not (sel & ~valid).any()
+    for row, ok in zip(sel.reshape(-1, 23), valid.reshape(-1, 23)):
+        n = int(ok.sum())
+        assert int(row.sum()) == (max(1, math.floor(ratio * n + 0.5)) if n else 0)
+
+
+def test_per_row_topk_is_each_window_alone_by_brute_force():
+    g = torch.Generator().manual_seed(6)
+    for _ in range(10):
+        scores = torch.randn(4, 19, generator=g)
+        scores[0, :5] = scores[0, 5]  # ties: the earlier position first
+        valid = torch.rand(4, 19, generator=g) > 0.3
+        sel = select_tokens(scores, 0.4, "topk", valid=valid, per_row=True)
+        for r in range(4):
+            flat = [(s, -i) for i, (s, v) in enumerate(zip(scores[r].tolist(), valid[r].tolist())) if v]
+            k = max(1, math.floor(0.4 * len(flat) + 0.5)) if flat else 0
+            assert set(torch.nonzero(sel[r]).flatten().tolist()) == {-i for _, i in sorted(flat, reverse=True)[:k]}
+            assert torch.equal(sel[r], select_tokens(scores[r], 0.4, "topk", valid=valid[r]))
+
+
+def test_per_row_draws_are_the_whole_tensors_and_tau_is_each_rows_std():
+    """random keys one uniform per position of the whole tensor (so a split into micro-batches draws the same);
+    stochastic's τ is in units of each row's own std (a row scaled by 50 keeps its draw)."""
+    scores = torch.randn(3, 40, generator=torch.Generator().manual_seed(7))
+    rows = [select_tokens(scores, 0.3, "random", generator=torch.Generator().manual_seed(1), per_row=True)]
+    g = torch.Generator().manual_seed(1)
+    rows.append(torch.cat([select_tokens(scores[:1], 0.3, "random", generator=g, per_row=True),
+                           select_tokens(scores[1:], 0.3, "random", generator=g, per_row=True)]))
+    assert torch.equal(*rows)
+    scaled = scores.clone()
+    scaled[1] = scaled[1] * 50 + 3
+    a, b = (select_tokens(x, 0.3, "stochastic", generator=torch.Generator().manual_seed(2), per_row=True)
+            for x in (scores, scaled))
+    assert torch.equal(a, b)

@@ -78,18 +78,66 @@ def test_soft_weights_std_unit_is_scale_free_and_extreme_scores_stay_finite():
         soft_weights(scores, 1.5)
 
 
+def test_soft_weights_per_row_are_each_window_alone():
+    scores, valid = _toy(seed=8, shape=(5, 21))
+    valid[2] = False  # no valid token: all zero
+    w = soft_weights(scores, 0.3, valid=valid, temperature=0.7, per_row=True)
+    for r in range(5):
+        n = int(valid[r].sum())
+        assert float(w[r].double().sum()) == pytest.approx(0.3 * n, rel=1e-6, abs=1e-6)
+        torch.testing.assert_close(w[r], soft_weights(scores[r], 0.3, valid=valid[r], temperature=0.7))
+
+
 # ------------------------------------------------------------------ dft weights
-def test_dft_weights_equal_normalised_probabilities():
+def test_dft_weights_are_the_probabilities_and_dft_norm_divides_by_their_mean():
     g = torch.Generator().manual_seed(1)
     losses = torch.rand(3, 17, generator=g) * 6
     valid = torch.rand(3, 17, generator=g) > 0.25
-    w = dft_weights(losses, valid=valid)
     p = torch.exp(-losses.double())
+    w = dft_weights(losses, valid=valid)  # published DFT: w = p
+    assert torch.allclose(w.double(), torch.where(valid, p, torch.zeros_like(p)), rtol=1e-6, atol=1e-7)
+    norm = dft_weights(losses, valid=valid, normalise=True)
     brute = torch.where(valid, p / p[valid].mean(), torch.zeros_like(p))
-    assert torch.allclose(w.double(), brute, rtol=1e-6, atol=1e-7)
-    assert float(w[valid].double().mean()) == pytest.approx(1.0, abs=1e-6)
-    far = dft_weights(losses.double() + 2000.0, valid=valid)  # exp(−L) underflows; the ratio of probabilities does not
-    assert torch.allclose(far, w, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(norm.double(), brute, rtol=1e-6, atol=1e-7)
+    assert float(norm[valid].double().mean()) == pytest.approx(1.0, abs=1e-6)
+    far = dft_weights(losses.double() + 2000.0, valid=valid, normalise=True)  # exp(−L) underflows; p / mean(p) not
+    assert torch.allclose(far, norm, rtol=1e-5, atol=1e-6)
+
+
+def test_dft_loss_is_the_mean_of_p_times_loss_as_in_trl():
+    """weighting=dft through the objective: Σ p·L / valid tokens (the gradient too), TRL's `loss_type="dft"`."""
+    g = torch.Generator().manual_seed(2)
+    losses = (torch.rand(2, 3, 9, generator=g) * 5).requires_grad_()
+    valid = [torch.rand(3, 9, generator=g) > 0.2 for _ in range(2)]
+    obj = Objective("slm", ratio=0.3, weighting="dft")
+    denom = obj.denominator(valid)
+    w = obj.select([x.detach() for x in losses], valid, None)
+    loss = sum(obj.loss(losses[m], w[m], denom) for m in range(2))
+    loss.backward()
+    v = torch.stack(valid)
+    ref = losses.detach().clone().requires_grad_()
+    brute = (torch.exp(-ref.detach()) * ref * v).sum() / v.sum()  # sg(p)·L over the valid tokens
+    brute.backward()
+    assert float(loss.detach()) == pytest.approx(float(brute.detach()), rel=1e-6)
+    assert torch.allclose(losses.grad, ref.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_dft_gradient_is_the_target_probabilitys_so_it_favours_a_point_mass():
+    """Why dft diverges in perplexity (benchmarks/dft_divergence.py): ∇ sg(p)·(−log p) = −∇p, so DFT maximises the
+    mean probability of the targets, a linear score that a point mass on the most likely token maximises; the
+    true distribution (log loss's optimum) scores less, and every other target's p is pushed to 0."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(6, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 11, (6,), generator=g)
+    logp = torch.log_softmax(z, -1).gather(1, y[:, None]).squeeze(1)
+    (dft_weights(-logp.detach()).double() * -logp).sum().backward()
+    dft_grad, z.grad = z.grad.clone(), None
+    (-torch.log_softmax(z, -1).gather(1, y[:, None]).exp()).sum().backward()
+    assert torch.allclose(dft_grad, z.grad, atol=1e-12)
+    q = torch.softmax(torch.randn(11, generator=g, dtype=torch.float64), 0)  # the targets' distribution
+    point = torch.nn.functional.one_hot(q.argmax(), 11).double()
+    others = torch.distributions.Dirichlet(torch.ones(11, dtype=torch.float64)).sample((500,))
+    assert float(q @ point) > float(q @ q) and float(q @ point) >= float((others @ q).max())
 
 
 # ------------------------------------------------------------------ the objective
@@ -99,6 +147,7 @@ def test_soft_and_dft_denominators_and_joint_weights():
     assert float(Objective("slm", ratio=0.25, weighting="soft").denominator(valid)) == pytest.approx(0.25 * 17)
     assert float(Objective("slm", ratio=0.25, weighting="soft", scope="step").denominator(valid)) == pytest.approx(4.25)
     assert float(Objective("slm", ratio=0.25, weighting="dft").denominator(valid)) == 17
+    assert float(Objective("slm", ratio=0.25, weighting="dft", scope="sequence").denominator(valid)) == 17
     g = torch.Generator().manual_seed(0)
     excess = [torch.randn(2, 5, generator=g) for _ in range(2)]
     obj = Objective("slm", ratio=0.25, weighting="soft", scope="step", weight_temperature=0.5)
@@ -155,7 +204,9 @@ def test_weighted_accumulation_equals_one_big_batch(tiny_data, reference, tmp_pa
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1.5e-4, rtol=1e-4, msg=k)
     for a, b in zip(_rows(tmp_path / "big"), _rows(tmp_path / "acc")):
-        assert a["selected_fraction"] == pytest.approx(0.4 if weighting == "soft" else 1.0, abs=1e-6)
+        if weighting == "soft":  # dft: the mean weight is the mean probability of the targets
+            assert a["selected_fraction"] == pytest.approx(0.4, abs=1e-6)
+        assert 0 < a["selected_fraction"] == pytest.approx(b["selected_fraction"], abs=1e-6)
         assert a["loss_selected"] == pytest.approx(b["loss_selected"], abs=1e-4)
 
 
@@ -185,8 +236,9 @@ def test_cli_soft_dft_and_a_scheduled_run(tiny_data, reference, tmp_path):
     soft = _rows(tmp_path / "soft")
     assert all(r["selected_fraction"] == pytest.approx(0.3, abs=1e-6) and r["ratio"] == 0.3 for r in soft)
     assert all(0.3 < r["topk_overlap"] < 1.0 for r in soft)
-    dft = _rows(tmp_path / "dft")
-    assert all(r["selected_fraction"] == pytest.approx(1.0, abs=1e-6) and "excess_mean" not in r for r in dft)
+    dft = _rows(tmp_path / "dft")  # the mean weight is the mean probability of the targets: ≥ exp(−mean loss) (Jensen)
+    assert all(math.exp(-r["loss"]) - 1e-6 <= r["selected_fraction"] < 1 and "excess_mean" not in r for r in dft)
+    assert all(r["ratio"] == 1.0 for r in dft)
     sched = _rows(tmp_path / "sched")
     assert [round(r["ratio"], 6) for r in sched] == [1.0, 0.9, round(0.9 - 0.4 / 3, 6), round(0.9 - 0.8 / 3, 6), 0.5]
     for r in sched[1:]:
@@ -206,7 +258,9 @@ def test_cli_soft_dft_and_a_scheduled_run(tiny_data, reference, tmp_path):
     (["weighting=soft", "weight_temperature=0"], "weight_temperature must be > 0"),
     (["ratio_schedule=cosine"], "needs ratio_end"),
     (["ratio_end=0.3"], "no effect with ratio_schedule=constant"),
-    (["weighting=dft", "ratio_schedule=linear", "ratio_end=0.3"], "weighting=dft has a mean weight of 1"),
+    (["weighting=dft", "ratio_schedule=linear", "ratio_end=0.3"], "weighting=dft weighs every token and has no ratio"),
+    (["weighting=dft-norm"], "unknown weighting 'dft-norm'"),
+    (["weighting=dft", "score=entropy"], "weighting=dft weighs every token by the model's own probability"),
     (["objective=clm", "weighting=soft"], "needs objective=slm"),
     (["objective=clm", "clm_warmup=0.1"], "needs objective=slm"),
 ])

@@ -6,7 +6,7 @@ Library API:
 - :func:`select_tokens` — exactly k = round(ratio × valid) positions by ``topk``, ``random`` or ``stochastic``.
 - :func:`selective_loss` — mean loss over the tokens selected by excess loss (training − reference).
 - :func:`soft_weights` — token weights in [0, 1] from scores, summing to exactly ratio × valid (soft selection).
-- :func:`dft_weights` — reference-free DFT weights p / mean(p), p = exp(−loss).
+- :func:`dft_weights` — reference-free DFT weights p = exp(−loss) (as published; ``normalise=True``: p / mean(p)).
 """
 from importlib import import_module
 

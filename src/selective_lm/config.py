@@ -12,16 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import UserError
-from .options import (BOS_CHOICES, DOC_SCORES, ENTROPY_SCORES, OBJECTIVES, PARALLEL, RATIO_SCHEDULES, REF_COMBINE,
-                      SCOPES, SCORES, STRATEGIES, TEMPERATURE_UNITS, WEIGHTINGS, _check_choice, absolute,
-                      add_arguments, apply_overrides, check_ratio, dump_yaml, field_docs, first_change, from_args,
-                      from_dict, load_yaml, resolve, save_config, to_dict)
+from .options import (BOS_CHOICES, DOC_SCORES, ENTROPY_SCORES, MODEL_SCORES, OBJECTIVES, PARALLEL,
+                      RATIO_SCHEDULES, REF_COMBINE, SCOPES, SCORES, STRATEGIES, TEMPERATURE_UNITS, WEIGHTINGS,
+                      _check_choice, absolute, add_arguments, apply_overrides, check_ratio, check_score,
+                      check_weighting, dump_yaml, field_docs, first_change, from_args, from_dict, load_yaml, resolve,
+                      save_config, to_dict)
 
 __all__ = ["EvalConfig", "FilterConfig", "LoraConfig", "PrepareConfig", "ScoreConfig", "TrainConfig", "add_arguments",
            "apply_overrides", "check_ratio", "dump_yaml", "field_docs", "first_change", "from_args", "from_dict",
-           "load_yaml", "resolve", "save_config", "to_dict", "BOS_CHOICES", "DOC_SCORES", "ENTROPY_SCORES", "OBJECTIVES",
-           "PARALLEL", "RATIO_SCHEDULES", "REF_COMBINE", "SCOPES", "SCORES", "STRATEGIES", "TEMPERATURE_UNITS",
-           "WEIGHTINGS"]
+           "load_yaml", "resolve", "save_config", "to_dict", "BOS_CHOICES", "DOC_SCORES", "ENTROPY_SCORES",
+           "MODEL_SCORES", "OBJECTIVES", "PARALLEL", "RATIO_SCHEDULES", "REF_COMBINE", "SCOPES", "SCORES", "STRATEGIES",
+           "TEMPERATURE_UNITS", "WEIGHTINGS"]
 
 
 # --------------------------------------------------------------------------- configs
@@ -157,7 +158,7 @@ class TrainConfig:
     temperature_unit: str = "std"
     """std: τ (and weight_temperature) is in units of the standard deviation of the selection set's excess losses (τ = 1 keeps the same sharpness whatever the loss scale; the raw-nats τ = 1 of earlier versions overlapped top-k by ~90%); nats: τ in raw nats."""
     weighting: str = "hard"
-    """SLM token weights: hard (a 0/1 mask from `strategy`, the paper); soft (w = min(1, c·exp(excess / weight_temperature)) over the selection set, c chosen so the mean weight over its valid tokens is exactly `ratio`: top-k's token budget, with weights capped at 1 and the surplus spread over the rest; strategy topk only); dft (reference-free control, Dynamic Fine-Tuning: w = p / mean(p) with p = exp(−loss) the model's own detached probability of the target, mean weight 1; needs no ref_scores/ref_model (any given are not used) and ignores ratio). The loss is Σ w·loss / Σ w of the whole step; loss_selected logs the weighted mean loss and selected_fraction the mean weight."""
+    """SLM token weights: hard (a 0/1 mask from `strategy`, the paper); soft (w = min(1, c·exp(excess / weight_temperature)) over the selection set, c chosen so the mean weight over its valid tokens is exactly `ratio`: top-k's token budget, with weights capped at 1 and the surplus spread over the rest; strategy topk only); dft (reference-free control, Dynamic Fine-Tuning as published and in TRL: w = p = exp(−loss), the model's own detached probability of the target, over CLM's denominator, i.e. the mean of p·loss over the valid tokens; needs no ref_scores/ref_model (any given are not used) and ignores ratio). The loss is Σ w·loss / (the step's selected count, ratio × its valid tokens for soft, its valid tokens for dft); loss_selected logs Σ w·loss / Σ w and selected_fraction the mean weight (for dft: the mean probability of the targets)."""
     weight_temperature: float = 1.0
     """Temperature of soft weighting, in `temperature_unit`s (std: units of the selection set's excess std): → 0 gives the top-k mask, large values give every token the weight `ratio`."""
     ratio_schedule: str = "constant"
@@ -175,13 +176,13 @@ class TrainConfig:
     holdout_seed: int = 0
     """Seed of the held-out draw: the self-reference and the run it scores must use the same fraction and seed."""
     selection_scope: str = "microstep"
-    """Tokens SLM ranks together: microstep (each micro-batch step, jointly over all ranks: N ranks × batch B select as 1 rank × N·B) or step (every micro-batch and rank of the optimizer step, as in one big batch; costs one extra no-grad forward)."""
+    """Tokens SLM ranks together: microstep (each micro-batch step, jointly over all ranks: N ranks × batch B select as 1 rank × N·B), step (every micro-batch and rank of the optimizer step, as in one big batch; costs one extra no-grad forward) or sequence (each window alone: round(ratio × its valid tokens), at least 1, as the public SLM code of open_lm, rho-1-reproduce and nanoGPT forks does; soft weights get ratio × the window's valid tokens each)."""
     ref_scores: list[str] | None = None
     """Directory made by `slm score` on this dataset's train split (offline reference losses, the default for SLM); several directories (comma-separated, or a YAML list) are several references, combined per token by ref_combine, each scored on this dataset's train split whatever the reference model's size."""
     ref_model: str | None = None
     """Reference model directory for online reference losses (and entropies when the score needs them), computed under no_grad in the same step."""
     score: str = "excess"
-    """Per-token score SLM ranks by, higher selected first: excess (training loss − reference loss, the paper's), reference (−reference loss: what the reference predicts well), entropy (−the reference's predictive entropy: where the reference is confident), excess+entropy (excess − entropy_weight × reference entropy), self (excess against a self-reference, a model continued from the same base on a held-out part of this corpus: needs ref_scores, and the run records the reference as self-trained). The entropy scores need `slm score` entropies (its default) or ref_model."""
+    """Per-token score SLM ranks by, higher selected first: excess (training loss − reference loss, the paper's), reference (−reference loss: what the reference predicts well), entropy (−the reference's predictive entropy: where the reference is confident), excess+entropy (excess − entropy_weight × reference entropy), self (excess against a self-reference, a model continued from the same base on a held-out part of this corpus: needs ref_scores, and the run records the reference as self-trained); loss and model-entropy (ESLM, reference-free: the training model's own loss or predictive entropy, so the top `ratio` are the tokens at or above the value-at-risk of that score at level 1 − ratio; no ref_scores/ref_model). The entropy scores need `slm score` entropies (its default) or ref_model."""
     entropy_weight: float = 1.0
     """λ ≥ 0 of score=excess+entropy (score = L − L_ref − λ·H_ref, all in nats); the other scores ignore it."""
     ref_combine: str = "mean"
@@ -281,7 +282,7 @@ class TrainConfig:
         if self.temperature <= 0:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
         _check_choice("temperature_unit", self.temperature_unit, TEMPERATURE_UNITS)
-        self._validate_weighting()
+        check_weighting(self)
         if self.keep_labels is not None and (not self.keep_labels or not all(
                 isinstance(x, int) and 0 <= x < 256 for x in self.keep_labels)):
             raise UserError(f"keep_labels must be a non-empty list of provenance labels 0..255, got {self.keep_labels!r}")
@@ -311,61 +312,9 @@ class TrainConfig:
         for name in ("log_every", "ckpt_keep_states"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.objective == "slm" and self.weighting != "dft" and not (self.ref_scores or self.ref_model):
-            raise UserError("objective slm needs reference losses: pass ref_scores=DIR (from `slm score`) or ref_model=DIR "
-                            "(or weighting=dft, the reference-free control)")
         if self.ref_scores and self.ref_model:
             raise UserError("pass only one of ref_scores and ref_model")
-        self._validate_score()
-
-    def _validate_score(self) -> None:
-        _check_choice("score", self.score, SCORES)
-        _check_choice("ref_combine", self.ref_combine, REF_COMBINE)
-        if not self.entropy_weight >= 0:
-            raise UserError(f"entropy_weight must be >= 0, got {self.entropy_weight}: the entropy term is subtracted")
-        if self.score == "self" and self.objective == "slm" and not self.ref_scores:
-            raise UserError("score=self needs a self-reference's scores: train the base on a held-out part of this "
-                            "corpus, `slm score` this dataset with it and pass ref_scores=DIR")
-        n = len(self.ref_scores or [])
-        if self.ref_weights is not None and self.ref_combine != "weighted":
-            raise UserError(f"ref_weights are used by ref_combine=weighted only (ref_combine is {self.ref_combine}): "
-                            "set ref_combine=weighted or drop ref_weights")
-        if self.ref_combine == "weighted":
-            w = self.ref_weights or []
-            if len(w) != n or n == 0:
-                raise UserError(f"ref_combine=weighted needs one weight per ref_scores directory: got {len(w)} "
-                                f"weights for {n} directories: pass ref_weights=W1,W2,... in the ref_scores order")
-            if any(x < 0 for x in w) or sum(w) <= 0:
-                raise UserError(f"ref_weights must be >= 0 with a positive sum, got {w}")
-
-    def _validate_weighting(self) -> None:
-        """weighting, its temperature, the ratio schedule and the CLM warm-up."""
-        _check_choice("weighting", self.weighting, WEIGHTINGS)
-        _check_choice("ratio_schedule", self.ratio_schedule, RATIO_SCHEDULES)
-        if not self.weight_temperature > 0:
-            raise UserError(f"weight_temperature must be > 0, got {self.weight_temperature}")
-        if self.ratio_end is not None:
-            check_ratio(self.ratio_end, "ratio_end")
-        if not 0.0 <= self.clm_warmup < 1.0:
-            raise UserError(f"clm_warmup must be in [0, 1), got {self.clm_warmup}: e.g. 0.1 trains the first 10% "
-                            "of the steps as CLM")
-        if self.objective != "slm":
-            for key, default in (("weighting", "hard"), ("ratio_schedule", "constant"), ("ratio_end", None),
-                                 ("clm_warmup", 0.0)):
-                if getattr(self, key) != default:
-                    raise UserError(f"{key}={getattr(self, key)} needs objective=slm (objective clm trains every token)")
-        if self.weighting != "hard" and self.strategy != "topk":
-            raise UserError(f"weighting={self.weighting} weights every token by its score: it takes no strategy "
-                            f"(leave strategy=topk, not {self.strategy}); use weighting=hard for {self.strategy} selection")
-        if self.weighting == "dft" and (self.ratio_schedule != "constant" or self.ratio_end is not None):
-            raise UserError("weighting=dft has a mean weight of 1 and no ratio: drop ratio_schedule/ratio_end")
-        if self.ratio_schedule == "constant" and self.ratio_end is not None:
-            raise UserError(f"ratio_end={self.ratio_end} has no effect with ratio_schedule=constant: set "
-                            "ratio_schedule=linear or cosine, or drop ratio_end")
-        if self.ratio_schedule != "constant" and self.ratio_end is None:
-            raise UserError(f"ratio_schedule={self.ratio_schedule} needs ratio_end (the ratio of the last step), "
-                            "e.g. ratio=0.9 ratio_end=0.6")
-
+        check_score(self)
 
 @dataclass
 class EvalConfig:

@@ -28,7 +28,7 @@ import torch
 from transformers import Trainer
 
 from .columns import ENTROPY_COLUMN, REF_COLUMN
-from .config import ENTROPY_SCORES, SCOPES, SCORES, STRATEGIES, TEMPERATURE_UNITS
+from .config import ENTROPY_SCORES, MODEL_SCORES, SCOPES, SCORES, STRATEGIES, TEMPERATURE_UNITS
 from .loss import IGNORE_INDEX, token_losses
 from .model import model_token_losses
 from .objective import Objective
@@ -52,19 +52,22 @@ class SLMArguments:
     temperature_unit: str = "std"
     """std: τ in units of the selection set's excess-loss std (scale-free); nats: raw nats."""
     selection_scope: str = "microstep"
-    """microstep: select over each micro-batch step across all devices; step: over the whole optimizer step."""
+    """microstep: select over each micro-batch step across all devices; step: over the whole optimizer step;
+    sequence: within each row (window) alone, round(ratio × its valid tokens)."""
     ref_column: str = REF_COLUMN
     """Dataset column with the reference loss of every token (offline scores; index 0 of a row has none)."""
     seed: int = 0
     """Seed of the random and stochastic draws (with the optimizer step)."""
     score: str = "excess"
-    """Per-token score, higher selected first (as `slm train`'s score): excess, reference, entropy, excess+entropy or self."""
+    """Per-token score, higher selected first (as `slm train`'s score): excess, reference, entropy, excess+entropy, self,
+    or the reference-free loss and model-entropy (ESLM: the trained model's own loss or predictive entropy)."""
     entropy_weight: float = 1.0
     """λ ≥ 0 of score=excess+entropy."""
     entropy_column: str = ENTROPY_COLUMN
     """Dataset column with the reference's predictive entropy of every token, for the entropy scores with offline scores (`slm score --hf-out` writes it); an online ref_model computes it instead."""
     weighting: str = "hard"
-    """hard (select by strategy), soft (weights from the score, mean weight = ratio) or dft (weights ∝ exp(−loss), reference-free)."""
+    """hard (select by strategy), soft (weights from the score, mean weight = ratio), dft (weights p = exp(−loss) over
+    the valid count: DFT's and TRL's loss, reference-free)."""
     weight_temperature: float = 1.0
     """Temperature of soft weights, in temperature_units."""
     ratio_schedule: str = "constant"
@@ -100,7 +103,18 @@ class SLMArguments:
 
     @property
     def needs_entropy(self) -> bool:
+        """Whether the reference's entropy is needed (a column, or computed by ref_model)."""
         return self.weighting != "dft" and self.score in ENTROPY_SCORES
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether reference losses are needed at all (dft and ESLM's scores use the trained model's own)."""
+        return self.weighting != "dft" and self.score not in MODEL_SCORES
+
+    @property
+    def needs_model_entropy(self) -> bool:
+        """Whether the trained model's own predictive entropy ranks the tokens (score=model-entropy)."""
+        return self.weighting != "dft" and self.score == "model-entropy"
 
 
 def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -171,7 +185,7 @@ class SLMTrainerMixin:
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the selected count of the whole step
         if ref_model is not None:
             self.ref_model = _prepare_ref(ref_model, self.args.device)
-        elif self.slm_args.weighting != "dft":  # dft needs no reference
+        elif self.slm_args.uses_reference:  # dft and ESLM's scores need no reference
             cols = getattr(self.train_dataset, "column_names", None)
             if cols is not None and self.slm_args.ref_column not in cols:
                 raise ValueError(f"the training dataset has no '{self.slm_args.ref_column}' column (it has "
@@ -215,8 +229,8 @@ class SLMTrainerMixin:
                 with torch.no_grad(), self.compute_loss_context_manager():
                     for m, (b, t) in enumerate(zip(batches, targets)):
                         ids, kw = model_inputs(b)
-                        tl = model_token_losses(self.model, ids, t, **kw)
-                        plan["excess"][m] = self._score(tl, b, t, valids[m])
+                        tl, ent = self._losses(self.model, ids, t, **kw)
+                        plan["excess"][m] = self._score(tl, b, t, valids[m], ent)
             plan["masks"] = select_padded(obj, [e if e is not None else v.float() for e, v in zip(plan["excess"], valids)],
                                           valids, plan["gen"], plan["shape"])
         return plan
@@ -247,10 +261,21 @@ class SLMTrainerMixin:
             vals.append(shifted_refs(ref.to(targets.device)))
         return RefStats(*vals)
 
-    def _score(self, tl: torch.Tensor, inputs: dict, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _losses(self, model, ids: torch.Tensor, targets: torch.Tensor, sparse: bool = False, **kw):
+        """(per-token losses, the model's own entropies for score=model-entropy else None)."""
+        if self.slm_args.needs_model_entropy:
+            return model_token_losses(model, ids, targets, sparse_backward=sparse, entropy=True, **kw)
+        return model_token_losses(model, ids, targets, sparse_backward=sparse, **kw), None
+
+    def _score(self, tl: torch.Tensor, inputs: dict, targets: torch.Tensor, valid: torch.Tensor,
+               ent: torch.Tensor | None = None) -> torch.Tensor:
         """The per-token score (slm_args.score; the model's own loss for dft), 0 where not valid."""
         a, own = self.slm_args, tl.detach().float()
-        s = own if a.weighting == "dft" else token_score(a.score, own, self._ref(inputs, targets), a.entropy_weight)
+        if a.weighting == "dft":
+            s = own
+        else:
+            ref = self._ref(inputs, targets) if a.uses_reference else None
+            s = token_score(a.score, own, ref, a.entropy_weight, train_entropy=ent)
         return torch.where(valid, s, torch.zeros_like(s))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -266,10 +291,10 @@ class SLMTrainerMixin:
         targets = shifted_targets(inputs["labels"])
         valid = self._valid(inputs, targets)
         ids, kw = model_inputs(inputs)
-        tl = model_token_losses(model, ids, targets, sparse_backward=obj.sparse_backward, **kw)
+        tl, ent = self._losses(model, ids, targets, obj.sparse_backward, **kw)
         excess = plan["excess"][m]
         if excess is None and obj.selective:
-            excess = self._score(tl, inputs, targets, valid)
+            excess = self._score(tl, inputs, targets, valid, ent)
         if plan["masks"] is not None:
             mask = plan["masks"][m]
         else:
@@ -304,7 +329,8 @@ class SLMLoss:
     def __init__(self, ref_model, model, slm_args: SLMArguments | None = None):
         self.slm_args = slm_args or SLMArguments()
         if self.slm_args.selection_scope != "microstep":
-            raise ValueError("SLMLoss selects over each micro-batch step; for selection_scope='step' use SLMTrainer")
+            raise ValueError(f"SLMLoss selects over each micro-batch step; for selection_scope='{self.slm_args.selection_scope}' "
+                             "use SLMTrainer")
         a = self.slm_args
         if (a.score, a.weighting, a.ratio_schedule, a.clm_warmup) != ("excess", "hard", "constant", 0.0):
             raise ValueError("SLMLoss ranks by excess loss with hard selection at a constant ratio; for other scores, "

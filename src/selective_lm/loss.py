@@ -86,10 +86,11 @@ class _HeadCrossEntropy(torch.autograd.Function):
     """Per-position CE of ``hidden @ weight.T`` computed chunk by chunk; logits recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk, dtype, sparse):
+    def forward(ctx, hidden, weight, targets, chunk, dtype, sparse, entropy):
         n = hidden.shape[0]
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        ents = torch.zeros(n if entropy else 0, dtype=torch.float32, device=hidden.device)
         w = weight.to(dtype)
         with torch.autocast(hidden.device.type, enabled=False):
             for i in range(0, n, chunk):
@@ -99,12 +100,15 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 losses[i:i + chunk] = loss
                 # log-sum-exp for the backward: loss + target logit (ignored targets get no gradient)
                 lse[i:i + chunk] = loss + logits.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
+                if entropy:  # the predictive entropy from the same logits (no gradient flows through it)
+                    ents[i:i + chunk] = _entropy(F.log_softmax(logits, -1)).masked_fill(t == IGNORE_INDEX, 0.0)
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.chunk, ctx.dtype, ctx.sparse = chunk, dtype, sparse
-        return losses
+        ctx.mark_non_differentiable(ents)
+        return losses, ents
 
     @staticmethod
-    def backward(ctx, grad_losses):
+    def backward(ctx, grad_losses, _grad_entropy):
         hidden, weight, targets, lse = ctx.saved_tensors
         chunk, dtype = ctx.chunk, ctx.dtype
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -128,11 +132,12 @@ class _HeadCrossEntropy(torch.autograd.Function):
                     grad_h.index_copy_(0, r, (p @ w).to(hidden.dtype))
                 if need_w:
                     grad_w += (p.t() @ h).float()
-        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None, None
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None, None, None
 
 
 def head_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                      chunk: int = 0, sparse_backward: bool = False) -> torch.Tensor:
+                      chunk: int = 0, sparse_backward: bool = False,
+                      entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token losses [B, T] of ``logits = hidden @ weight.T`` without materialising the logits.
 
     ``hidden`` is [B, T, H] (the model's last hidden states), ``weight`` the output head [V, H],
@@ -141,15 +146,17 @@ def head_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
     matmuls run in the autocast dtype and the softmax in float32. ``chunk`` = positions per chunk
     (0: about 2M logits per chunk on CPU, 64M on GPU). ``sparse_backward`` skips the positions whose
     upstream gradient is zero in backward (one ``nonzero``, a host sync on GPU); off, every position
-    is processed and nothing syncs (CLM, ratio 1).
+    is processed and nothing syncs (CLM, ratio 1). ``entropy=True`` returns ``(losses, entropies)``: the
+    predictive entropy of every position from the same chunk logits, detached (0 where the target is -100),
+    e.g. for ESLM's score=model-entropy in training.
     """
     if hidden.dim() != 3 or targets.shape != hidden.shape[:2]:
         raise ValueError(f"hidden must be [B, T, H] and targets [B, T]; got {tuple(hidden.shape)} and {tuple(targets.shape)}")
     B, T, H = hidden.shape
     c = _chunk_positions(B * T, weight.shape[0], hidden.device, chunk)
-    out = _HeadCrossEntropy.apply(hidden.reshape(B * T, H), weight, targets.reshape(B * T), c, _compute_dtype(hidden),
-                                  sparse_backward)
-    return out.view(B, T)
+    out, ent = _HeadCrossEntropy.apply(hidden.reshape(B * T, H), weight, targets.reshape(B * T), c,
+                                       _compute_dtype(hidden), sparse_backward, entropy)
+    return (out.view(B, T), ent.view(B, T)) if entropy else out.view(B, T)
 
 
 @torch.no_grad()

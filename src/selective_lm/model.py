@@ -471,8 +471,9 @@ def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunk
     unselected tokens) at the price of one host sync per call. ``forward_kwargs`` (an attention mask,
     position ids) go to the model's forward.
 
-    ``entropy=True`` (no gradient: scoring and online references) returns ``(losses, entropies)``: the
-    predictive entropy of every position from the same logits (chunked alike), the losses unchanged.
+    ``entropy=True`` returns ``(losses, entropies)``: the predictive entropy of every position from the same
+    logits (chunked alike), never with a gradient; the losses keep theirs when autograd is on (training with
+    score=model-entropy), and under no_grad (scoring, online references) come from the same no-grad pass.
     """
     from .dist import unwrap_hf
     from .loss import head_token_losses, head_token_stats, token_entropy
@@ -480,13 +481,12 @@ def model_token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunk
     if chunked and supports_chunked_head(model):
         with _head_bypassed(unwrap_hf(model)) as head:
             hidden = model(input_ids=inputs, use_cache=False, **forward_kwargs).logits
-        if entropy:
+        if entropy and not torch.is_grad_enabled():
             return head_token_stats(hidden, head.weight, targets)
-        return head_token_losses(hidden, head.weight, targets, sparse_backward=sparse_backward)
+        return head_token_losses(hidden, head.weight, targets, sparse_backward=sparse_backward, entropy=entropy)
     logits = model(input_ids=inputs, use_cache=False, **forward_kwargs).logits
     if entropy:
-        with torch.no_grad():
-            return token_losses(logits, targets), token_entropy(logits, targets)
+        return token_losses(logits, targets), token_entropy(logits, targets)
     return token_losses(logits, targets)
 
 

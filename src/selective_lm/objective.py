@@ -9,6 +9,10 @@ training loop (and any other trainer) calls it instead of re-deriving it:
 - ``selection_scope='step'``: one selection over **all micro-batches and all ranks** of the optimizer
   step (the paper's "tokens of the batch"); the training loop computes the step's excess losses in
   a no-grad pre-pass first. Accumulation A × B/A gives the run of 1 × B.
+- ``selection_scope='sequence'``: top-k (or the draws, or the soft mass) **within each window**, k =
+  round(ratio × its valid tokens), at least 1 (the public SLM code of open_lm, rho-1-reproduce and
+  nanoGPT forks). Every window is its own set, so micro-batches and ranks never change it; the
+  denominator is the sum of the windows' k over the step.
 - ``random`` and ``stochastic`` draw from a generator seeded by (seed, step) on every rank alike and
   over the global tensor, so the selection is reproducible and independent of the world size.
 - The loss is Σ selected token losses / (selected tokens of the whole step, all micro-batches and
@@ -21,10 +25,12 @@ that changes over training (``ratio_schedule``, ``clm_warmup``):
 - ``soft``: w_i = min(1, c · exp(excess_i / τ)) over the selection set, c fixed so Σ w = ratio × valid
   tokens of the set exactly (:func:`selective_lm.selection.soft_weights`): the step's Σ w is
   ratio × its valid count, still known before any forward.
-- ``dft``: reference-free, w_i = p_i / mean(p) with p = exp(−L_θ) the model's own detached probability
-  (:func:`selective_lm.selection.dft_weights`): mean weight 1, so Σ w = the valid count, as for CLM.
+- ``dft``: reference-free, w_i = p_i = exp(−L_θ), the model's own detached probability
+  (:func:`selective_lm.selection.dft_weights`), over CLM's denominator (the valid count): DFT's loss, the
+  mean of sg(p)·L (the earlier p / mean(p) diverged the same way: benchmarks/dft_divergence.py).
 
-The loss is Σ w · L / Σ w of the step in every case. :meth:`Objective.at_step` gives the objective of
+The loss is Σ w · L / (Σ w known before the forward: the selected count, ratio × the valid count, or the
+valid count) of the step in every case. :meth:`Objective.at_step` gives the objective of
 one optimizer step: plain CLM during the warm-up, then the scheduled ratio, a pure function of
 (step, total steps), so every rank and a resumed run use the same one.
 
@@ -121,12 +127,12 @@ class Objective:
 
     @property
     def mean_weight(self) -> float:
-        """The mean token weight over the valid tokens: the ratio (hard, soft), 1 (CLM, dft)."""
+        """The token budget per valid token: the ratio (hard, soft), 1 (CLM, and dft, whose denominator is CLM's)."""
         return self.ratio if self.selective and self.weighting != "dft" else 1.0
 
     @property
     def uses_reference(self) -> bool:
-        """Whether the tokens are ranked by excess loss over a reference (dft weighs by the model's own loss)."""
+        """Whether the tokens are ranked by a score (excess loss by default); dft weighs by the model's own loss."""
         return self.selective and self.weighting != "dft"
 
     @property
@@ -152,15 +158,19 @@ class Objective:
     def denominator(self, valids: list[torch.Tensor]) -> torch.Tensor:
         """Selected tokens (Σ w) of the whole step over all ranks, divided by the world size (DDP and FSDP
         average gradients over ranks), as a float32 device scalar; ``valids`` are this rank's
-        micro-batch masks of the step. Soft weights: ratio × valid tokens; dft: the valid tokens."""
+        micro-batch masks of the step. Soft weights: ratio × valid tokens; dft: the valid tokens; sequence
+        scope: the sum of round(ratio × valid tokens) over the windows."""
         counts = dist.all_reduce_sum(torch.stack([v.sum() for v in valids]))  # [grad_accum], global per micro-step
-        if not self.selective or self.weighting == "dft":  # dft: mean weight 1
+        if not self.selective or self.weighting == "dft":  # CLM's denominator
             n = counts.sum()
         elif self.weighting == "soft":  # Σ w = ratio × valid tokens of each selection set, not rounded
             n = counts.sum().to(torch.float64) * self.ratio
             return torch.where(n > 0, n, 1.0).to(torch.float32) / dist.world_size()
         elif self.scope == "microstep":
             n = num_selected(counts, self.ratio).sum()
+        elif self.scope == "sequence":  # Σ over windows of round(ratio × the window's valid tokens)
+            n = dist.all_reduce_sum(sum(num_selected(v.reshape(-1, v.shape[-1] if v.dim() else 1).sum(-1),
+                                                     self.ratio).sum() for v in valids))
         else:
             n = num_selected(counts.sum(), self.ratio)
         return n.to(torch.float32).clamp(min=1.0) / dist.world_size()
@@ -189,13 +199,16 @@ class Objective:
         if any(sh.numel() != n for sh in shapes):
             raise ValueError("micro-batches of one step must have the same number of positions")
         g = glob.view(world, 2, len(shapes), n).permute(1, 2, 0, 3).reshape(2, -1)
+        rows = self.scope == "sequence"  # one set per window: rows of the windows' positions
+        if rows:
+            g = g.view(2, -1, shapes[0][-1] if len(shapes[0]) else 1)
         if weighting == "hard":
             mask = select_tokens(g[0], self.ratio, strategy, valid=g[1] > 0, temperature=self.temperature,
-                                 generator=generator, temperature_unit=self.temperature_unit)
+                                 generator=generator, temperature_unit=self.temperature_unit, per_row=rows)
         elif weighting == "soft":
             mask = soft_weights(g[0], self.ratio, valid=g[1] > 0, temperature=self.weight_temperature,
-                                temperature_unit=self.temperature_unit)
-        else:
+                                temperature_unit=self.temperature_unit, per_row=rows)
+        else:  # dft: a weight per token, whatever the scope
             mask = dft_weights(g[0], valid=g[1] > 0)
         mine = mask.view(len(shapes), world, n)[:, dist.rank()]
         return [m.view(sh) for m, sh in zip(mine, shapes)]

@@ -26,10 +26,11 @@ from .files import UserError, atomic_write_text
 # The choices of the configs' enumerated fields (selective_lm.config re-exports them).
 STRATEGIES = ("topk", "random", "stochastic")
 OBJECTIVES = ("clm", "slm")
-SCOPES = ("microstep", "step")
+SCOPES = ("microstep", "step", "sequence")
 TEMPERATURE_UNITS = ("std", "nats")
-SCORES = ("excess", "reference", "entropy", "excess+entropy", "self")
+SCORES = ("excess", "reference", "entropy", "excess+entropy", "self", "loss", "model-entropy")
 ENTROPY_SCORES = ("entropy", "excess+entropy")  # the scores that need the reference's predictive entropy
+MODEL_SCORES = ("loss", "model-entropy")  # ESLM's: the training model's own statistics, no reference
 REF_COMBINE = ("min", "mean", "weighted")
 WEIGHTINGS = ("hard", "soft", "dft")
 RATIO_SCHEDULES = ("constant", "linear", "cosine")
@@ -51,6 +52,68 @@ def check_ratio(ratio: float, key: str = "ratio") -> None:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"unknown {key} '{value}': choose one of {', '.join(choices)}")
+
+
+def check_score(cfg) -> None:
+    """A TrainConfig's score and its references: what ranks the tokens, and where the reference values come from."""
+    _check_choice("score", cfg.score, SCORES)
+    _check_choice("ref_combine", cfg.ref_combine, REF_COMBINE)
+    if not cfg.entropy_weight >= 0:
+        raise UserError(f"entropy_weight must be >= 0, got {cfg.entropy_weight}: the entropy term is subtracted")
+    slm, refs = cfg.objective == "slm", bool(cfg.ref_scores or cfg.ref_model)
+    if slm and cfg.weighting == "dft" and cfg.score != "excess":
+        raise UserError(f"weighting={cfg.weighting} weighs every token by the model's own probability and uses no "
+                        f"score: drop score={cfg.score} (or use weighting=hard with it)")
+    if slm and cfg.score in MODEL_SCORES and refs:
+        raise UserError(f"score={cfg.score} ranks tokens by the training model's own "
+                        f"{'loss' if cfg.score == 'loss' else 'predictive entropy'} and reads no reference: drop "
+                        "ref_scores/ref_model (or pick a reference score such as excess)")
+    if slm and not refs and cfg.weighting != "dft" and cfg.score not in MODEL_SCORES:
+        raise UserError("objective slm needs reference losses: pass ref_scores=DIR (from `slm score`) or ref_model=DIR "
+                        "(or a reference-free objective: score=loss or score=model-entropy (ESLM), weighting=dft)")
+    if cfg.score == "self" and slm and not cfg.ref_scores:
+        raise UserError("score=self needs a self-reference's scores: train the base on a held-out part of this "
+                        "corpus, `slm score` this dataset with it and pass ref_scores=DIR")
+    n = len(cfg.ref_scores or [])
+    if cfg.ref_weights is not None and cfg.ref_combine != "weighted":
+        raise UserError(f"ref_weights are used by ref_combine=weighted only (ref_combine is {cfg.ref_combine}): "
+                        "set ref_combine=weighted or drop ref_weights")
+    if cfg.ref_combine == "weighted":
+        w = cfg.ref_weights or []
+        if len(w) != n or n == 0:
+            raise UserError(f"ref_combine=weighted needs one weight per ref_scores directory: got {len(w)} "
+                            f"weights for {n} directories: pass ref_weights=W1,W2,... in the ref_scores order")
+        if any(x < 0 for x in w) or sum(w) <= 0:
+            raise UserError(f"ref_weights must be >= 0 with a positive sum, got {w}")
+
+
+def check_weighting(cfg) -> None:
+    """A TrainConfig's weighting, its temperature, the ratio schedule and the CLM warm-up."""
+    _check_choice("weighting", cfg.weighting, WEIGHTINGS)
+    _check_choice("ratio_schedule", cfg.ratio_schedule, RATIO_SCHEDULES)
+    if not cfg.weight_temperature > 0:
+        raise UserError(f"weight_temperature must be > 0, got {cfg.weight_temperature}")
+    if cfg.ratio_end is not None:
+        check_ratio(cfg.ratio_end, "ratio_end")
+    if not 0.0 <= cfg.clm_warmup < 1.0:
+        raise UserError(f"clm_warmup must be in [0, 1), got {cfg.clm_warmup}: e.g. 0.1 trains the first 10% "
+                        "of the steps as CLM")
+    if cfg.objective != "slm":
+        for key, default in (("weighting", "hard"), ("ratio_schedule", "constant"), ("ratio_end", None),
+                             ("clm_warmup", 0.0)):
+            if getattr(cfg, key) != default:
+                raise UserError(f"{key}={getattr(cfg, key)} needs objective=slm (objective clm trains every token)")
+    if cfg.weighting != "hard" and cfg.strategy != "topk":
+        raise UserError(f"weighting={cfg.weighting} weights every token by its score: it takes no strategy "
+                        f"(leave strategy=topk, not {cfg.strategy}); use weighting=hard for {cfg.strategy} selection")
+    if cfg.weighting == "dft" and (cfg.ratio_schedule != "constant" or cfg.ratio_end is not None):
+        raise UserError(f"weighting={cfg.weighting} weighs every token and has no ratio: drop ratio_schedule/ratio_end")
+    if cfg.ratio_schedule == "constant" and cfg.ratio_end is not None:
+        raise UserError(f"ratio_end={cfg.ratio_end} has no effect with ratio_schedule=constant: set "
+                        "ratio_schedule=linear or cosine, or drop ratio_end")
+    if cfg.ratio_schedule != "constant" and cfg.ratio_end is None:
+        raise UserError(f"ratio_schedule={cfg.ratio_schedule} needs ratio_end (the ratio of the last step), "
+                        "e.g. ratio=0.9 ratio_end=0.6")
 
 
 @cache

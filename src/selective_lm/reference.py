@@ -8,8 +8,12 @@ Scores (``TrainConfig.score``; higher = selected first), all in nats::
     reference       −L_ref                 what the reference predicts well
     entropy         −H_ref                 where the reference is confident
     excess+entropy  L_θ − L_ref − λ·H_ref  excess loss, less what the reference was unsure of
+    loss            L_θ                    ESLM (reference-free): the model's own loss; its top k% are the
+                                           tokens above the batch's value-at-risk of L_θ, and their mean is CVaR
+    model-entropy   H_θ                    ESLM: the model's own predictive entropy (where it is unsure)
 
-H_ref = logsumexp(z) − Σ softmax(z)·z is the reference's predictive entropy at the position (z its logits).
+H_ref = logsumexp(z) − Σ softmax(z)·z is the reference's predictive entropy at the position (z its logits); H_θ
+is the training model's, from the logits of the same forward that gives L_θ (no gradient through it).
 Sign: the later version of the paper adds the reference's entropy to its loss so that tokens the reference
 is *confident and right* on rank high; a high entropy marks a token the reference itself cannot predict from
 its context (a random digit, a name, noise), so the entropy scores subtract it. λ = 0 gives ``excess``.
@@ -45,8 +49,16 @@ class RefStats:
     entropy: torch.Tensor | None = None
 
 
-def token_score(score: str, train_losses: torch.Tensor, ref: RefStats, entropy_weight: float = 1.0) -> torch.Tensor:
-    """The per-token selection score (higher = selected first); see the module docstring."""
+def token_score(score: str, train_losses: torch.Tensor, ref: RefStats | None, entropy_weight: float = 1.0,
+                train_entropy: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-token selection score (higher = selected first); see the module docstring. ``train_entropy``: the
+    training model's predictive entropy (score=model-entropy); ``ref`` is not read by the reference-free scores."""
+    if score == "loss":
+        return train_losses
+    if score == "model-entropy":
+        if train_entropy is None:
+            raise ValueError("score 'model-entropy' needs the training model's entropy")
+        return train_entropy
     if score in ("excess", "self"):
         return train_losses - ref.loss
     if score == "reference":
@@ -120,7 +132,7 @@ class RefLosses:
         vals = [torch.from_numpy(np.asarray(m[idx], dtype=np.float32)) for m in maps]
         return combine(vals, self.how, self.weights).to(self.device, non_blocking=True)
 
-    def score(self, train_losses: torch.Tensor, ref: RefStats) -> torch.Tensor:
+    def score(self, train_losses: torch.Tensor, ref: RefStats, train_entropy: torch.Tensor | None = None) -> torch.Tensor:
         """The selection score of a micro-batch's tokens from their (detached) training losses."""
         return token_score(self.score_name, train_losses, ref, self.entropy_weight)
 

@@ -21,21 +21,26 @@ from .config import TrainConfig
 from .data import TokenDataset
 from .model import autocast_ctx, model_token_losses
 from .objective import Objective
-from .reference import RefLosses, RefStats
+from .reference import RefLosses, RefStats, token_score
 
 
 class NoReference:
-    """The reference of ``weighting=dft``: none. Its zero losses make the "excess" the model's own loss,
-    which dft weights by (p = exp(−loss)); no scores are read and no reference model runs."""
+    """The reference of the reference-free objectives: none. ``weighting=dft`` weighs by the model's own loss
+    (p = exp(−loss)); ESLM's scores (``score=loss`` / ``model-entropy``) rank by the model's own loss or predictive
+    entropy. No scores are read and no reference model runs."""
+
+    def __init__(self, score: str | None = None):
+        self.score_name = score  # None: dft (no score; its weights come from the model's own loss)
+        self.needs_model_entropy = score == "model-entropy"
 
     def __call__(self, idx: np.ndarray, inputs: torch.Tensor, targets: torch.Tensor) -> RefStats:
         return RefStats(torch.zeros(targets.shape, dtype=torch.float32, device=targets.device))
 
-    def score(self, train_losses: torch.Tensor, ref: RefStats) -> torch.Tensor:
-        return train_losses - ref.loss  # the model's own loss
+    def score(self, train_losses: torch.Tensor, ref: RefStats, train_entropy: torch.Tensor | None = None) -> torch.Tensor:
+        return token_score(self.score_name or "loss", train_losses, ref, train_entropy=train_entropy)
 
     def meta(self) -> dict:
-        return {"score": None, "self_reference": False, "reference_models": []}
+        return {"score": self.score_name, "self_reference": False, "reference_models": []}
 
 
 class StepMetrics:
@@ -115,11 +120,15 @@ class Trainer:
             targets = targets.masked_fill(torch.from_numpy(~keep), -100)
         return idx, inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
 
-    def losses(self, model, inputs: torch.Tensor, targets: torch.Tensor, sparse: bool = False) -> torch.Tensor:
-        """Per-token losses; ``sparse``: the head's backward skips zero-gradient tokens (hard SLM below ratio 1;
-        CLM and soft weights take the dense backward, with no host sync)."""
+    def losses(self, model, inputs: torch.Tensor, targets: torch.Tensor,
+               sparse: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(per-token losses, the model's own predictive entropies when the score needs them, else None);
+        ``sparse``: the head's backward skips zero-gradient tokens (hard SLM below ratio 1; CLM and soft
+        weights take the dense backward, with no host sync)."""
+        entropy = getattr(self.ref, "needs_model_entropy", False)
         with autocast_ctx(self.device, self.cfg.precision):
-            return model_token_losses(model, inputs, targets, sparse_backward=sparse)
+            out = model_token_losses(model, inputs, targets, sparse_backward=sparse, entropy=entropy)
+        return out if entropy else (out, None)
 
 
 def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]],
@@ -138,14 +147,15 @@ def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor
             with torch.no_grad():
                 for m, (idx, inputs, targets) in enumerate(micro):
                     refs[m] = t.ref(idx, inputs, targets)
-                    excess[m] = t.ref.score(t.losses(t.model, inputs, targets).float(), refs[m])
+                    tl, ent = t.losses(t.model, inputs, targets)
+                    excess[m] = t.ref.score(tl.float(), refs[m], ent)
         masks = obj.select([e if e is not None else v.float() for e, v in zip(excess, valids)], valids, gen)
     for m, (idx, inputs, targets) in enumerate(micro):
         with dist.grad_sync(t.fwd_model, m == len(micro) - 1):  # reduce gradients on the last micro-batch only
-            tl = t.losses(t.fwd_model, inputs, targets, obj.sparse_backward)
+            tl, ent = t.losses(t.fwd_model, inputs, targets, obj.sparse_backward)
             if obj.selective and excess[m] is None:
                 refs[m] = t.ref(idx, inputs, targets) if refs[m] is None else refs[m]
-                excess[m] = t.ref.score(tl.detach(), refs[m])
+                excess[m] = t.ref.score(tl.detach(), refs[m], ent)
             mask = masks[m] if masks is not None else obj.select([excess[m]], [valids[m]], gen)[0]
             obj.loss(tl, mask, denom).backward()
             if masks is None:

@@ -29,7 +29,7 @@ import torch
 from . import dist
 from .checkpoint import (capture_state, checkpoint_dirs, checkpoint_step, is_finished, prepare_run_dir, read_metrics,
                          restore_state, retire_checkpoints, truncate_metrics)
-from .config import TrainConfig, save_config, to_dict
+from .config import MODEL_SCORES, TrainConfig, save_config, to_dict
 from .data import TokenDataset
 from .evaluate import dataset_token_losses, loss_summary
 from .files import DirLock, UserError, replacing, write_json
@@ -194,6 +194,8 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     resume_from = dist.agree(prepare_run_dir, cfg, ds.fingerprint, main_only=True)
     if cfg.objective == "slm" and cfg.weighting == "dft":
         ref = NoReference()  # reference-free: no scores read, no reference model
+    elif cfg.objective == "slm" and cfg.score in MODEL_SCORES:
+        ref = NoReference(cfg.score)  # ESLM: the model's own loss or entropy ranks the tokens
     else:
         ref = dist.agree(RefLosses, cfg, ds, device) if cfg.objective == "slm" else None
     model, base_path = dist.agree(_init_model, cfg, ds, out, device)

@@ -55,6 +55,9 @@ def test_variant_arms_and_their_train_configs(tmp_path):
     assert s.score == "self" and s.ref_scores == [str(st.self_scores(1))]
     assert (s.holdout, s.holdout_fraction, s.holdout_seed) == ("exclude", 0.2, 1)
     assert tcfgs["soft"].weighting == "soft" and tcfgs["dft"].weighting == "dft" and tcfgs["dft"].ref_scores is None
+    assert tcfgs["sequence"].selection_scope == "sequence" and tcfgs["sequence"].ref_scores == [str(st.scores(1))]
+    for v, score in (("eslm-loss", "loss"), ("eslm-entropy", "model-entropy")):  # reference-free
+        assert tcfgs[v].score == score and tcfgs[v].ref_scores is None and tcfgs[v].weighting == "hard"
     assert tcfgs["warmup"].clm_warmup == 0.25
     sch = tcfgs["schedule"]
     assert (sch.ratio, sch.ratio_schedule, sch.ratio_end) == (1.0, "linear", 0.3)

@@ -18,7 +18,10 @@ VARIANTS = {
     "self": "excess against a self-reference: the base continued on a held-out share of the web corpus "
             "(no HQ data); the arm trains on the other windows",
     "soft": "soft weights w = min(1, c·exp(excess/(τ·std))) with mean weight = ratio, instead of a hard top-k",
-    "dft": "reference-free control: weights ∝ exp(−L) of the training loss (DFT-style), every token",
+    "dft": "reference-free control: DFT as published, loss = mean of sg(p)·L with p = exp(−L), every token",
+    "sequence": "top-k within each window (selection_scope=sequence, as the public SLM code does), not over the batch",
+    "eslm-loss": "ESLM, reference-free: top-k of the model's own loss (above its batch VaR at 1 − ratio: CVaR)",
+    "eslm-entropy": "ESLM, reference-free: top-k of the model's own predictive entropy",
     "warmup": "plain CLM for the first variant_warmup of the steps, then top-k",
     "schedule": "ratio from 1 (every token) down to the ratio, linearly over training",
 }
@@ -112,7 +115,7 @@ class StudyConfig:
     baselines: list[str] = field(default_factory=lambda: list(BASELINE_NAMES))
     """Baselines beside CLM: hq (CLM continued on the HQ math alone, same budget) and content (CLM on the same noisy windows with the loss on content tokens only: pure noise filtering)."""
     variants: list[str] = field(default_factory=list)
-    """Token-selection variants run as extra arms, each top-k at variant_ratio against top-k at that ratio and CLM (off by default; configs/study-variants.yaml turns them on): reference, entropy, excess+entropy, self, soft, dft, warmup, schedule. excess+entropy:λ, warmup:fraction and soft:τ set that variant's value (several of one variant compare settings; the report marks the best on validation). Adding variants to a finished study directory runs only the new arms."""
+    """Token-selection variants run as extra arms, each top-k at variant_ratio against top-k at that ratio and CLM (off by default; configs/study-variants.yaml turns them on): reference, entropy, excess+entropy, self, soft, dft, sequence, eslm-loss, eslm-entropy, warmup, schedule. excess+entropy:λ, warmup:fraction and soft:τ set that variant's value (several of one variant compare settings; the report marks the best on validation). Adding variants to a finished study directory runs only the new arms."""
     variant_ratio: float | None = None
     """Token ratio of the variant arms; default: the first of `ratios` (top-k at this ratio is their baseline)."""
     self_fraction: float = 0.2

@@ -200,6 +200,10 @@ def variant_train_kwargs(study: Study, seed: int, spec: str) -> dict:
         kw.update(weighting=variant, **({"weight_temperature": value} if value is not None else {}))
         if variant == "dft":
             kw.update(ref_scores=None)
+    elif variant == "sequence":
+        kw.update(selection_scope="sequence")
+    elif variant in ("eslm-loss", "eslm-entropy"):  # reference-free: the model's own loss or entropy
+        kw.update(score="loss" if variant == "eslm-loss" else "model-entropy", ref_scores=None)
     elif variant == "warmup":
         kw.update(clm_warmup=c.variant_warmup if value is None else value)
     elif variant == "schedule":
