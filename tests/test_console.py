@@ -82,12 +82,12 @@ def test_quick_is_the_same_as_flag_override_or_yaml(tmp_path, capsys):
         return capsys.readouterr().out
 
     flag = resolved("--quick")
-    assert "cpt_tokens: 40000" in flag and "quick: true" in flag
+    assert "cpt_tokens: 24576" in flag and "quick: true" in flag
     assert resolved("quick=true") == flag
     (tmp_path / "q.yaml").write_text("quick: true\n")
     assert resolved("--config", tmp_path / "q.yaml") == flag
     assert "cpt_tokens: 5000" in resolved("quick=true", "cpt_tokens=5000")  # explicit values still win
-    assert "cpt_tokens: 450000" in resolved("quick=false")
+    assert "cpt_tokens: 160000" in resolved("quick=false")
 
 
 def test_eta_refined_from_measured_speed():

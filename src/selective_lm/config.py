@@ -38,6 +38,8 @@ class PrepareConfig:
     """Field holding the document text in JSONL, Parquet and HF datasets."""
     spans_field: str = "spans"
     """Optional JSONL field of provenance spans [[start, end, label], ...] (labels kept per token for diagnostics only)."""
+    label_names: list[str] = field(default_factory=list)
+    """Names of provenance labels 0, 1, 2, ... in the manifest (default: the embedded corpora's content, noise, offtopic, wrong_solution, near_duplicate, perturbed_table, other_notation)."""
     tokenizer: str | None = None
     """Local HF tokenizer directory to use; when unset a byte-level BPE of `vocab_size` is trained on the inputs."""
     vocab_size: int = 2048

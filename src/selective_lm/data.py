@@ -269,8 +269,8 @@ def _pack(docs, tokenizer, writers: dict[str, _SplitWriter], cfg: PrepareConfig,
 
 
 # --------------------------------------------------------------------------- prepare
-def _label_names(seen: set[int]) -> dict[str, str]:
-    names = dict(PROVENANCE_LABELS)
+def _label_names(seen: set[int], given: list[str] | None = None) -> dict[str, str]:
+    names = {str(i): n for i, n in enumerate(given)} if given else dict(PROVENANCE_LABELS)
     names.update({str(k): f"label{k}" for k in sorted(seen) if str(k) not in names})
     return names
 
@@ -366,7 +366,7 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
             "empty_documents": stats["empty_documents"],
             "replaced_bytes": stats["replaced_bytes"],
             "dropped_tail_tokens": dropped,
-            "provenance_labels": _label_names(state["labels"]) if state["provenance"] else None,
+            "provenance_labels": _label_names(state["labels"], cfg.label_names) if state["provenance"] else None,
             "seed": cfg.seed,
             "val_fraction": cfg.val_fraction,
             "test_fraction": cfg.test_fraction,

@@ -60,7 +60,9 @@ def test_single_seed_std_is_null_and_not_tested(tmp_path):
 def test_claims_hold_when_slm_better_and_fail_when_worse(res, tmp_path):
     a = {c["metric"]: c for c in res["claims"] if c["id"] == "a"}
     assert a["test target loss"]["verdict"] == stats.HOLDS and a["test target loss"]["a_group"] == "slm-topk-0.6"
-    assert a["own few-shot accuracy"]["verdict"] == stats.HOLDS
+    assert a["own multiple-choice accuracy"]["verdict"] == stats.HOLDS == a["own gold-answer NLL"]["verdict"]
+    assert a["own exact match"]["verdict"] == stats.HOLDS
+    assert "own multiple-choice acc_norm" not in a  # reported, never a verdict of its own
     assert next(c for c in res["claims"] if c["id"] == "b")["verdict"] == stats.HOLDS
     assert all(c["verdict"] == stats.HOLDS for c in res["claims"] if c["id"] == "c")
     worse = collect(build_study(tmp_path, slm_better=False, ratios=(0.6,), strategies=("topk",), checkpoints=4))
@@ -96,19 +98,20 @@ def test_fig6_masks_match_brute_force(study, res):
             assert row["n_selected"] == k == round(0.3 * NW * SEQ)
             assert row["selected"] == pytest.approx(loss[mask].mean())
             assert row["unselected"] == pytest.approx(loss[~mask].mean())
-    corr = res["fig6"]["ratios"]["0.6"]["correlation"]["own"]
-    above = [x for rows in res["fig6"]["ratios"]["0.6"]["runs"].values() for x in rows
-             if not x["is_base"] and x["own_acc"] >= stats.FLOOR]
-    assert corr["computed"] and corr["n"] == len(above) and 0 < len(above) < 9 * 3 * 10  # base and floor excluded
+    corr = res["fig6"]["ratios"]["0.6"]["correlation"]["own_mc_acc"]
+    pts = [x for rows in res["fig6"]["ratios"]["0.6"]["runs"].values() for x in rows if not x["is_base"]]
+    assert corr["computed"] and corr["n"] == len(pts) == 9 * 3 * 10  # every checkpoint of every arm, base excluded
     assert -1 <= corr["selected"]["r"] <= 1 and corr["selected"]["p"] is not None
+    want = stats.pearson([x["own_mc_acc"] for x in pts], [x["selected"] for x in pts])
+    assert corr["selected"]["r"] == pytest.approx(want["r"])
 
 
 def test_accuracy_floor(tmp_path):
     r = collect(build_study(tmp_path, ratios=(0.6,), strategies=("topk",), acc_floor=True, checkpoints=4))
-    acc = next(c for c in r["claims"] if c["metric"] == "own few-shot accuracy")
-    assert acc["verdict"] == stats.NOT_TESTED and "floor" in acc["verdict_text"] and "cannot test" in acc["note"]
-    assert r["fig6"]["ratios"]["0.6"]["correlation"]["own"] == {
-        "computed": False, "reason": "not computed: accuracy at floor", "n": 0}
+    assert not [c for c in r["claims"] if "exact match" in c["metric"]]  # at floor: no verdict made from it
+    exact = next(d for d in r["downstream"] if d["key"] == "own_acc")
+    assert exact["status"] == "at floor" and "floor" in exact["reason"]
+    assert all(c["verdict"] != stats.NOT_TESTED for c in r["claims"])
 
 
 def test_efficiency_curve_by_hand(res):

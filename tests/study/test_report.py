@@ -48,13 +48,13 @@ def test_report_sections_in_order_and_plots(written):
     assert "[selection.html](selection.html)" in md
     verdicts = md[md.index("## Verdicts"):md.index("## Headline")]
     assert "✅ **(a) SLM beats CLM at equal tokens — test target loss**" in verdicts
-    assert "(a) SLM beats CLM at equal tokens — own few-shot accuracy" in verdicts
-    assert "(a) SLM beats CLM at equal tokens — external few-shot accuracy" in verdicts
+    assert "(a) SLM beats CLM at equal tokens — own multiple-choice accuracy" in verdicts
+    assert "(a) SLM beats CLM at equal tokens — external gold-answer NLL" in verdicts
     assert "p = " in verdicts and "Hedges' g" in verdicts and "n seeds 3/3" in verdicts
     head = md[md.index("## Headline"):md.index("## Perplexity")]
     rows = [line.split(" | ")[0].strip("| ") for line in head.splitlines() if line.startswith("| ")][1:]
     assert rows[:4] == ["reference", "clm", "hq", "content"] and any(r.startswith("slm-topk") for r in rows)
-    assert "(n=600)" in head and "±" in head
+    assert "(n=360)" in head and "±" in head  # 120 multiple-choice questions × 3 seeds
     appendix = md[md.index("## Appendix"):]
     assert "**total**" in appendix and "**6.0**" in appendix and md.count("### Configuration") == 1
     assert "observed loss at the first → last checkpoint" in md
@@ -84,8 +84,17 @@ def test_quick_label_and_failed_claims(tmp_path):
 def test_accuracy_floor_is_stated(tmp_path):
     md = render(collect(build_study(tmp_path, acc_floor=True, ratios=(0.6,), strategies=("topk",), checkpoints=4)),
                 {}, None)
-    assert "Own few-shot accuracy cannot test the claims" in md
-    assert "not computed: accuracy at floor" in md
+    assert "| own exact match | ⚪ at floor: not used | CLM's accuracy is at floor" in md
+    assert "own exact match" not in md[md.index("## Verdicts"):md.index("## Headline")]
+
+
+def test_multiple_choice_at_chance_is_not_used_for_claims(tmp_path):
+    res = collect(build_study(tmp_path, mc_chance_level=True, ratios=(0.6,), strategies=("topk",), checkpoints=4))
+    status = {d["key"]: d["status"] for d in res["downstream"]}
+    assert status["own_mc_acc"] == status["ext_mc_acc"] == "at chance" and status["own_answer_nll"] == "usable"
+    assert not [c for c in res["claims"] if "multiple-choice" in c["metric"]]
+    md = render(res, {}, None)
+    assert "⚪ at chance: not used" in md and "not used for claims: own multiple-choice accuracy" in md
 
 
 def test_analyze_help_lists_names(capsys):

@@ -27,6 +27,13 @@ def test_bad_configs_refused_before_any_stage(tmp_path, capsys, tiny_data):
     refused(["study", "--out", out, "baselines=[hq,oracle]"], capsys, "baseline 'oracle'", out)
     refused(["study", "--out", out, "temperature_unit=kelvin"], capsys, "temperature_unit", out)
     refused(["study", "--out", out, "seeds=[0,0]"], capsys, "distinct", out)
+    refused(["study", "--out", out, "hq_ratio=0"], capsys, "hq_ratio must hold HQ : budget ratios", out)
+    refused(["study", "--out", out, "hq_sweep=[0.1,0.1]"], capsys, "hq_sweep must be distinct", out)
+    refused(["study", "--out", out, "baselines=[content]"], capsys, "keep hq in baselines", out)
+    refused(["study", "--out", out, "sweep_ratio=0.5"], capsys, "sweep_ratio 0.5", out)
+    refused(["study", "--out", out, "strategies=[random]"], capsys, "keep topk in strategies", out)
+    refused(["study", "--out", out, "corpus=wiki"], capsys, "unknown corpus 'wiki'", out)
+    refused(["study", "--out", out, "web_scale=0"], capsys, "web_scale must be in (0, 100]", out)
     yaml_file = tmp_path / "study.yaml"
     yaml_file.write_text("lora:\n  r: -4\n")
     refused(["study", "--out", out, "--config", yaml_file], capsys, "lora.r", out)
@@ -44,7 +51,27 @@ def test_bad_configs_refused_before_any_stage(tmp_path, capsys, tiny_data):
             capsys, "vocabulary", out)
 
 
-QUICK = ["study", "--quick", "--no-progress", "variants=[self,excess+entropy,soft]"]  # with the variants section
+# one seed keeps the suite short; the variants section too
+QUICK = ["study", "--quick", "--no-progress", "seeds=[0]", "variants=[self,excess+entropy,soft]"]
+
+
+def test_the_default_study_decides():
+    """The no-argument study runs enough seeds for a verdict on every claim, in the paper's regime."""
+    from selective_lm.study.config import StudyConfig
+    from selective_lm.study.stats import MIN_SEEDS
+
+    cfg = StudyConfig()
+    cfg.validate()
+    assert len(cfg.seeds) >= MIN_SEEDS and cfg.reference_epochs == 3 and cfg.hq_ratio <= 0.1 and cfg.hq_sweep
+
+
+def test_a_three_seed_study_gives_every_claim_a_verdict(v2_study):
+    from selective_lm.study import stats
+    from selective_lm.study.collect import collect
+
+    res = collect(v2_study)
+    assert res["claims"] and all(c["verdict"] in (stats.HOLDS, stats.FAILS, stats.NOT_SIG) for c in res["claims"])
+    assert "could not be tested" in res["summary"] and "0 could not be tested" in res["summary"]
 
 
 @pytest.fixture(scope="module")
@@ -62,21 +89,27 @@ def test_quick_study_end_to_end(quick_study):
     for k in KEYS:
         assert k in res, k
     names = {r["name"] for r in res["runs"]} if isinstance(res["runs"], list) else set(res["runs"])
-    assert {"clm-s0", "hq-s0", "content-s0", "topk-r0.6-s0", "random-r0.6-s0", "stochastic-r0.6-s0"} <= names
-    # v2: one pipeline per seed, problems split with zero leakage, test and validation evaluations
+    assert {"clm-s0", "hq-s0", "topk-r0.6-s0", "random-r0.6-s0", "hq-1in2-s0", "topk-r0.6-1in2-s0"} <= names
+    # v3: the paper's regime, problems split with zero leakage, test and validation evaluations
     index = json.loads((quick_study / "index.json").read_text())
-    assert index["version"] == 2 and set(index["pipelines"]) == {"0"}
+    assert index["version"] == 3 and set(index["pipelines"]) == {"0"} and index["regime"]["hq_label"] == "1:4"
     leak = json.loads((quick_study / "seed-0" / "corpora" / "manifest.json").read_text())["leakage"]
     assert leak["max_share"] == 0.0
-    final = sorted((quick_study / "seed-0" / "evals" / "clm").glob("step_*"))[-1]
-    m = json.loads((final / "metrics.json").read_text())
-    assert {"test", "validation", "fewshot"} <= set(m) and {"own", "external"} <= set(m["fewshot"])
-    assert m["fewshot"]["external"]["n"] == 48
+    evals = sorted((quick_study / "seed-0" / "evals" / "clm").glob("step_*"))
+    first, final = (json.loads((d / "metrics.json").read_text()) for d in (evals[0], evals[-1]))
+    assert {"test", "mc"} <= set(first) and "fewshot" not in first  # multiple choice at every checkpoint
+    assert {"test", "validation", "fewshot", "mc"} <= set(final) and {"own", "external"} <= set(final["mc"])
+    assert final["mc"]["own"]["n"] == 16 and final["mc"]["own"]["chance"] == 0.25 and final["fewshot"]["external"]["n"] == 8
+    # the HQ-only arm repeats its HQ share (1/4 of the budget: 4 epochs); the sweep arm has its end only
+    hq = json.loads((quick_study / "seed-0" / "runs" / "hq" / "run.json").read_text())
+    assert hq["holdout"]["side"] == "only" and hq["holdout"]["windows"] * 256 * 4 == pytest.approx(24_576, rel=0.05)
+    assert len(list((quick_study / "seed-0" / "evals" / "topk-r0.6-1in2").glob("step_*"))) == 1
     assert "Smoke test" in md and "Written by `slm study`" in md
-    assert "not tested (1 seed" in md and "✅" not in md  # one seed never "holds"
-    overlap = [json.loads(x)["topk_overlap"] for x in open(quick_study / "seed-0" / "runs" / "stochastic-r0.6" /
-                                                               "metrics.jsonl") if '"train"' in x]
-    assert overlap and all(0.0 < o < 1.0 for o in overlap)
+    assert "not tested (1 seed" in md and "✅" not in md.split("## Verdicts")[1].split("## Headline")[0]
+    # what the issue asks of the quick report
+    assert "**HQ : budget = 1:4**" in md and "chance is 25%" in md and "own gold-answer NLL" in md
+    assert "speed-up (tokens)" in md and "speed-up (FLOPs, k=1)" in md
+    assert "| 1:2 |" in md.split("## HQ-size sweep")[1]
 
     def finite(x):
         if isinstance(x, float):
@@ -91,6 +124,9 @@ def test_quick_study_end_to_end(quick_study):
     assert (quick_study / "report" / "selection.html").is_file()
     # the variants: a self-reference on a held-out share, entropies in the scores, one section in the report
     assert {"v-self-r0.6-s0", "v-excess-entropy-r0.6-s0", "v-soft-r0.6-s0"} <= names
+    overlap = [json.loads(x)["topk_overlap"] for x in open(quick_study / "seed-0" / "runs" / "random-r0.6" /
+                                                               "metrics.jsonl") if '"train"' in x]
+    assert overlap and all(0.0 < o < 1.0 for o in overlap)
     assert [r["variant"] for r in res["variants"]["rows"]] == ["self", "excess+entropy", "soft"]
     assert "## Token-selection variants" in md
     sd = quick_study / "seed-0"

@@ -38,7 +38,7 @@ def test_bad_variant_configs_refused_before_any_stage(tmp_path, capsys):
 
 def test_variant_arms_and_their_train_configs(tmp_path):
     cfg = StudyConfig(out=str(tmp_path / "s"), variants=list(VARIANTS), ratios=[0.6, 0.3], variant_ratio=0.3,
-                      seeds=[0, 1])
+                      seeds=[0, 1], hq_sweep=[])
     cfg.validate()
     st = Study(cfg)
     arms = [a for a in st.arms() if a["arm"] == "variant"]
@@ -66,7 +66,7 @@ def test_variant_arms_and_their_train_configs(tmp_path):
     kw = {v: variant_train_kwargs(st, 0, v) for v in ("excess+entropy:0.3", "warmup:0.5", "soft:2")}
     assert kw["excess+entropy:0.3"]["entropy_weight"] == 0.3 and kw["warmup:0.5"]["clm_warmup"] == 0.5
     assert kw["soft:2"]["weight_temperature"] == 2.0
-    two = StudyConfig(out=str(tmp_path / "u"), variants=["excess+entropy", "excess+entropy:0.3"])
+    two = StudyConfig(out=str(tmp_path / "u"), variants=["excess+entropy", "excess+entropy:0.3"], seeds=[0])
     two.validate()
     assert [a["name"] for a in Study(two).arms() if a["arm"] == "variant"] == [
         "v-excess-entropy-r0.6-s0", "v-excess-entropy-0.3-r0.6-s0"]
@@ -82,18 +82,18 @@ def test_variants_added_to_a_finished_study_directory(tmp_path):
     """Variants only add arms: a study directory made before them accepts them; changing a variant
     setting once it is recorded is refused."""
     out = tmp_path / "s"
-    cfg = StudyConfig(out=str(out))
+    cfg = StudyConfig(out=str(out), ratios=[0.6, 0.3])
     cfg.validate()
     Study(cfg).check_dir()
     saved = yaml.safe_load((out / "study.yaml").read_text())
     for k in (*VARIANT_KEYS, "variants"):  # as written before the variants existed
         saved.pop(k)
     (out / "study.yaml").write_text(yaml.safe_dump(saved))
-    cfg = StudyConfig(out=str(out), variants=["soft", "self"], variant_ratio=0.3, self_fraction=0.3)
+    cfg = StudyConfig(out=str(out), variants=["soft", "self"], variant_ratio=0.3, self_fraction=0.3, ratios=[0.6, 0.3])
     cfg.validate()
     Study(cfg).check_dir()  # accepted, and now recorded
     assert yaml.safe_load((out / "study.yaml").read_text())["self_fraction"] == 0.3
-    cfg = StudyConfig(out=str(out), variants=["soft", "self"], variant_ratio=0.3, self_fraction=0.2)
+    cfg = StudyConfig(out=str(out), variants=["soft", "self"], variant_ratio=0.3, self_fraction=0.2, ratios=[0.6, 0.3])
     cfg.validate()
     with pytest.raises(UserError, match="self_fraction"):
         Study(cfg).check_dir()

@@ -44,6 +44,9 @@ NEAR_SHARE = (0.25, 0.5)  # share of a page's non-content budget that near-domai
 HQ_TABLE_SHARE = 0.1      # HQ documents with a correct numeric table
 WEB_TABLE_SHARE = 0.12    # web pages with a correct numeric table as content
 PROSE_CHARS = 3_000_000   # character target at scale=1
+# train tokens per unit of scale with a 2048-token byte-level BPE trained on these corpora (measured on seed 0:
+# hq_scale 0.25 -> 118,734 tokens, web_scale 0.2 -> 327,932): what scale_for sizes a corpus by
+TRAIN_TOKENS_PER_SCALE = {"hq_math": 475_000, "web_math": 1_640_000}
 PROSE_MATH_SHARE = 0.05
 N_EVAL = 400
 N_EXEMPLARS = 8
@@ -303,13 +306,13 @@ def _eval_set(seed: int, split_of: ProblemSplit) -> list[Problem]:
                 return sorted(out.values(), key=lambda q: FAMILIES.index(q.family))
     raise AssertionError("unreachable")
 
-def _split_rows(make: Callable[[str], dict], n_total: int) -> list[dict]:
-    """``n_total`` rows, 84/8/8 % by split, validation and test each at least EVAL_MIN_CHARS long."""
+def _split_rows(make: Callable[[str], dict], n_total: int, eval_chars: int = EVAL_MIN_CHARS) -> list[dict]:
+    """``n_total`` rows, 84/8/8 % by split, validation and test each at least ``eval_chars`` long."""
     n_eval = max(1, round(n_total * SPLIT_SHARES["validation"]))
     rows = [make("train") for _ in range(max(1, n_total - 2 * n_eval))]
     for split in ("validation", "test"):
         k = chars = 0
-        while k < n_eval or chars < EVAL_MIN_CHARS:
+        while k < n_eval or chars < eval_chars:
             rows.append(make(split))
             k, chars = k + 1, chars + len(rows[-1]["text"])
     return rows
@@ -321,13 +324,40 @@ def _split_stats(rows: list[dict]) -> dict:
         out[r["split"]]["chars"] += len(r["text"])
     return out
 
-def is_cached(out_dir: str | Path, seed: int, scale: float) -> bool:
-    """Whether ``out_dir`` holds complete corpora for this seed, scale, format and Python version."""
+def scale_for(corpus: str, train_tokens: float) -> float:
+    """The scale of ``corpus`` (hq_math or web_math) whose train split holds about ``train_tokens`` tokens."""
+    return round(max(train_tokens / TRAIN_TOKENS_PER_SCALE[corpus], 0.005), 4)
+
+
+def corpora_params(seed: int = 0, scale: float = 1.0, *, hq_scale: float | None = None,
+                   web_scale: float | None = None, prose_scale: float | None = None, split_seed: int | None = None,
+                   eval_chars: int = EVAL_MIN_CHARS, prose_math_share: float = PROSE_MATH_SHARE) -> dict:
+    """What a set of corpora is made from (its manifest records it; the cache key): the sample ``seed``, the
+    problem split's ``split_seed`` (default: ``seed``), and each corpus's scale (default: ``scale``)."""
+    scales = {"hq_math": hq_scale, "web_math": web_scale, "prose": prose_scale}
+    for name, v in [("scale", scale), *scales.items()]:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100
+                              or (name == "scale" and v == 0)):
+            raise UserError(f"{name if name == 'scale' else name.split('_')[0] + '_scale'} must be a number in "
+                            f"{'(0' if name == 'scale' else '[0'}, 100], got {v!r}")
+    if not isinstance(eval_chars, int) or eval_chars < 1:
+        raise UserError(f"eval_chars must be a positive integer, got {eval_chars!r}")
+    if isinstance(prose_math_share, bool) or not 0 <= prose_math_share < 1:
+        raise UserError(f"prose_math_share must be in [0, 1), got {prose_math_share!r}")
+    out = {"seed": int(seed), "split_seed": int(seed if split_seed is None else split_seed),
+           "scales": {k: float(scale if v is None else v) for k, v in scales.items()}, "eval_chars": eval_chars}
+    return out | ({"prose_math_share": float(prose_math_share)} if prose_math_share != PROSE_MATH_SHARE else {})
+
+
+def is_cached(out_dir: str | Path, seed: int = 0, scale: float = 1.0, **kw) -> bool:
+    """Whether ``out_dir`` holds complete corpora made from these parameters (:func:`corpora_params`), this
+    format and this Python minor version."""
     paths = CorporaPaths.at(out_dir)
     try:
         m = read_json(paths.manifest)
-        same = (m["format_version"], m["seed"], m["scale"], m["python_version"].split(".")[:2]) == (
-            FORMAT_VERSION, seed, scale, [str(v) for v in sys.version_info[:2]])
+        want = corpora_params(seed, scale, **kw)
+        same = (m["format_version"], {k: m[k] for k in want}, m["python_version"].split(".")[:2]) == (
+            FORMAT_VERSION, want, [str(v) for v in sys.version_info[:2]])
         return same and all((paths.root / m["files"][k]["path"]).stat().st_size == m["files"][k]["bytes"]
                             for k in FILE_NAMES)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -335,21 +365,32 @@ def is_cached(out_dir: str | Path, seed: int, scale: float) -> bool:
 
 
 def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 1.0, overwrite: bool = False,
-                          progress: bool = True) -> CorporaPaths:
-    """Write the default corpora into ``out_dir``, or return the cached ones (see the module docstring)."""
+                          progress: bool = True, hq_scale: float | None = None, web_scale: float | None = None,
+                          prose_scale: float | None = None, split_seed: int | None = None,
+                          eval_chars: int = EVAL_MIN_CHARS, prose_math_share: float = PROSE_MATH_SHARE) -> CorporaPaths:
+    """Write the default corpora into ``out_dir``, or return the cached ones (see the module docstring).
+
+    ``scale`` sizes all three corpora; ``hq_scale``, ``web_scale`` and ``prose_scale`` size one each (0 = an
+    empty prose file, e.g. when another sample's prose trains the base). ``split_seed`` keys the problem
+    split (default ``seed``): samples with different ``seed`` and one ``split_seed`` never put a problem in
+    two splits, so one sample's training text holds no other sample's validation or test problem.
+    ``eval_chars`` is the floor of each validation and test split; ``prose_math_share`` the share of the prose
+    corpus's characters that are worked problems and arithmetic facts in running text (train problems only)."""
     from ..runtime import progress as progress_bar
 
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 100:
-        raise UserError(f"scale must be a number in (0, 100], got {scale!r}")
-    scale, seed = float(scale), int(seed)
+    params = corpora_params(seed, scale, hq_scale=hq_scale, web_scale=web_scale, prose_scale=prose_scale,
+                            split_seed=split_seed, eval_chars=eval_chars, prose_math_share=prose_math_share)
+    seed, scale, sc = params["seed"], float(scale), params["scales"]
     paths = CorporaPaths.at(out_dir)
-    if not overwrite and is_cached(out_dir, seed, scale):
+    if not overwrite and is_cached(out_dir, seed, scale, hq_scale=hq_scale, web_scale=web_scale,
+                                   prose_scale=prose_scale, split_seed=split_seed, eval_chars=eval_chars,
+                                   prose_math_share=prose_math_share):
         return paths
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.manifest.unlink(missing_ok=True)  # the files below are stale until the new manifest lands
-    n_hq, n_web = max(3, round(HQ_DOCS * scale)), max(3, round(WEB_DOCS * scale))
+    n_hq, n_web = max(3, round(HQ_DOCS * sc["hq_math"])), max(3, round(WEB_DOCS * sc["web_math"]))
     bar = progress_bar(total=n_hq + n_web + len(PROSE_MODULES), desc="corpora", unit="doc", enabled=progress)
-    split_of = ProblemSplit(seed)
+    split_of = ProblemSplit(params["split_seed"])
     evals = _eval_set(seed, split_of)
     exemplars: dict[str, Problem] = {}  # the first short train problem of 8 families in the hq stream
     for p in _only(_seed(seed, "hq"), split_of, "train"):
@@ -364,7 +405,7 @@ def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 
 
     bar.set_description("hq_math")
     rng, src = random.Random(_seed(seed, "hq-docs")), _sources(iter_problems(_seed(seed, "hq")), split_of)
-    hq = _split_rows(lambda s: made({"text": _hq_doc(rng, src[s]), "split": s}), n_hq)
+    hq = _split_rows(lambda s: made({"text": _hq_doc(rng, src[s]), "split": s}), n_hq, eval_chars)
     rng.shuffle(hq)
     bar.set_description("web_math")
     rng, src = random.Random(_seed(seed, "web-docs")), _sources(iter_problems(_seed(seed, "web")), split_of)
@@ -373,7 +414,7 @@ def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 
     def web_row(split: str) -> dict:
         text, spans = _finish(_web_doc(rng, src[split], offtopic))
         return made({"text": text, "spans": spans, "split": split})
-    web = _split_rows(web_row, n_web)
+    web = _split_rows(web_row, n_web, eval_chars)
     rng.shuffle(web)
     label_chars = [0] * len(PROVENANCE)
     for r in web:
@@ -382,8 +423,9 @@ def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 
         label_chars[0] += len(r["text"]) - sum(e - s for s, e, _ in r["spans"])
     bar.set_description("prose")
     rng, probs = random.Random(_seed(seed, "prose")), _only(_seed(seed, "prose-math"), split_of, "train")
-    target, docs, size = PROSE_CHARS * scale * (1 - PROSE_MATH_SHARE), [], 0
-    for name in PROSE_MODULES:
+    share = prose_math_share
+    target, docs, size = PROSE_CHARS * sc["prose"] * (1 - share), [], 0
+    for name in PROSE_MODULES if target > 0 else ():
         bar.update()
         for piece in _chunks(render_module_doc(name), rng.randint(1500, 4000)):
             if size < target:
@@ -392,7 +434,7 @@ def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 
         if size >= target:
             break
     math_docs: list[str] = []
-    while sum(map(len, math_docs)) < size * PROSE_MATH_SHARE / (1 - PROSE_MATH_SHARE):
+    while sum(map(len, math_docs)) < size * share / (1 - share):
         math_docs.append(_math_prose(rng, probs))
     docs += math_docs
     rng.shuffle(docs)
@@ -409,7 +451,7 @@ def build_default_corpora(out_dir: str | Path, *, seed: int = 0, scale: float = 
                       "documents": len(rows[key]), "chars": sum(len(r.get("text", "")) for r in rows[key])}
     total = max(1, sum(label_chars))
     write_json(paths.manifest, {
-        "format_version": FORMAT_VERSION, "seed": seed, "scale": scale,
+        "format_version": FORMAT_VERSION, **params, "scale": scale,
         "python_version": ".".join(map(str, sys.version_info[:3])), "files": files,
         "split_shares": SPLIT_SHARES, "splits": {"hq_math": _split_stats(hq), "web_math": _split_stats(web)},
         "provenance_labels": {str(k): v for k, v in PROVENANCE.items()},

@@ -9,53 +9,96 @@ from ..analysis.dynamics import CATEGORIES
 from . import stats
 from .tokens import PAPER_DYNAMICS
 
-METRICS = (("target_loss", "test target loss", True), ("own_acc", "own few-shot accuracy", False),
-           ("ext_acc", "external few-shot accuracy", False))
+TARGET = ("target_loss", "test target loss", True)
+# the downstream metrics (key, label, lower is better, kind, pooled-accuracy key): exact match of greedy answers,
+# multiple-choice accuracy (acc and the length-normalised acc_norm, as lm-evaluation-harness scores them) and the
+# gold answer's NLL
+DOWNSTREAM = (("own_mc_acc", "own multiple-choice accuracy", False, "mc", "own_mc_pooled"),
+              ("own_mc_acc_norm", "own multiple-choice acc_norm", False, "mc", "own_mc_norm_pooled"),
+              ("own_answer_nll", "own gold-answer NLL", True, "nll", None),
+              ("ext_mc_acc", "external multiple-choice accuracy", False, "mc", "ext_mc_pooled"),
+              ("ext_mc_acc_norm", "external multiple-choice acc_norm", False, "mc", "ext_mc_norm_pooled"),
+              ("ext_answer_nll", "external gold-answer NLL", True, "nll", None),
+              ("own_acc", "own exact match", False, "exact", "own_pooled"),
+              ("ext_acc", "external exact match", False, "exact", "ext_pooled"))
+METRICS = (TARGET, ("own_acc", "own few-shot accuracy", False), ("ext_acc", "external few-shot accuracy", False))
 
 
 def _vals(g: dict | None, key: str) -> list:
     return (g or {}).get(key, {}).get("values") or []
 
 
-def _floor(res: dict, key: str) -> tuple[bool, str]:
-    kind = key.split("_")[0]
-    accs = {g: v.get(f"{kind}_pooled") for g, v in res["groups"].items() if g not in ("base", "reference")}
-    return stats.at_floor(accs)
+def _arms(res: dict) -> dict:
+    """The continual-pretraining groups of the main design (no base, references or sweep arms)."""
+    return {k: v for k, v in res["groups"].items() if v.get("arm") not in ("base", "reference") and not v.get("sweep")}
+
+
+def downstream_status(res: dict) -> list[dict]:
+    """Which downstream metrics can test a claim. Exact match: not at floor (:func:`.stats.at_floor`). Multiple
+    choice: at least one arm's pooled accuracy has its Wilson 95% interval above chance. The gold answer's NLL
+    is continuous and always usable. The rule looks at every arm alike, never at which one wins."""
+    out, chance = [], _chance(res)
+    for key, label, lower, kind, pooled in DOWNSTREAM:
+        accs = {g: v.get(pooled) for g, v in _arms(res).items()} if pooled else {}
+        if not any(_vals(v, key) for v in _arms(res).values()):
+            status, why = "not measured", "not measured in this study"
+        elif kind == "nll":
+            status, why = "usable", "continuous"
+        elif kind == "exact":
+            floor, why = stats.at_floor(accs)
+            status, why = ("at floor", why) if floor else ("usable", "above the floor")
+        else:
+            above = [g for g, a in accs.items() if a and a.get("ci95") and a["ci95"][0] > chance]
+            status = "usable" if above else "at chance"
+            why = (f"above chance ({chance:.0%}) in {', '.join(above)}" if above else
+                   f"no arm's 95% interval lies above chance ({chance:.0%})")
+        out.append({"key": key, "metric": label, "lower_is_better": lower, "kind": kind, "status": status,
+                    "reason": why})
+    return out
+
+
+def _chance(res: dict) -> float:
+    for r in (res.get("runs") or {}).values():
+        if (r.get("final") or {}).get("mc_chance"):
+            return float(r["final"]["mc_chance"])
+    return 0.25
+
+
+def claim_metrics(res: dict) -> tuple:
+    """The test target loss and every downstream metric that can test a claim (:func:`downstream_status`);
+    acc_norm is reported beside acc but never makes a verdict of its own."""
+    usable = [(d["key"], d["metric"], d["lower_is_better"]) for d in res.get("downstream") or []
+              if d["status"] == "usable" and not d["key"].endswith("_norm")]
+    return (TARGET, *usable)
 
 
 def _line(cid: str, claim: str, metric: str, names: tuple[str, str], cmp: dict, note: str = "") -> dict:
     return {"id": cid, "claim": claim, "metric": metric, "a_group": names[0], "b_group": names[1], **cmp, "note": note}
 
 
-def compare_groups(res: dict, cid: str, claim: str, a: str, b: str, metrics=METRICS) -> list[dict]:
+def compare_groups(res: dict, cid: str, claim: str, a: str, b: str, metrics=None) -> list[dict]:
     g, out = res["groups"], []
-    for key, label, lower in metrics:
-        cmp = stats.compare(_vals(g.get(a), key), _vals(g.get(b), key), lower)
-        note = ""
-        if key.endswith("_acc"):
-            floor, why = _floor(res, key)
-            if floor:
-                cmp["verdict"], cmp["verdict_text"] = stats.NOT_TESTED, f"not tested (accuracy at floor: {why})"
-                note = "accuracy cannot test the claim: " + why
-        out.append(_line(cid, claim, label, (a, b), cmp, note))
+    for key, label, lower in metrics or claim_metrics(res):
+        out.append(_line(cid, claim, label, (a, b), stats.compare(_vals(g.get(a), key), _vals(g.get(b), key), lower)))
     return out
 
 
-def _speedup_line(res: dict, group: str) -> dict:
-    e = ((res.get("data_efficiency") or {}).get("groups") or {}).get(group)
-    claim = "SLM reaches CLM's final test target loss with fewer tokens (speed-up > 1)"
-    base = {"id": "b", "claim": claim, "metric": "final speed-up vs CLM", "a_group": group, "b_group": "clm",
-            "note": ""}
+def _speedup_line(res: dict, group: str, key: str = "target_loss", label: str = "test target loss") -> dict:
+    eff = res.get("data_efficiency") if key == "target_loss" else (res.get("downstream_efficiency") or {}).get(key)
+    e = ((eff or {}).get("groups") or {}).get(group)
+    claim = f"SLM reaches CLM's final {label} with fewer tokens (speed-up > 1)"
+    base = {"id": "b", "claim": claim, "metric": f"final speed-up vs CLM ({label})", "a_group": group,
+            "b_group": "clm", "note": ""}
     if not e:
         return {**base, "verdict": stats.NOT_TESTED, "verdict_text": "not tested (no efficiency curve)"}
     if e["unreached_final"]:
         bounds = ", ".join(f"< {b:.2f}×" for b in e["upper_bounds"] if b is not None)
         if e["unreached_final"] == e["n"]:
             return {**base, "verdict": stats.FAILS, "note": f"speed-up {bounds}",
-                    "verdict_text": "does not hold (never reaches CLM's final loss within its budget)"}
-        return {**base, "verdict": stats.NOT_TESTED, "note": f"unreached in {e['unreached_final']} of {e['n']} seeds "
-                f"(speed-up {bounds} there)", "verdict_text": f"not tested (unreached in {e['unreached_final']} of "
-                                                               f"{e['n']} seeds)"}
+                    "verdict_text": "does not hold (never reaches CLM's final value within its budget)"}
+        return {**base, "verdict": stats.NOT_SIG, "note": f"unreached in {e['unreached_final']} of {e['n']} seeds "
+                f"(speed-up {bounds} there)", "verdict_text": f"not significant (CLM's final value unreached in "
+                                                               f"{e['unreached_final']} of {e['n']} seeds)"}
     return {**base, **e["final"]}
 
 
@@ -104,6 +147,8 @@ def claims(res: dict) -> list[dict]:
     if topk and "clm" in res["groups"]:
         out += compare_groups(res, "a", "SLM beats CLM at equal tokens", topk, "clm")
         out.append(_speedup_line(res, topk))
+        labels = {d["key"]: d["metric"] for d in res.get("downstream") or []}
+        out += [_speedup_line(res, topk, k, labels.get(k, k)) for k in res.get("downstream_efficiency") or {}]
     else:
         out.append({"id": "a", "claim": "SLM beats CLM at equal tokens", "metric": "test target loss",
                     "verdict": stats.NOT_TESTED, "verdict_text": "not tested (no top-k SLM or no CLM group)"})
@@ -126,6 +171,20 @@ def findings(res: dict) -> list[dict]:
                            ("content", "SLM's ranking adds to noise filtering (SLM beats CLM on content tokens only)")):
             if base in res["groups"]:
                 out += compare_groups(res, f"f-{base}", what, topk, base)
+    hn = ((res.get("harder_noise") or {}).get("groups") or {}).get(topk) if topk else None
+    labels = (res.get("harder_noise") or {}).get("labels") or {}
+    content = labels.get("0")
+    for code, name in labels.items():
+        if hn and content and code != "0" and name in hn and content in hn:
+            cmp = stats.compare(hn[name]["values"], hn[content]["values"], True)
+            out.append(_line("f-label", f"SLM selects {name} tokens less often than {content} tokens",
+                             f"share selected at ratio {res['groups'][topk]['ratio']:g} (test noisy tokens)",
+                             (name, content), cmp))
+    auc = (res.get("filter") or {}).get("auc")
+    if auc:
+        out.append({"id": "f-filter", "claim": "the document filter ranks solutions with an annotated error lower",
+                    "metric": "AUC of the mean reference loss (error vs no mistake) > 0.5", "a_group": "filter",
+                    "b_group": "chance", "quantity": "AUC", **auc})
     var = res.get("variants") or {}
     for row in var.get("rows") or []:
         out += compare_groups(res, "f-variant", f"variant {row['variant']} beats top-k at ratio {float(var['ratio']):g}",
@@ -187,7 +246,8 @@ def headline(res: dict) -> list[dict]:
     """Rows of the headline table (test split): reference, CLM, hq, content, each SLM group."""
     g, eff = res["groups"], (res.get("data_efficiency") or {}).get("groups") or {}
     order = [k for k in ("reference", "clm", "hq", "content") if k in g]
-    order += sorted((k for k in g if k.startswith("slm-")), key=lambda k: (g[k]["strategy"], -float(g[k]["ratio"])))
+    order += sorted((k for k in g if k.startswith("slm-") and not g[k].get("sweep")),
+                    key=lambda k: (g[k]["strategy"], -float(g[k]["ratio"])))
     order += [k for k in g if k.startswith("variant-")]
     rows = []
     for k in order:
@@ -198,6 +258,8 @@ def headline(res: dict) -> list[dict]:
         rows.append({"group": k, "target_ppl": v["target_ppl"], "noisy_ppl": v["noisy_ppl"],
                      "target_loss": v["target_loss"], "own": v["own_pooled"], "own_seeds": v["own_acc"],
                      "ext": v["ext_pooled"], "ext_seeds": v["ext_acc"],
+                     "own_mc": v.get("own_mc_pooled"), "ext_mc": v.get("ext_mc_pooled"),
+                     "own_nll": v.get("own_answer_nll"), "ext_nll": v.get("ext_answer_nll"),
                      "speedup": e.get("final"), "speedup_unreached": e.get("unreached_final"),
                      "p_vs_clm": vs["p"] if vs else None, "verdict_vs_clm": vs["verdict_text"] if vs else None,
                      "best_ratio": any(b.get("group") == k for b in (res.get("best_ratio") or {}).values())})
@@ -207,22 +269,53 @@ def headline(res: dict) -> list[dict]:
 def summary_text(res: dict) -> str:
     """One paragraph: what the study is and what it found."""
     cfg, cl = res.get("config") or {}, res.get("claims") or []
-    held = [f"({c['id']}) {c['metric']}" for c in cl if c.get("verdict") == stats.HOLDS]
-    failed = [f"({c['id']}) {c['metric']}" for c in cl if c.get("verdict") == stats.FAILS]
+    held = sum(c.get("verdict") == stats.HOLDS for c in cl)
+    failed = sum(c.get("verdict") == stats.FAILS for c in cl)
     untested = sum(c.get("verdict") == stats.NOT_TESTED for c in cl)
     nsig = sum(c.get("verdict") == stats.NOT_SIG for c in cl)
     best = ", ".join(f"{s} {b['ratio']:g}" for s, b in (res.get("best_ratio") or {}).items())
-    text = (f"{len(cfg.get('seeds') or [])} seed(s) (each a whole pipeline), model `{cfg.get('model')}`, "
-            f"{cfg.get('cpt_tokens')} continual-pretraining tokens per arm; arms CLM, HQ-only, content-only and SLM "
-            f"({', '.join(cfg.get('strategies') or [])}) at ratios {', '.join(f'{r:g}' for r in cfg.get('ratios') or [])}"
+    reg = (res.get("design") or {}).get("regime") or {}
+    arms = ", ".join(["CLM"] + [{"hq": "HQ-only", "content": "content-only"}[b] for b in _baselines(res)])
+    seeds = cfg.get("seeds") or []
+    text = (f"{len(seeds)} seed(s) ({'one shared base' if cfg.get('share_base') else 'each a whole pipeline'}), "
+            f"model `{cfg.get('model')}`, {cfg.get('cpt_tokens')} continual-pretraining tokens per arm"
+            + (f"; the reference trains on {reg['hq_tokens']:,.0f} HQ tokens (HQ : budget {reg['hq_label']}, "
+               f"{reg['reference_epochs']:g} epoch{'s' if reg['reference_epochs'] != 1 else ''}; the paper: 1:30)" if reg.get("hq_tokens") else "")
+            + f"; arms {arms} and SLM ({', '.join(cfg.get('strategies') or [])}) at ratios "
+            f"{', '.join(f'{r:g}' for r in cfg.get('ratios') or [])}"
             f"; best ratio per strategy chosen on validation: {best or 'none'}; all numbers below on the test split. ")
     var = res.get("variants") or {}
     if var.get("rows"):
         won = [r["variant"] for r in var["rows"] if r["vs_topk"].get("verdict") == stats.HOLDS]
         text += (f"Variants at ratio {float(var['ratio']):g} ({', '.join(r['variant'] for r in var['rows'])}): "
                  f"{', '.join(won) if won else 'none'} beat top-k on the test target loss (p < 0.05). ")
-    text += (f"Of {len(cl)} claim × metric lines, {len(held)} hold"
-             + (f" ({'; '.join(held)})" if held else "") + f", {len(failed)} do not hold"
-             + (f" ({'; '.join(failed)})" if failed else "") + f", {nsig} are not significant and {untested} "
-             "could not be tested (too few seeds or accuracy at floor).")
+    if (res.get("sweep") or {}).get("summary"):
+        text += f"HQ-size sweep: {res['sweep']['summary']}. "
+    excluded = [d["metric"] for d in res.get("downstream") or [] if d["status"] in ("at floor", "at chance")]
+    text += (f"Of {len(cl)} claim × metric lines, {held} hold, {failed} do not hold, {nsig} are not significant and "
+             f"{untested} could not be tested" + (f" ({_untested_why(cl)})" if untested else "") + ". By claim: "
+             + "; ".join(_digest(cl, cid) for cid in dict.fromkeys(c["id"] for c in cl)) + "."
+             + (f" Downstream metrics at floor or chance, not used for claims: {', '.join(excluded)}." if excluded
+                else ""))
     return text
+
+
+def _digest(cl: list[dict], cid: str) -> str:
+    """"(a) holds on X, Y; not significant on Z" for one claim id."""
+    lines = [c for c in cl if c["id"] == cid]
+    parts = []
+    for verdict, word in ((stats.HOLDS, "holds on"), (stats.FAILS, "does not hold on"),
+                          (stats.NOT_SIG, "not significant on"), (stats.NOT_TESTED, "not tested on")):
+        ms = list(dict.fromkeys(c["metric"].replace("final speed-up vs CLM ", "speed-up ") for c in lines
+                                if c.get("verdict") == verdict))
+        if ms:
+            parts.append(f"{word} {', '.join(ms)}")
+    return f"({cid}) " + ", ".join(parts)
+
+
+def _baselines(res: dict) -> list[str]:
+    return [b for b in ("hq", "content") if b in res.get("groups", {})]
+
+
+def _untested_why(cl: list[dict]) -> str:
+    return "; ".join(sorted({c.get("verdict_text", "") for c in cl if c.get("verdict") == stats.NOT_TESTED}))

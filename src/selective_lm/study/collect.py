@@ -15,11 +15,16 @@ import yaml
 from ..analysis.efficiency import tokens_to_reach
 from ..analysis.selection_diag import training_shares
 from . import claims as cl, stats, tokens
+from .annotations import section_filter
+from .cost import section_cost
+from .design import section_design
 from .results import PROTOCOL, _ERRORS, StudyResults, clean, group_of, public
+from .sweep import section_sweep
 
 RESULT_KEYS = ("study", "written_by", "quick", "protocol", "rules", "config", "pipelines", "runs", "groups",
-               "best_ratio", "data_efficiency", "overlap", "fig6", "fig6_final", "harder_noise", "dynamics", "buckets",
-               "cosine", "selection", "variants", "claims", "findings", "headline", "summary")
+               "best_ratio", "downstream", "data_efficiency", "downstream_efficiency", "cost", "sweep", "design", "filter",
+               "overlap", "fig6", "fig6_final", "harder_noise", "dynamics", "buckets", "cosine", "selection",
+               "variants", "claims", "findings", "headline", "summary")
 
 def section_config(st: StudyResults) -> dict:
     """Study settings, seeds, ratios, timings (with a total) and the resolved train configs of the first pipeline."""
@@ -27,7 +32,8 @@ def section_config(st: StudyResults) -> dict:
         return yaml.safe_load(f.read_text(encoding="utf-8")) if f.is_file() else None
 
     keys = ("version", "lora", "model", "seq_len", "cpt_tokens", "strategies", "temperature", "temperature_unit",
-            "checkpoints", "tune_split", "report_split", "eval_windows", "variants", "variant_ratio")
+            "checkpoints", "tune_split", "report_split", "eval_windows", "variants", "variant_ratio", "regime",
+            "corpus", "share_base")
     out = {k: st.index.get(k) for k in keys}
     timings = st.index.get("timings") or {}
     out.update(seeds=st.seeds, ratios=st.ratios, study=st.study_cfg, quick=st.quick, timings=timings,
@@ -40,20 +46,27 @@ def section_config(st: StudyResults) -> dict:
 
 
 def section_runs(st: StudyResults) -> dict:
-    return {r["name"]: {**{k: r.get(k) for k in ("arm", "strategy", "ratio", "seed", "variant")}, "group": group_of(r),
-                        "final": public(c[-1]), "curve": [public(p) for p in c]}
-            for r, c in ((r, st.curve(r)) for r in st.runs)}
+    """Every arm (main and sweep) with its group, final point and eval curve."""
+    keys = ("arm", "strategy", "ratio", "seed", "variant", "hq_ratio", "hq_label", "sweep")
+    return {r["name"]: {**{k: r.get(k) for k in keys}, "group": group_of(r), "final": public(c[-1]),
+                        "curve": [public(p) for p in c]}
+            for r, c in ((r, st.curve(r)) for r in st.all_runs)}
 
 
 def section_pipelines(st: StudyResults) -> dict:
     out = {}
     for s in st.seeds:
+        pl = st.pipeline(s)
         out[str(s)] = {"base": public(st.base_point(s)), "reference": public(st.ref_point(s)),
-                       "reference_tokens": st.reference_tokens(s), "scored_tokens": st.scored_tokens(s)}
+                       "reference_tokens": st.reference_tokens(s), "scored_tokens": st.scored_tokens(s),
+                       "references": {label: public(st.ref_point(s, label))
+                                      for label in (pl.get("references") or {})},
+                       "data_sizes": pl.get("data_sizes"), "base_seed": pl.get("base_seed", s)}
     return out
 
 
-METRICS = ("target_loss", "target_ppl", "noisy_loss", "noisy_ppl", "val_target_loss", "own_acc", "ext_acc")
+METRICS = ("target_loss", "target_ppl", "noisy_loss", "noisy_ppl", "val_target_loss", "own_acc", "ext_acc",
+           "own_mc_acc", "own_mc_acc_norm", "own_answer_nll", "ext_mc_acc", "ext_mc_acc_norm", "ext_answer_nll")
 
 
 def _group(finals: list[dict], **kw) -> dict:
@@ -61,14 +74,20 @@ def _group(finals: list[dict], **kw) -> dict:
     for kind in ("own", "ext"):
         g[f"{kind}_pooled"] = stats.pooled_accuracy([{"correct": f.get(f"{kind}_correct"), "n": f.get(f"{kind}_n")}
                                                      for f in finals if f.get(f"{kind}_correct") is not None])
+        for suffix in ("", "_norm"):
+            g[f"{kind}_mc{suffix}_pooled"] = stats.pooled_accuracy(
+                [{"correct": f.get(f"{kind}_mc_correct{suffix}"), "n": f.get(f"{kind}_mc_n")}
+                 for f in finals if f.get(f"{kind}_mc_correct{suffix}") is not None])
     return g
 
 
 def section_groups(runs: dict, pipelines: dict | None = None) -> dict:
-    """Groups over seeds: mean/std/n of every final test metric, pooled accuracy with Wilson CI; reference and base."""
+    """Groups over seeds: mean/std/n of every final test metric, pooled accuracy with Wilson CI; reference and base
+    (and the sweep's references, ``reference@1:30``)."""
     groups: dict = {}
     for name, r in runs.items():
         groups.setdefault(r["group"], {"arm": r["arm"], "strategy": r["strategy"], "ratio": r["ratio"], "runs": [],
+                                       "hq_ratio": r.get("hq_ratio"), "sweep": bool(r.get("sweep")),
                                        **({"variant": r["variant"]} if r.get("variant") else {})})
         groups[r["group"]]["runs"].append(name)
     out = {}
@@ -76,6 +95,12 @@ def section_groups(runs: dict, pipelines: dict | None = None) -> dict:
         pts = [p[key] for p in (pipelines or {}).values()]
         if pts:
             out[key] = _group(pts, arm=key, strategy=None, ratio=None, runs=[], seeds=list(pipelines))
+    main = next((r.get("hq_label") for r in runs.values() if not r.get("sweep")), None)
+    labels = {lab for p in (pipelines or {}).values() for lab in (p.get("references") or {})} - {main}
+    for lab in sorted(labels):
+        pts = [p["references"][lab] for p in pipelines.values() if lab in (p.get("references") or {})]
+        out[f"reference@{lab}"] = _group(pts, arm="reference", strategy=None, ratio=None, runs=[], sweep=True,
+                                         seeds=list(pipelines))
     for key, g in groups.items():
         out[key] = _group([runs[n]["final"] for n in g["runs"]], **g, seeds=[runs[n]["seed"] for n in g["runs"]])
     return out
@@ -84,9 +109,9 @@ def section_groups(runs: dict, pipelines: dict | None = None) -> dict:
 def best_ratios(groups: dict) -> dict:
     """Per strategy: the ratio with the lowest mean final *validation* target loss (test is never looked at)."""
     out = {}
-    for strategy in sorted({g["strategy"] for g in groups.values() if g["arm"] == "slm"}):
-        cand = {k: g for k, g in groups.items() if g["arm"] == "slm" and g["strategy"] == strategy
-                and g["val_target_loss"]["mean"] is not None}
+    main = {k: g for k, g in groups.items() if g["arm"] == "slm" and not g.get("sweep")}
+    for strategy in sorted({g["strategy"] for g in main.values()}):
+        cand = {k: g for k, g in main.items() if g["strategy"] == strategy and g["val_target_loss"]["mean"] is not None}
         if cand:
             best = min(cand, key=lambda k: cand[k]["val_target_loss"]["mean"])
             out[strategy] = {"group": best, "ratio": cand[best]["ratio"], "chosen_by": "validation target loss",
@@ -95,13 +120,17 @@ def best_ratios(groups: dict) -> dict:
     return out
 
 
-def section_efficiency(st: StudyResults, runs: dict) -> dict:
-    """speed-up(t) = t / tokens the arm needs to reach the same seed's CLM test target loss at t, per CLM checkpoint."""
-    out: dict = {"definition": "for each CLM checkpoint t (test target loss l), the tokens an arm of the same seed "
-                               "needs to reach l (linear interpolation of its eval curve, base at 0 tokens); "
+def section_efficiency(st: StudyResults, runs: dict, metric: str = "target_loss", higher_is_better: bool = False) -> dict:
+    """speed-up(t) = t / tokens the arm needs to reach the same seed's CLM value of ``metric`` at t, per CLM
+    checkpoint (main arms; an accuracy is reached when it is at least CLM's)."""
+    what = metric.replace("_", " ")
+    out: dict = {"metric": metric, "definition": f"for each CLM checkpoint t ({what} v), the tokens an arm of the same "
+                               "seed needs to reach v (linear interpolation of its eval curve, base at 0 tokens); "
                                "speed-up(t) = t / those tokens. Not reached within the arm's budget T: the tokens "
                                "are > T (a lower bound), so speed-up < t/T (an upper bound), not an estimate.",
                  "runs": {}, "groups": {}}
+    sign = -1.0 if higher_is_better else 1.0
+    runs = {n: r for n, r in runs.items() if not r.get("sweep")}
     clm = {r["seed"]: n for n, r in runs.items() if r["arm"] == "clm"}
     for name, r in runs.items():
         if r["arm"] == "clm":
@@ -109,13 +138,16 @@ def section_efficiency(st: StudyResults, runs: dict) -> dict:
         if r["seed"] not in clm:
             out["runs"][name] = {"error": f"no CLM run with seed {r['seed']}"}
             continue
-        c = [(p["tokens"], p["target_loss"]) for p in runs[clm[r["seed"]]]["curve"] if p["target_loss"] is not None]
-        own = [(p["tokens"], p["target_loss"]) for p in r["curve"] if p["target_loss"] is not None]
+        c = [(p["tokens"], sign * p[metric]) for p in runs[clm[r["seed"]]]["curve"] if p.get(metric) is not None]
+        own = [(p["tokens"], sign * p[metric]) for p in r["curve"] if p.get(metric) is not None]
+        if len(c) < 2 or len(own) < 2:
+            out["runs"][name] = {"error": f"no {what} curve"}
+            continue
         budget = own[-1][0]
         pts = []
         for t, loss in c[1:]:
             need = tokens_to_reach(*zip(*own), loss)
-            pts.append({"tokens_clm": t, "loss": loss, "tokens_run": need, "reached": need is not None,
+            pts.append({"tokens_clm": t, "value": sign * loss, "tokens_run": need, "reached": need is not None,
                         "speedup": t / need if need else None,
                         "speedup_upper_bound": t / budget if need is None else None})
         fin = pts[-1] if pts else {}
@@ -184,7 +216,15 @@ def collect(study_dir, writer: str = "slm analyze report") -> dict:
                  "rules": stats.RULES, "config": section_config(st), "pipelines": pipelines, "runs": runs}
     res["groups"] = section_groups(runs, pipelines)
     res["best_ratio"] = best_ratios(res["groups"])
+    res["downstream"] = cl.downstream_status(res)
     res["data_efficiency"] = _guard(section_efficiency, st, runs)
+    res["downstream_efficiency"] = {d["key"]: _guard(section_efficiency, st, runs, d["key"], not d["lower_is_better"])
+                                    for d in res["downstream"] if d["status"] == "usable" and d["kind"] != "exact"
+                                    and not d["key"].endswith("_norm")}
+    res["cost"] = _guard(section_cost, st, runs, res["data_efficiency"])
+    res["sweep"] = section_sweep(res)
+    res["design"] = section_design(res)
+    res["filter"] = _guard(section_filter, st)
     res["overlap"] = _guard(section_overlap, st, runs)
     res["fig6"] = _guard(tokens.section_fig6, st)
     res["fig6_final"] = tokens.fig6_final(res["fig6"], runs) if "error" not in res["fig6"] else {}

@@ -57,29 +57,50 @@ def describe_variant(spec: str) -> str:
     name, x = parse_variant(spec)
     return VARIANTS[name] + (f" ({VARIANT_SETTINGS[name][0]} = {x:g})" if x is not None else "")
 CORPUS_FILES = ("hq_math.jsonl", "web_math.jsonl", "prose.jsonl", "fewshot_eval.jsonl", "fewshot_exemplars.jsonl")
+CORPUS_KINDS = ("default", "champ")
 # Keys that may change between invocations on the same study directory.
 FREE_KEYS = {"out", "overwrite", "progress", "seeds", "device", "quick"}
 
-# `--quick`: the same stages and report sections on a small budget (45 s measured; used by the end-to-end test).
-QUICK = dict(corpora_scale=0.12, base_tokens=120_000, reference_epochs=1.0, cpt_tokens=40_000,
-             ratios=[0.6], checkpoints=3, fewshot_checkpoints=2, eval_windows_target=24, eval_windows_noisy=24,
-             fewshot_questions=48, fewshot_external=48, batch_size=8, warmup_steps=3)
+# `--quick`: the same stages and report sections on a small budget: a smoke test of the pipeline, whose
+# numbers mean nothing (the report says so).
+QUICK = dict(prose_scale=0.08, base_tokens=60_000, cpt_tokens=24_576, hq_ratio=0.25, hq_sweep=[0.5],
+             reference_epochs=1.0, ratios=[0.6], strategies=["topk", "random"], baselines=["hq"], checkpoints=2,
+             eval_windows_target=8, eval_windows_noisy=8, mc_questions=16, fewshot_questions=8,
+             fewshot_external=8, batch_size=8, warmup_steps=2, seeds=[0, 1, 2])
+
+
+def ratio_label(r: float) -> str:
+    """An HQ : budget ratio as people write it: 0.1 -> "1:10", 0.0333 -> "1:30", 1 -> "1:1", 0.4 -> "0.4:1"."""
+    r = float(r)
+    n = 1 / r if r > 0 else float("inf")
+    return f"1:{round(n)}" if r > 0 and abs(n - round(n)) <= 0.02 * n else f"{r:g}:1"
+
+
+def ratio_slug(r: float) -> str:
+    """A path-safe name for an HQ : budget ratio ("1in10", "0.4in1")."""
+    return ratio_label(r).replace(":", "in")
 
 
 @dataclass
 class StudyConfig:
-    """Rho-1's experiment: base → reference → score → CLM and SLM arms → evaluation → report."""
+    """Rho-1's experiment in the paper's regime: base → reference on scarce HQ data → score → CLM, HQ-only and SLM arms → evaluation → report."""
 
     out: str = "slm-study"
     """Study directory (every stage is cached there)."""
     quick: bool = False
-    """Smaller budgets with the same stages and report sections (45 s on 2 CPU cores, measured 2026-11-25)."""
+    """A smoke test: the same stages and report sections on a tiny budget (about a minute); its numbers mean nothing."""
+    corpus: str = "default"
+    """The corpora: default (the embedded synthetic math and web text, generated per seed) or champ (real text from the champ-dataset package: human solutions as the HQ corpus, LLM solutions as the noisy one)."""
     corpora: str | None = None
-    """Directory with hq_math.jsonl, web_math.jsonl, prose.jsonl, fewshot_eval.jsonl and fewshot_exemplars.jsonl; unset = the embedded default, generated into out/corpora."""
-    corpora_scale: float = 1.0
-    """Size of the embedded default corpora (1.0 ≈ 1.5M chars of HQ math, 5M of noisy web math, 3M of prose)."""
+    """Directory with hq_math.jsonl, web_math.jsonl, prose.jsonl, fewshot_eval.jsonl and fewshot_exemplars.jsonl used by every seed instead of generated corpora."""
     corpora_seed: int = 0
-    """Seed of the embedded default corpora."""
+    """Seed of the generated corpora (seed s samples corpora_seed + s); it also keys the problem split, which every seed shares."""
+    prose_scale: float = 1.0
+    """Size of the prose corpus the base is pretrained on (1.0 ≈ 3M characters)."""
+    hq_scale: float | None = None
+    """Size of the generated HQ math corpus (1.0 ≈ 3400 documents, 1.5M characters); unset = just enough train text for the largest HQ : budget ratio (hq_ratio, hq_sweep)."""
+    web_scale: float | None = None
+    """Size of the generated noisy web-math corpus (1.0 ≈ 4450 pages, 5M characters); unset = just enough train text that no arm repeats a window."""
     model: str = "tiny"
     """Preset for the base model (pretrained on prose here), or a local HF checkpoint used as the base directly."""
     tokenizer: str | None = None
@@ -90,30 +111,40 @@ class StudyConfig:
     """Window length in tokens (few-shot prompts must fit in it)."""
     batch_size: int = 16
     """Windows per optimizer step in every training stage."""
-    base_tokens: int = 1_200_000
+    share_base: bool = True
+    """Train one tokenizer and one base (on the first seed's prose) for every seed; false = each seed trains its own (a seed is then a whole pipeline)."""
+    base_tokens: int = 600_000
     """Base pretraining budget on general prose (tokens)."""
     base_lr: float = 3e-3
     """Base pretraining peak learning rate."""
-    reference_epochs: float = 2.5
-    """Reference training epochs over the high-quality math corpus (continued from the base)."""
+    hq_ratio: float = 0.1
+    """HQ train tokens the reference trains on (and the HQ-only arm repeats), as a share of cpt_tokens: 0.1 = 1:10. The paper had 0.5B HQ tokens against 15B of continual pretraining, about 1:30."""
+    hq_sweep: list[float] = field(default_factory=lambda: [1 / 30])
+    """Further HQ : budget ratios (besides hq_ratio) for the HQ-size sweep: per ratio and seed a reference on that much HQ data, its scores, an HQ-only arm and a top-k arm at sweep_ratio; [] = no sweep."""
+    sweep_ratio: float | None = None
+    """Token ratio of the sweep's top-k arms; default: the first of `ratios`."""
+    reference_epochs: float = 3.0
+    """Reference training epochs over its HQ data (continued from the base; the paper's 3)."""
     reference_lr: float = 4e-3
     """Reference peak learning rate."""
-    cpt_tokens: int = 450_000
+    reference_batch_size: int = 2
+    """Windows per optimizer step of the reference's training: its HQ data is scarce, so a small batch gives its 3 epochs enough steps (at 1:10 of 160k tokens: 120 steps with 2 windows, 15 with 16)."""
+    cpt_tokens: int = 160_000
     """Continual-pretraining budget of every arm (tokens seen, selected or not)."""
     cpt_lr: float = 6e-3
     """Continual-pretraining peak learning rate (the same for every arm)."""
-    warmup_steps: int = 10
+    warmup_steps: int = 5
     """Warmup steps of every training stage."""
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
-    """SLM selection strategies to run."""
-    ratios: list[float] = field(default_factory=lambda: [0.6, 0.3])
-    """SLM token ratios (the paper used 0.6–0.7)."""
+    strategies: list[str] = field(default_factory=lambda: ["topk", "random"])
+    """SLM selection strategies to run (topk, random, stochastic)."""
+    ratios: list[float] = field(default_factory=lambda: [0.6])
+    """SLM token ratios (the paper used 0.6–0.7; configs/study-seeds.yaml adds 0.3)."""
     temperature: float = 1.0
     """Temperature τ of stochastic selection, in units of the selection set's excess-loss std (temperature_unit)."""
     temperature_unit: str = "std"
     """std (τ relative to the excess spread, scale-free) or nats (raw τ, as in earlier versions)."""
-    baselines: list[str] = field(default_factory=lambda: list(BASELINE_NAMES))
-    """Baselines beside CLM: hq (CLM continued on the HQ math alone, same budget) and content (CLM on the same noisy windows with the loss on content tokens only: pure noise filtering)."""
+    baselines: list[str] = field(default_factory=lambda: ["hq"])
+    """Baselines beside CLM: hq (CLM on the reference's HQ data alone, same budget: it repeats that data budget / HQ times) and content (CLM on the same noisy windows with the loss on content tokens only: pure noise filtering)."""
     variants: list[str] = field(default_factory=list)
     """Token-selection variants run as extra arms, each top-k at variant_ratio against top-k at that ratio and CLM (off by default; configs/study-variants.yaml turns them on): reference, entropy, excess+entropy, self, soft, dft, sequence, eslm-loss, eslm-entropy, warmup, schedule. excess+entropy:λ, warmup:fraction and soft:τ set that variant's value (several of one variant compare settings; the report marks the best on validation). Adding variants to a finished study directory runs only the new arms."""
     variant_ratio: float | None = None
@@ -124,22 +155,22 @@ class StudyConfig:
     """CLM warm-up fraction of the warmup variant."""
     entropy_weight: float = 1.0
     """λ of the excess+entropy variant (nats per nat of entropy)."""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    """Seeds of whole pipelines (each: corpus sample corpora_seed+seed, base, reference, arms, data order, selection draws); a claim is tested only with >= 3, e.g. 0,1,2."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds; each samples its own corpora (corpora_seed + seed), reference, scores, data order and selection draws (share_base: one base for all). A claim is tested only with >= 3."""
     lora: LoraConfig | None = None
     """Train every arm with LoRA, e.g. {r: 16, alpha: 32}; unset = full-parameter."""
-    checkpoints: int = 10
-    """Evaluated checkpoints per arm (evenly spaced; the base is checkpoint 0): the loss and data-efficiency curves."""
-    eval_windows_target: int = 64
+    checkpoints: int = 4
+    """Evaluated checkpoints per main arm (evenly spaced; the base is checkpoint 0): the loss, accuracy and data-efficiency curves. Sweep arms are evaluated at their end only."""
+    eval_windows_target: int = 48
     """Target-domain (HQ math) test windows evaluated at every checkpoint (and validation windows at the last, for tuning)."""
-    eval_windows_noisy: int = 64
+    eval_windows_noisy: int = 48
     """Noisy web-math test windows evaluated at every checkpoint (token dynamics, selection analyses)."""
-    fewshot_questions: int = 200
-    """Test-split questions of our own generator for few-shot exact match (greedy)."""
-    fewshot_external: int = 200
-    """Questions from the external generator (reasoning-gym, pinned) for few-shot exact match; 0 = none."""
-    fewshot_checkpoints: int = 5
-    """Checkpoints per arm (evenly spaced, always the last) where few-shot accuracy is measured; generation is the costly part of evaluation."""
+    mc_questions: int = 120
+    """Questions per generator (own, external) for multiple-choice accuracy and the gold answer's NLL at every evaluated checkpoint (the gold answer among 3 distractors; chance 25%)."""
+    fewshot_questions: int = 100
+    """Test-split questions of our own generator for few-shot exact match (greedy generation) at each arm's last checkpoint."""
+    fewshot_external: int = 100
+    """Questions from the external generator (reasoning-gym, pinned) for exact match and multiple choice; 0 = none."""
     shots: int = 2
     """Few-shot exemplars per prompt."""
     device: str = "auto"
@@ -194,18 +225,50 @@ class StudyConfig:
         if self.lora is not None:
             if self.lora.r <= 0:
                 raise UserError(f"lora.r must be > 0, got {self.lora.r} (drop `lora` for full-parameter training)")
+        if self.corpus not in CORPUS_KINDS:
+            raise UserError(f"unknown corpus '{self.corpus}': choose one of {', '.join(CORPUS_KINDS)}")
+        self._check_hq()
         if self.corpora is not None:
             for f in CORPUS_FILES:
                 if not (Path(self.corpora) / f).is_file():
                     raise UserError(f"corpus file missing: {Path(self.corpora) / f} (corpora must hold {', '.join(CORPUS_FILES)})")
         if self.tokenizer is not None and not (Path(self.tokenizer) / "tokenizer.json").is_file():
             raise UserError(f"tokenizer not found: {self.tokenizer}/tokenizer.json")
-        for name in ("base_tokens", "cpt_tokens", "batch_size", "checkpoints", "seq_len", "fewshot_checkpoints"):
+        for name in ("base_tokens", "cpt_tokens", "batch_size", "reference_batch_size", "checkpoints", "seq_len"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("mc_questions", "fewshot_questions", "fewshot_external", "eval_windows_target",
+                     "eval_windows_noisy"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.reference_epochs <= 0:
             raise UserError(f"reference_epochs must be > 0, got {self.reference_epochs}")
         self._check_model()
+
+    def hq_ratios(self) -> list[float]:
+        """Every HQ : budget ratio the study runs: hq_ratio first, then the sweep's others in increasing order."""
+        return [float(self.hq_ratio)] + sorted({float(r) for r in self.hq_sweep} - {float(self.hq_ratio)})
+
+    def _check_hq(self) -> None:
+        for key, values in (("hq_ratio", [self.hq_ratio]), ("hq_sweep", self.hq_sweep)):
+            for r in values:
+                if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 10:
+                    raise UserError(f"{key} must hold HQ : budget ratios in (0, 10] (0.1 = 1:10), got {r!r}")
+        if len(set(map(float, self.hq_sweep))) != len(self.hq_sweep):
+            raise UserError(f"hq_sweep must be distinct, got {self.hq_sweep}")
+        if self.hq_sweep:
+            if self.sweep_ratio is None:
+                self.sweep_ratio = self.ratios[0]
+            check_ratio(self.sweep_ratio, "sweep_ratio")
+            if "topk" not in self.strategies or float(self.sweep_ratio) not in [float(r) for r in self.ratios]:
+                raise UserError(f"the HQ-size sweep runs top-k at sweep_ratio {self.sweep_ratio:g}: keep topk in "
+                                "strategies and sweep_ratio in ratios")
+            if "hq" not in self.baselines:
+                raise UserError("the HQ-size sweep compares SLM with HQ-only: keep hq in baselines (or set hq_sweep=[])")
+        for key in ("prose_scale", "hq_scale", "web_scale"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not 0 < v <= 100):
+                raise UserError(f"{key} must be in (0, 100], got {v!r}")
 
     def _check_model(self) -> None:
         from ..model import PRESETS, checkpoint_vocab, is_checkpoint

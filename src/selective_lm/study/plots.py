@@ -29,14 +29,18 @@ CAPTIONS = {
                    "curves (blues/greens) below CLM (black) at equal tokens; where HQ-only and content-only sit.",
     "loss_noisy": "Test noisy (web) loss. Look for: SLM gives up loss on the tokens it drops, so its noisy loss "
                   "may rise while its target loss falls.",
-    "accuracy": "Few-shot accuracy, own generator (left) and external generator (right), mean over seeds. Look "
-                "for: whether any arm leaves the floor at all before comparing arms.",
+    "accuracy": "Multiple-choice accuracy (top, chance dashed) and the gold answer's NLL (bottom), own generator "
+                "(left) and external generator (right), mean over seeds. Look for: whether an arm leaves chance "
+                "before comparing arms; NLL falls as a model learns the answers.",
     "selected_loss": "Paper Fig. 6: loss of the tokens SLM would select at each checkpoint (top row) and of the "
                      "others (bottom row), per ratio. Look for: SLM lower than CLM on selected tokens, higher on "
                      "unselected ones.",
-    "accuracy_vs_loss": "Paper Fig. 7: own few-shot accuracy vs selected / unselected token loss, one point per "
-                        "checkpoint above the accuracy floor. Look for: a tighter relation with selected-token loss; "
-                        "points of one run are not independent.",
+    "accuracy_vs_loss": "Paper Fig. 7: the own gold-answer NLL vs selected / unselected token loss, one point per "
+                        "checkpoint. Look for: a tighter relation with selected-token loss; points of one run are "
+                        "not independent.",
+    "sweep": "Test target loss at each HQ : budget ratio (log scale; mean ± std over seeds): CLM (no HQ data), "
+             "HQ-only (trains on the HQ data, repeating it), SLM top-k (the HQ data trains its reference). Look for: "
+             "the ratio where the HQ-only line crosses the SLM line.",
     "efficiency": "Speed-up(t) = t / tokens the arm needs to reach CLM's loss at t (mean over seeds). Look for: "
                   "curves above 1 (faster than CLM); a curve stops where an arm no longer reaches CLM's loss.",
     "overlap": "Mean share of the selected tokens that top-k would also select. Look for: stochastic between "
@@ -138,7 +142,7 @@ def _legend(fig: Figure, ax) -> None:
 
 def make_plots(res: dict, plots: Path) -> dict[str, str]:
     """Write the PNGs that the data allow; returns name -> path relative to the report dir."""
-    groups = {k: v for k, v in res["groups"].items() if k not in ("base", "reference")}
+    groups = {k: v for k, v in res["groups"].items() if v.get("arm") not in ("base", "reference") and not v.get("sweep")}
     ratios = [float(r) for r in (res["config"].get("ratios") or [])]
     curves = {n: r["curve"] for n, r in res["runs"].items()}
     ref, base = res["groups"].get("reference") or {}, res["groups"].get("base") or {}
@@ -159,17 +163,23 @@ def make_plots(res: dict, plots: Path) -> dict[str, str]:
             ax.set(title=title + " (base at 0 tokens not drawn)", xlabel="training tokens", ylabel=LOSS)
             _legend(fig, ax)
             done(name, fig)
-    acc = {k: mean_curves(groups, curves, k) for k in ("own_acc", "ext_acc")}
+    acc = {k: mean_curves(groups, curves, k) for k in ("own_mc_acc", "ext_mc_acc", "own_answer_nll", "ext_answer_nll")}
     if any(acc.values()):
-        fig = _fig(11, 4)
-        axes = fig.subplots(1, 2)
-        for ax, (k, c), t in zip(axes, acc.items(), ("own few-shot accuracy", "external few-shot accuracy")):
-            _lines(ax, c, groups, ratios)
+        fig = _fig(11, 7)
+        axes = fig.subplots(2, 2)
+        chance = next((r["final"].get("mc_chance") for r in res["runs"].values() if r["final"].get("mc_chance")), None)
+        for ax, (k, c) in zip(axes.reshape(-1), acc.items()):
+            _lines(ax, c, groups, ratios, label=k == "own_mc_acc")
             if (ref.get(k) or {}).get("mean") is not None:
-                ax.axhline(ref[k]["mean"], color=FIXED["reference"][0], ls=":", lw=1, label="reference")
-            ax.axhline(0.05, color="#999", lw=0.8, ls="--", label="floor (5%)")
-            ax.set(title=t, xlabel="training tokens", ylabel="accuracy")
-        _legend(fig, axes[0])
+                ax.axhline(ref[k]["mean"], color=FIXED["reference"][0], ls=":", lw=1,
+                           label="reference" if k == "own_mc_acc" else None)
+            if k.endswith("_acc") and chance:
+                ax.axhline(chance, color="#999", lw=0.8, ls="--", label=f"chance ({chance:.0%})" if k == "own_mc_acc"
+                           else None)
+            ax.set(title=("own" if k.startswith("own") else "external") + (" multiple-choice accuracy"
+                                                                            if k.endswith("acc") else " gold-answer NLL"),
+                   xlabel="training tokens", ylabel="accuracy" if k.endswith("acc") else "nats per answer")
+        _legend(fig, axes[0, 0])
         done("accuracy", fig)
     fig6 = (res.get("fig6") or {}).get("ratios") or {}
     if fig6:
@@ -185,21 +195,22 @@ def make_plots(res: dict, plots: Path) -> dict[str, str]:
         _legend(fig, axes[0, 0])
         done("selected_loss", fig)
         r, d = max(fig6.items(), key=lambda kv: float(kv[0]))
-        cor = d["correlation"].get("own") or {}
+        cor, key = d["correlation"].get("own_answer_nll") or {}, "own_answer_nll"
         if cor.get("computed"):
             fig = _fig(11, 4)
             axs = fig.subplots(1, 2)
             for ax, side in zip(axs, ("selected", "unselected")):
                 for n, rows in d["runs"].items():
                     g = res["runs"][n]["group"]
-                    xy = [(p[side], p["own_acc"]) for p in rows if not p["is_base"] and p["own_acc"] is not None
-                          and p["own_acc"] >= d.get("floor", 0.05) and p[side] is not None]
+                    xy = [(p[side], p[key]) for p in rows if not p["is_base"] and p.get(key) is not None
+                          and p[side] is not None]
                     if xy:
                         st = style(g, groups, ratios)
                         ax.scatter(*zip(*xy), color=st["color"], marker=st["marker"], s=14, alpha=0.8)
                 pr = cor[side]
                 r_txt = "n/a" if pr["r"] is None else f"{pr['r']:.2f}"
-                ax.set(title=f"accuracy vs {side}-token loss (r = {r_txt}, n = {pr['n']})", xlabel=f"{side}-token {LOSS}, ratio {r}", ylabel="own accuracy")
+                ax.set(title=f"answer NLL vs {side}-token loss (r = {r_txt}, n = {pr['n']})",
+                       xlabel=f"{side}-token {LOSS}, ratio {r}", ylabel="own gold-answer NLL")
                 ax.grid(alpha=0.3)
             done("accuracy_vs_loss", fig)
     eff = (res.get("data_efficiency") or {}).get("groups") or {}
@@ -281,6 +292,23 @@ def make_plots(res: dict, plots: Path) -> dict[str, str]:
             ax.tick_params(axis="y", labelsize=7)
         _legend(fig, ax)
         done("dynamics", fig)
+    sw = (res.get("sweep") or {}).get("rows") or []
+    if sw:
+        fig = _fig(7, 4.2)
+        ax = fig.subplots()
+        x = [r["hq_ratio"] for r in sw]
+        for key, name in (("clm", "clm"), ("hq", "hq"), ("slm", f"slm-topk-{float(res['sweep']['sweep_ratio']):g}")):
+            m = np.array([(r[key] or {}).get("mean") if (r[key] or {}).get("mean") is not None else np.nan for r in sw])
+            sd = np.array([(r[key] or {}).get("std") or 0.0 for r in sw])
+            st = style(name, res["groups"], ratios)
+            ax.errorbar(x, m, yerr=sd, color=st["color"], ls=st["ls"], marker=st["marker"] or "o", ms=4, capsize=3,
+                        label={"clm": "CLM", "hq": "HQ-only", "slm": "SLM top-k"}[key])
+        ax.set_xscale("log")
+        ax.set_xticks(x, [r["label"] for r in sw])
+        ax.set(title="HQ-size sweep", xlabel="HQ : budget", ylabel="test target " + LOSS)
+        ax.grid(alpha=0.3)
+        _legend(fig, ax)
+        done("sweep", fig)
     cos = res.get("cosine") or {}
     if cos.get("matrix"):
         m, names = np.array(cos["matrix"]), cos["names"]

@@ -12,61 +12,21 @@ from ..analysis.dynamics import CATEGORIES
 from ..files import UserError, atomic_write_text, write_json
 from . import stats
 from .collect import collect
-from .plots import CAPTIONS, make_plots
+from . import sections
+from .fmt import acc as _acc, code as _code, err as _err, f as _f, img as _img, ms as _ms, pct as _pct
+from .fmt import table as _table
+from .plots import make_plots
 from .tokens import PAPER_DYNAMICS, write_selection_html
 
+STATUS = {"usable": "used for claims", "at chance": "at chance", "at floor": "at floor",
+          "not measured": "not measured"}
 _MARK = {stats.HOLDS: "✅", stats.FAILS: "❌", stats.NOT_SIG: "➖", stats.NOT_TESTED: "⚪", "finding": "ℹ️"}
-SECTIONS = ("## Summary", "## Verdicts on the paper's claims", "## Headline table (test split)", "## Perplexity",
-            "## Accuracy", "## Data efficiency", "## Stochastic vs top-k selection", "## Harder noise",
-            "## Selected vs unselected tokens (paper Fig. 6/7)", "## Token loss dynamics", "## Bucket transitions",
-            "## Update-direction cosine similarity", "## Selection diagnostics", "## Appendix")
-
-
-def _f(x, nd: int = 3) -> str:
-    if x is None:
-        return "—"
-    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
-
-
-def _ms(s: dict | None, nd: int = 3, pct: bool = False) -> str:
-    """mean ± std (n); std shown as 'n/a' for n = 1 (no variance estimate)."""
-    if not s or s.get("mean") is None:
-        return "—"
-    f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.{nd}f}")
-    return f"{f(s['mean'])} ± {f(s['std']) if s.get('std') is not None else 'n/a'} (n={s['n']})"
-
-
-def _pct(x) -> str:
-    return "—" if x is None else f"{x:.1%}"
-
-
-def _acc(w: dict | None) -> str:
-    if not w or w.get("accuracy") is None:
-        return "—"
-    return f"{w['accuracy']:.1%} [{w['ci95'][0]:.1%}, {w['ci95'][1]:.1%}] (n={w['n']})"
-
-
-def _code(x) -> str:
-    return str(x).replace("\n", "⏎").replace("`", "'")
-
-
-def _cell(x) -> str:
-    return _code(x).replace("|", "\\|")
-
-
-def _table(head: list[str], rows: list[list]) -> list[str]:
-    return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            + ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows] + [""])
-
-
-def _err(section) -> list[str]:
-    if isinstance(section, dict) and "error" in section:
-        return [f"_Not available: {_cell(section['error'])}_", ""]
-    return [] if section else ["_Not available._", ""]
-
-
-def _img(images: dict, name: str, alt: str) -> list[str]:
-    return [f"![{alt}]({images[name]})", "", f"_{CAPTIONS[name]}_", ""] if name in images else []
+SECTIONS = ("## Summary", "## The regime and the seeds", "## Verdicts on the paper's claims",
+            "## Headline table (test split)", "## Perplexity", "## Downstream accuracy", "## Data efficiency",
+            "## SLM's full cost", "## HQ-size sweep: use the HQ data as a reference, or train on it?",
+            "## Stochastic vs top-k selection", "## Harder noise", "## Selected vs unselected tokens (paper Fig. 6/7)",
+            "## Token loss dynamics", "## Bucket transitions", "## Update-direction cosine similarity",
+            "## Selection diagnostics", "## Appendix")
 
 
 def claim_line(c: dict) -> str:
@@ -79,8 +39,10 @@ def claim_line(c: dict) -> str:
                 f"{_f(c.get('effect_size'), 2)}; n seeds {c['a']['n']}/{c['b']['n']}")
     elif c.get("mean") is not None:  # one-sample (speed-up)
         ci = c.get("ci95")
-        body = (f"{c.get('a_group')} speed-up {_ms(c, 2)}" + (f" [95% CI {ci[0]:.2f}, {ci[1]:.2f}]" if ci else " [CI n/a]")
-                + f"; p = {stats.fmt_p(c.get('p'))} (one-sided t-test vs 1); Cohen's d = {_f(c.get('effect_size'), 2)}"
+        body = (f"{c.get('a_group')} {c.get('quantity', 'speed-up')} {_ms(c, 2)}"
+                + (f" [95% CI {ci[0]:.2f}, {ci[1]:.2f}]" if ci else " [CI n/a]")
+                + f"; p = {stats.fmt_p(c.get('p'))} (one-sided t-test vs {c.get('null', 1):g}); Cohen's d = "
+                f"{_f(c.get('effect_size'), 2)}"
                 f"; n seeds {c['n']}")
     else:
         body = ""
@@ -96,6 +58,7 @@ def render(res: dict, images: dict, html_link: str | None) -> str:
     md += [f"Study directory: `{res['study']}`. Written by `{res.get('written_by', 'slm analyze report')}`; every "
            "number is in [results.json](results.json).", "", "## Summary", "", res.get("summary", ""), "",
            res.get("protocol", ""), ""]
+    md += sections.design(res)
     md += ["## Verdicts on the paper's claims", "", stats.RULES, "",
            "In each line the first group makes the claim (top-k at its best ratio, chosen on validation, unless the "
            "claim names a ratio) and the second is its baseline; the difference is first minus second.", ""]
@@ -111,14 +74,15 @@ def render(res: dict, images: dict, html_link: str | None) -> str:
            "Final checkpoints; mean ± sample std (n seeds; std n/a for one seed). Accuracy: pooled over seeds, "
            "Wilson 95% interval, n questions. p vs CLM: one-sided Welch on the test target loss. ★ = the strategy's "
            "best ratio (chosen on validation).", ""]
-    md += _table(["arm", "target ppl", "noisy ppl", "own few-shot acc", "external few-shot acc", "speed-up vs CLM",
+    md += _table(["arm", "target ppl", "noisy ppl", "own MC acc", "external MC acc", "own answer NLL", "speed-up vs CLM",
                   "p vs CLM"],
                  [[h["group"] + (" ★" if h["best_ratio"] else ""), _ms(h["target_ppl"]), _ms(h["noisy_ppl"], 2),
-                   _acc(h["own"]), _acc(h["ext"]), _speed(h), stats.fmt_p(h["p_vs_clm"]) if h["p_vs_clm"] is not None
-                   else "—"] for h in res.get("headline") or []])
-    md += _perplexity(res, images) + _accuracy(res, images) + _efficiency(res, images) + _overlap(res, images)
+                   _acc(h.get("own_mc")), _acc(h.get("ext_mc")), _ms(h.get("own_nll"), 3), _speed(h),
+                   stats.fmt_p(h["p_vs_clm"]) if h["p_vs_clm"] is not None else "—"] for h in res.get("headline") or []])
+    md += _perplexity(res, images) + sections.downstream(res, images) + _efficiency(res, images)
+    md += sections.cost(res) + sections.sweep(res, images) + _overlap(res, images)
     md += _variants(res)
-    md += _noise(res, images) + _fig6(res, images) + _dynamics(res, images) + _buckets(res)
+    md += _noise(res, images) + sections.annotations(res) + _fig6(res, images) + _dynamics(res, images) + _buckets(res)
     cos = res.get("cosine") or {}
     md += ["## Update-direction cosine similarity", "", cos.get("definition", ""), ""] + _err(cos)
     for s, d in (cos.get("seeds") or {}).items():
@@ -157,21 +121,6 @@ def _perplexity(res: dict, images: dict) -> list[str]:
                        ", ".join(f"{r}: {_f(v, 4)}" for r, v in b["test"].items())] for s, b in br.items()])
     return md + _img(images, "loss_target", "test target loss vs tokens") + _img(images, "loss_noisy",
                                                                                  "test noisy loss vs tokens")
-
-
-def _accuracy(res: dict, images: dict) -> list[str]:
-    md = ["## Accuracy", "", "Own generator's test questions and the external generator's, reported separately. "
-          "Pooled over seeds with a Wilson 95% interval; per-seed mean ± std beside it.", ""]
-    md += _table(["group", "own: pooled [95% CI] (n)", "own: per seed", "external: pooled [95% CI] (n)",
-                  "external: per seed"],
-                 [[k, _acc(v["own_pooled"]), _ms(v["own_acc"], pct=True), _acc(v["ext_pooled"]),
-                   _ms(v["ext_acc"], pct=True)] for k, v in res["groups"].items()])
-    for kind, name in (("own", "own"), ("ext", "external")):
-        accs = {k: v[f"{kind}_pooled"] for k, v in res["groups"].items() if k not in ("base", "reference")}
-        floor, why = stats.at_floor(accs)
-        if floor:
-            md += [f"**{name.capitalize()} few-shot accuracy cannot test the claims: {why}.**", ""]
-    return md + _img(images, "accuracy", "few-shot accuracy vs tokens")
 
 
 def _efficiency(res: dict, images: dict) -> list[str]:
@@ -283,16 +232,23 @@ def _fig6(res: dict, images: dict) -> list[str]:
                                                " — against the paper, where SLM has the lowest") + ".", ""]
         md += _table(["group", "selected-token loss", "unselected-token loss"],
                      [[g, _ms(s["selected"]), _ms(s["unselected"])] for g, s in d["groups"].items()])
+    usable = {d["key"]: d for d in res.get("downstream") or []}
     for r, d in (f6.get("ratios") or {}).items():
-        for kind, name in (("own", "own"), ("ext", "external")):
-            c = d["correlation"].get(kind) or {}
+        rows = []
+        for key, c in (d.get("correlation") or {}).items():
+            st = usable.get(key, {})
             if not c.get("computed"):
-                md += [f"Ratio {r}, {name} accuracy vs token loss: {c.get('reason', 'not computed')}.", ""]
+                rows.append([st.get("metric", key), c.get("reason", "not computed"), "", "", ""])
                 continue
-            md += [f"Ratio {r}, {name} accuracy vs token loss over {c['n']} checkpoints above the {f6['floor']:.0%} "
-                   f"floor (base excluded): Pearson r = {_f(c['selected']['r'], 2)} (p = "
-                   f"{stats.fmt_p(c['selected']['p'])}) with selected-token loss, r = {_f(c['unselected']['r'], 2)} "
-                   f"(p = {stats.fmt_p(c['unselected']['p'])}) with unselected-token loss. Caveat: {f6['caveat']}.", ""]
+            rows.append([st.get("metric", key), STATUS.get(st.get("status"), st.get("status", "")), c["n"],
+                         f"{_f(c['selected']['r'], 2)} (p = {stats.fmt_p(c['selected']['p'])})",
+                         f"{_f(c['unselected']['r'], 2)} (p = {stats.fmt_p(c['unselected']['p'])})"])
+        if rows:
+            md += [f"Fig. 7 analogue at ratio {r}: Pearson r of each downstream metric with the selected- and the "
+                   f"unselected-token loss over every checkpoint of every arm (base excluded). Caveat: {f6['caveat']}.",
+                   ""]
+            md += _table(["metric", "status", "checkpoints", "r with selected-token loss", "r with unselected-token loss"],
+                         rows)
     return md + _img(images, "selected_loss", "selected and unselected token loss vs tokens") + _img(
         images, "accuracy_vs_loss", "accuracy vs selected / unselected token loss")
 

@@ -22,11 +22,14 @@ DEFAULT_LABELS = {0: "content", 1: "noise", 2: "offtopic", 3: "wrong_solution", 
                   5: "perturbed_table", 6: "other_notation"}
 PROTOCOL = ("Headline numbers are on the test split (metrics.json 'test'); tuning choices are made on the validation "
             "split only: the best ratio of a strategy is the one with the lowest mean final validation target loss "
-            "over seeds, and it is then reported on test. Each seed is a whole pipeline (corpus sample, base, "
-            "reference, arms); groups aggregate over seeds.")
+            "over seeds, and it is then reported on test. Groups aggregate over seeds (what a seed varies: "
+            "'The regime and the seeds').")
 _ERRORS = (UserError, ValueError, OSError, KeyError, IndexError, TypeError)
 PUBLIC = ("step", "tokens", "target_loss", "target_ppl", "noisy_loss", "noisy_ppl", "val_target_loss",
-          "own_acc", "own_correct", "own_n", "ext_acc", "ext_correct", "ext_n")
+          "own_acc", "own_correct", "own_n", "ext_acc", "ext_correct", "ext_n",
+          "own_mc_acc", "own_mc_acc_norm", "own_mc_correct", "own_mc_correct_norm", "own_mc_n", "own_answer_nll",
+          "ext_mc_acc", "ext_mc_acc_norm", "ext_mc_correct", "ext_mc_correct_norm", "ext_mc_n", "ext_answer_nll",
+          "mc_chance")
 
 
 def clean(obj):
@@ -36,9 +39,12 @@ def clean(obj):
 
 
 def group_of(run: dict) -> str:
+    """The group of a run over seeds: clm, hq, content, slm-STRATEGY-RATIO, variant-NAME; a sweep arm's group
+    carries its HQ : budget ratio (hq@1:30, slm-topk-0.6@1:30)."""
     if run.get("arm") == "variant":
         return f"variant-{run['variant']}"
-    return run["arm"] if run.get("arm") != "slm" else f"slm-{run['strategy']}-{float(run['ratio']):g}"
+    g = run["arm"] if run.get("arm") != "slm" else f"slm-{run['strategy']}-{float(run['ratio']):g}"
+    return f"{g}@{run['hq_label']}" if run.get("sweep") else g
 
 
 def _point(f: Path) -> dict:
@@ -46,11 +52,19 @@ def _point(f: Path) -> dict:
     test, val, fs = m.get("test") or {}, m.get("validation") or {}, m.get("fewshot") or {}
     t, n, v = test.get("target") or {}, test.get("noisy") or {}, val.get("target") or {}
     own, ext = fs.get("own") or {}, fs.get("external") or {}
-    return {"dir": f.parent, "step": int(m.get("step", num.group(1) if num else -1)), "tokens": float(m.get("tokens", 0)),
-            "target_loss": t.get("loss"), "target_ppl": t.get("ppl"), "noisy_loss": n.get("loss"),
-            "noisy_ppl": n.get("ppl"), "val_target_loss": v.get("loss"),
-            "own_acc": own.get("accuracy"), "own_correct": own.get("correct"), "own_n": own.get("n"),
-            "ext_acc": ext.get("accuracy"), "ext_correct": ext.get("correct"), "ext_n": ext.get("n")}
+    mc = m.get("mc") or {}
+    point = {"dir": f.parent, "step": int(m.get("step", num.group(1) if num else -1)), "tokens": float(m.get("tokens", 0)),
+             "target_loss": t.get("loss"), "target_ppl": t.get("ppl"), "noisy_loss": n.get("loss"),
+             "noisy_ppl": n.get("ppl"), "val_target_loss": v.get("loss"),
+             "own_acc": own.get("accuracy"), "own_correct": own.get("correct"), "own_n": own.get("n"),
+             "ext_acc": ext.get("accuracy"), "ext_correct": ext.get("correct"), "ext_n": ext.get("n"),
+             "mc_chance": next((x.get("chance") for x in mc.values()), None)}
+    for kind, key in (("own", "own"), ("ext", "external")):
+        x = mc.get(key) or {}
+        point.update({f"{kind}_mc_acc": x.get("acc"), f"{kind}_mc_acc_norm": x.get("acc_norm"),
+                      f"{kind}_mc_correct": x.get("correct"), f"{kind}_mc_correct_norm": x.get("correct_norm"),
+                      f"{kind}_mc_n": x.get("n"), f"{kind}_answer_nll": x.get("answer_nll")})
+    return point
 
 
 def public(p: dict) -> dict:
@@ -71,7 +85,8 @@ class StudyResults:
             raise UserError(f"{idx} is not valid JSON: re-run `slm study` to rewrite it") from None
         if not isinstance(self.index, dict) or not self.index.get("runs") or not self.index.get("pipelines"):
             raise UserError(f"{idx} lists no pipelines or no runs (study layout v2 expected): re-run `slm study`")
-        self.runs: list[dict] = self.index["runs"]
+        self.all_runs: list[dict] = self.index["runs"]
+        self.runs = [r for r in self.all_runs if not r.get("sweep")]  # the main arms (a sweep arm: its end only)
         self.seeds = list(self.index.get("seeds") or sorted({r["seed"] for r in self.runs}))
         self.ratios = [float(r) for r in (self.index.get("ratios") or sorted(
             {float(r["ratio"]) for r in self.runs if r.get("arm") == "slm"}))]
@@ -107,8 +122,11 @@ class StudyResults:
     def base_point(self, seed) -> dict:
         return dict(self.evals(self.pipeline(seed)["base"]["eval_dir"])[-1], tokens=0.0, is_base=True)
 
-    def ref_point(self, seed) -> dict:
-        return self.evals(self.pipeline(seed)["reference"]["eval_dir"])[-1]
+    def ref_point(self, seed, label: str | None = None) -> dict:
+        """The end of a pipeline's reference: the main one, or the sweep's at HQ : budget ``label`` ("1:30")."""
+        pl = self.pipeline(seed)
+        d = pl["reference"]["eval_dir"] if label is None else pl["references"][label]["eval_dir"]
+        return self.evals(d)[-1]
 
     def curve(self, run: dict) -> list[dict]:
         """Eval points of a continual run, the base's point of its pipeline first (tokens 0)."""

@@ -1,20 +1,26 @@
-"""The stages of `slm study`. Each returns whether it is already done and how to run it."""
+"""The stages of `slm study`. Each returns whether it is already done and how to run it.
+
+Per seed: corpora → tokenizer → prepare → base (these two only in the base seed's pipeline when share_base) →
+one reference per HQ : budget ratio (the reference on hq_ratio first, then the sweep's) → their scores →
+the arms. Then one evaluation stage (:mod:`.evaluation`) over every checkpoint of every seed.
+"""
 from __future__ import annotations
 
 import math
 import shutil
 from pathlib import Path
 
-from ..checkpoint import checkpoint_dirs, checkpoint_step, is_finished
+from ..checkpoint import is_finished
 from ..config import LoraConfig, PrepareConfig, ScoreConfig
-from ..files import atomic_dir, commit_dir, read_json, write_json
-from .config import parse_variant
+from ..files import UserError, atomic_dir, commit_dir, read_json
+from .config import parse_variant, ratio_label
 from .layout import Study
 from .plan import Stage
 
 DATASETS = {"prose": "prose.jsonl", "hq_math": "hq_math.jsonl", "web_math": "web_math.jsonl"}
 # what each dataset's validation split is called in the stage lines
 VAL_SETS = {"prose": "prose", "hq_math": "target (HQ math)", "web_math": "noisy (web math)"}
+MARGIN = 1.25  # generated corpora hold this many times the train tokens the study needs (tokenizers differ)
 
 
 def _train(study: Study, tcfg) -> int:
@@ -31,29 +37,53 @@ def _train(study: Study, tcfg) -> int:
     return summary["tokens"]
 
 
-def _steps(tokens: int, study: Study) -> int:
-    return max(1, math.ceil(tokens / (study.cfg.batch_size * study.cfg.seq_len)))
-
-
-def _arm_checkpoints(study: Study) -> tuple[int, int]:
-    """(steps between an arm's checkpoints, checkpoints of a finished arm); the last is the final step."""
-    steps = _steps(study.cfg.cpt_tokens, study)
-    every = max(1, math.ceil(steps / study.cfg.checkpoints))
-    return every, math.ceil(steps / every)
-
-
 def build_stages(study: Study) -> list[Stage]:
     """The stages of every seed's pipeline in order (corpora → … → arms), then one evaluation stage."""
+    from .evaluation import evaluation_stage
+
     stages: list[Stage] = []
     for seed in study.cfg.seeds:
         stages += _pipeline(study, seed)
-    jobs = _eval_jobs(study)
-    done = sum(1 for _ in study.root.glob("seed-*/evals/*/*/metrics.json"))
-    todo = max(len(jobs), 2 * len(study.cfg.seeds) + len(study.arms()) * _arm_checkpoints(study)[1] - done)
-    stages.append(Stage("evaluate", f"{todo} checkpoints: test-split perplexity and per-token losses, few-shot "
-                        "(own and external questions), validation at each run's end", 3.0 * todo + 2,
-                        not jobs and _all_checkpoints_done(study), lambda: _evaluate(study)))
-    return stages
+    return stages + [evaluation_stage(study)]
+
+
+def corpus_scales(study: Study) -> dict:
+    """The generated corpora's scales: as configured, or just large enough (:data:`MARGIN` × what the study
+    trains on) for the largest HQ : budget ratio (HQ math) and for an arm's budget without a repeated window
+    (web math; the self variant's held-out share on top)."""
+    from ..corpora.default import scale_for
+
+    c = study.cfg
+    web = c.cpt_tokens / (1 - c.self_fraction) if "self" in c.variants else c.cpt_tokens
+    if c.corpus == "champ":  # the HQ corpus is what CHAMP holds; the LLM solutions are sized to the budget
+        from ..corpora.champ import TRAIN_TOKENS_PER_SCALE
+
+        return {"hq_scale": 1.0, "web_scale": c.web_scale or round(MARGIN * web / TRAIN_TOKENS_PER_SCALE, 4)}
+    return {"hq_scale": c.hq_scale or scale_for("hq_math", MARGIN * max(c.hq_ratios()) * c.cpt_tokens),
+            "web_scale": c.web_scale or scale_for("web_math", MARGIN * web)}
+
+
+def check_sizes(study: Study, seed: int) -> dict:
+    """Refuse prepared corpora too small for the study (one line naming the scale to raise); returns the
+    train windows of each."""
+    from ..data import TokenDataset
+
+    c = study.cfg
+    hq, web = (TokenDataset(study.data(seed, n)).num_windows("train") for n in ("hq_math", "web_math"))
+    need_hq = study.hq_windows(hq, max(c.hq_ratios()))
+    need_web = study.steps(c.cpt_tokens) * c.batch_size
+    if "self" in c.variants:
+        need_web = math.ceil(need_web / (1 - c.self_fraction))
+    scales = corpus_scales(study)
+    if hq <= need_hq:
+        raise UserError(f"seed {seed}: the HQ math corpus has {hq} train windows but the HQ : budget ratio "
+                        f"{ratio_label(max(c.hq_ratios()))} needs more than {need_hq}: raise hq_scale (now "
+                        f"{scales['hq_scale']:.3g}) to at least {scales['hq_scale'] * need_hq / hq * 1.1:.3g}")
+    if web < need_web:
+        raise UserError(f"seed {seed}: the web-math corpus has {web} train windows but an arm reads {need_web} "
+                        f"without repeating one: raise web_scale (now {scales['web_scale']:.3g}) to at least "
+                        f"{scales['web_scale'] * need_web / web * 1.1:.3g}")
+    return {"hq_math": hq, "web_math": web}
 
 
 def _pipeline(study: Study, seed: int) -> list[Stage]:
@@ -63,28 +93,51 @@ def _pipeline(study: Study, seed: int) -> list[Stage]:
 
     stages: list[Stage] = []
     corpora_dir, ext = study.corpora(seed), study.external(seed)
+    own_base = study.base_seed(seed) == seed
 
     # 1. corpora (+ the external few-shot questions) ----------------------------------------
+    scales = corpus_scales(study)
+    params = dict(hq_scale=scales["hq_scale"], web_scale=scales["web_scale"],
+                  prose_scale=c.prose_scale if own_base else 0.0, split_seed=c.corpora_seed,
+                  eval_chars=max(c.eval_windows_target, c.eval_windows_noisy) * (c.seq_len + 1) * 3)
+
     def corpora() -> None:
         if c.corpora is None:
             from ..corpora.default import build_default_corpora
 
-            build_default_corpora(corpora_dir, seed=c.corpora_seed + seed, scale=c.corpora_scale, progress=c.progress)
+            if c.corpus == "champ":
+                from ..corpora.champ import build_champ_corpora
+
+                build_champ_corpora(corpora_dir, seed=c.corpora_seed + seed, prose_scale=params["prose_scale"],
+                                    web_scale=scales["web_scale"], progress=c.progress)
+            else:
+                build_default_corpora(corpora_dir, seed=c.corpora_seed + seed, progress=c.progress, **params)
         if c.fewshot_external:
             from ..corpora.default import own_questions
             from ..corpora.external import write_external
 
-            write_external(ext, c.fewshot_external, seed=c.corpora_seed + seed, exclude=own_questions(corpora_dir))
+            write_external(ext, max(c.fewshot_external, c.mc_questions), seed=c.corpora_seed + seed,
+                           exclude=own_questions(corpora_dir))
 
-    from ..corpora.default import is_cached
+    if c.corpora is not None:
+        own_done = True
+    elif c.corpus == "champ":
+        from ..corpora.champ import is_cached as champ_cached
 
-    own_done = c.corpora is not None or is_cached(corpora_dir, c.corpora_seed + seed, float(c.corpora_scale))
-    stages.append(Stage(tag + "corpora", f"embedded default corpora (seed {c.corpora_seed + seed}, scale {c.corpora_scale:g})"
-                        + (f" and {c.fewshot_external} external questions" if c.fewshot_external else ""),
-                        25 * c.corpora_scale, own_done and (not c.fewshot_external or ext.is_file()), corpora))
+        own_done = champ_cached(corpora_dir, c.corpora_seed + seed, params["prose_scale"], scales["web_scale"])
+    else:
+        from ..corpora.default import is_cached
 
-    # 2. tokenizer -------------------------------------------------------------------------
-    tok_dir = study.seed_dir(seed) / "tokenizer"
+        own_done = is_cached(corpora_dir, c.corpora_seed + seed, **params)
+    what = "CHAMP corpora" if c.corpus == "champ" else "embedded default corpora"
+    stages.append(Stage(tag + "corpora", f"{what} (seed {c.corpora_seed + seed}, HQ scale {scales['hq_scale']:.3g}, "
+                        f"web scale {scales['web_scale']:.3g}" + (f", prose scale {c.prose_scale:g}" if own_base else "")
+                        + ")" + (" and external questions" if c.fewshot_external else ""),
+                        5 + 25 * (scales["web_scale"] + scales["hq_scale"] + (c.prose_scale if own_base else 0)),
+                        own_done and (not c.fewshot_external or ext.is_file()), corpora))
+
+    # 2. tokenizer (the base seed's pipeline) ------------------------------------------------
+    tok_dir = study.tokenizer(seed)
     own_tok = c.tokenizer or (c.model if c.model not in PRESETS and (Path(c.model) / "tokenizer.json").is_file() else None)
 
     def tokenizer() -> None:
@@ -103,68 +156,74 @@ def _pipeline(study: Study, seed: int) -> list[Stage]:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    stages.append(Stage(tag + "tokenizer", "copy the model's tokenizer" if own_tok else f"byte-level BPE, vocab {c.vocab_size}",
-                        10, (tok_dir / "tokenizer.json").is_file(), tokenizer))
+    if own_base:
+        stages.append(Stage(tag + "tokenizer", "copy the model's tokenizer" if own_tok else
+                            f"byte-level BPE, vocab {c.vocab_size}" + (" (shared by every seed)" if c.share_base
+                                                                        else ""),
+                            10, (tok_dir / "tokenizer.json").is_file(), tokenizer))
 
     # 3. prepare ---------------------------------------------------------------------------
+    names = [n for n in DATASETS if n != "prose" or (own_base and c.model in PRESETS)]
+
     def prepare() -> None:
         from ..data import prepare as do_prepare
 
-        for name, file in DATASETS.items():
+        m = corpora_dir / "manifest.json"  # the corpora name their provenance labels (default, CHAMP)
+        labels = read_json(m).get("provenance_labels") if m.is_file() else None
+        label_names = [labels[str(i)] for i in range(len(labels))] if labels else []
+        for name in names:
             if not (study.data(seed, name) / "manifest.json").is_file():
                 # documents with a split field (the embedded corpora: split by problem) keep it;
                 # others (a user's corpora) are split by a seeded hash of the document
-                do_prepare(PrepareConfig(inputs=[str(corpora_dir / file)], out=str(study.data(seed, name)),
+                do_prepare(PrepareConfig(inputs=[str(corpora_dir / DATASETS[name])], out=str(study.data(seed, name)),
                                          tokenizer=str(tok_dir), seq_len=c.seq_len, val_fraction=0.05,
                                          test_fraction=0.05, seed=c.corpora_seed + seed, progress=c.progress,
-                                         overwrite=True))
+                                         overwrite=True, label_names=label_names))
+        check_sizes(study, seed)
 
-    stages.append(Stage(tag + "prepare", "tokenize prose, HQ math and web math into train/validation/test windows",
-                        15 * c.corpora_scale, all((study.data(seed, n) / "manifest.json").is_file() for n in DATASETS),
-                        prepare))
+    stages.append(Stage(tag + "prepare", f"tokenize {', '.join(names)} into train/validation/test windows",
+                        10 + 10 * (scales["web_scale"] + scales["hq_scale"]),
+                        all((study.data(seed, n) / "manifest.json").is_file() for n in names), prepare))
 
     # 4. base ------------------------------------------------------------------------------
-    if c.model in PRESETS:
+    if c.model in PRESETS and own_base:
         base_cfg = study.train_cfg(data=str(study.data(seed, "prose")), out=str(study.run_dir(seed, "base")),
                                    model=c.model, max_tokens=c.base_tokens, lr=c.base_lr, seed=seed, data_seed=seed)
-        stages.append(Stage(tag + "base", f"pretrain the {c.model} preset on prose, {c.base_tokens:,} tokens",
+        stages.append(Stage(tag + "base", f"pretrain the {c.model} preset on prose, {c.base_tokens:,} tokens"
+                            + (" (shared by every seed)" if c.share_base and len(c.seeds) > 1 else ""),
                             0.0, is_finished(base_cfg.out), lambda: _train(study, base_cfg),
                             tokens=c.base_tokens, kind="train"))
 
-    # 5. reference -------------------------------------------------------------------------
-    def reference() -> int:
-        return _train_reference(study, seed, study.data(seed, "hq_math"), study.run_dir(seed, "reference"))
-
-    stages.append(Stage(tag + "reference", f"continue the base on HQ math (train split) for {c.reference_epochs:g} epochs",
-                        0.0, is_finished(study.run_dir(seed, "reference")), reference,
-                        tokens=c.reference_epochs * 450_000 * c.corpora_scale, kind="train"))
-
-    # 6. score -----------------------------------------------------------------------------
-    stages.append(Stage(tag + "score", "reference losses and entropies of every web-math training token", 0.0,
-                        _scored(study.scores(seed), entropy=any(parse_variant(v)[0] in ENTROPY_VARIANTS
-                                                                for v in c.variants)),
-                        lambda: _score_web(study, seed, study.reference_ckpt(seed), study.scores(seed), "reference"),
-                        tokens=1_700_000 * c.corpora_scale, kind="forward"))
+    # 5. references and 6. their scores, one per HQ : budget ratio -------------------------
+    need_entropy = any(parse_variant(v)[0] in ENTROPY_VARIANTS for v in c.variants)
+    hq_tokens = lambda r: study.hq_windows(0, r) * c.seq_len  # noqa: E731
+    for r in c.hq_ratios():
+        label = ratio_label(r)
+        sweep = r != float(c.hq_ratio)
+        stages.append(Stage(
+            tag + ("reference" + (f" {label}" if sweep else "")),
+            f"continue the base on {hq_tokens(r):,} HQ math train tokens (HQ : budget {label}) for "
+            f"{c.reference_epochs:g} epochs", 0.0, is_finished(study.reference_dir(seed, r)),
+            (lambda r=r: _train_reference(study, seed, r)), tokens=c.reference_epochs * hq_tokens(r), kind="train"))
+        stages.append(Stage(
+            tag + ("score" + (f" {label}" if sweep else "")),
+            f"reference {label} losses{' and entropies' if not sweep else ''} of every web-math training token", 0.0,
+            _scored(study.scores(seed, r), entropy=need_entropy and not sweep),
+            (lambda r=r, sweep=sweep: _score_web(study, seed, study.reference_ckpt(seed, r), study.scores(seed, r),
+                                                 f"reference {ratio_label(r)}", entropy=not sweep)),
+            tokens=MARGIN * c.cpt_tokens, kind="forward"))
     if "self" in c.variants:
         stages += _self_reference(study, seed)
+    if c.corpus == "champ":  # document scores of the annotated LLM solutions: does the filter rank errors lower?
+        stages.append(Stage(tag + "filter", "document scores (mean reference loss) of every web-math train row", 5.0,
+                            (study.filter_dir(seed) / "manifest.json").is_file(), lambda: _filter(study, seed)))
 
     # 7. arms ------------------------------------------------------------------------------
-    ckpt_every = _arm_checkpoints(study)[0]
-    lora = c.lora or LoraConfig(r=0)
     for arm in (a for a in study.arms() if a["seed"] == seed):
-        kw = dict(data=arm["data"], out=arm["run_dir"], model=str(study.base_ckpt(seed)), max_tokens=c.cpt_tokens,
-                  lr=c.cpt_lr, seed=seed, data_seed=seed, ckpt_every=ckpt_every, lora=lora)
-        if arm["arm"] == "slm":
-            kw.update(objective="slm", strategy=arm["strategy"], ratio=arm["ratio"], temperature=c.temperature,
-                      temperature_unit=c.temperature_unit, ref_scores=str(study.scores(seed)))
-        elif arm["arm"] == "content":
-            kw.update(keep_labels=[0])
-        elif arm["arm"] == "variant":
-            kw.update(variant_train_kwargs(study, seed, arm["variant"]))
-        tcfg = study.train_cfg(**kw)
-        stages.append(Stage(f"arm {arm['name']}", f"{ARM_LABELS.get(arm['arm']) or _slm_label(arm)}, {c.cpt_tokens:,} "
-                            f"tokens from the base", 0.0, is_finished(tcfg.out), (lambda t=tcfg: _train(study, t)),
-                            tokens=c.cpt_tokens, kind="train"))
+        stages.append(Stage(f"arm {arm['name']}", f"{ARM_LABELS.get(arm['arm']) or _slm_label(arm)}"
+                            + (f" (HQ : budget {arm['hq_label']})" if arm["arm"] == "hq" or arm["sweep"] else "")
+                            + f", {c.cpt_tokens:,} tokens from the base", 0.0, is_finished(arm["run_dir"]),
+                            (lambda a=arm: _train(study, arm_config(study, a))), tokens=c.cpt_tokens, kind="train"))
     return stages
 
 
@@ -177,6 +236,33 @@ def _slm_label(arm: dict) -> str:
     if arm["arm"] == "variant":
         return f"variant {arm['variant']} (top-k ratio {arm['ratio']:g})"
     return f"SLM {arm['strategy']} ratio {arm['ratio']:g}"
+
+
+def _hq_holdout(study: Study, seed: int, hq_ratio: float) -> dict:
+    """The HQ train windows of one HQ : budget ratio, as a holdout share (seeded by the seed, so the subsets
+    of the ratios are nested: every smaller one lies inside the larger ones)."""
+    from ..data import TokenDataset
+
+    n = TokenDataset(study.data(seed, "hq_math")).num_windows("train")
+    return dict(holdout_fraction=study.hq_windows(n, hq_ratio) / n, holdout="only", holdout_seed=seed)
+
+
+def arm_config(study: Study, arm: dict):
+    """The TrainConfig of an arm (built when it runs: the HQ share needs the prepared HQ data)."""
+    c, seed = study.cfg, arm["seed"]
+    lora = c.lora or LoraConfig(r=0)
+    kw = dict(data=arm["data"], out=arm["run_dir"], model=str(study.base_ckpt(seed)), max_tokens=c.cpt_tokens,
+              lr=c.cpt_lr, seed=seed, data_seed=seed, ckpt_every=study.arm_checkpoints(arm["sweep"])[0], lora=lora)
+    if arm["arm"] == "slm":
+        kw.update(objective="slm", strategy=arm["strategy"], ratio=arm["ratio"], temperature=c.temperature,
+                  temperature_unit=c.temperature_unit, ref_scores=str(study.scores(seed, arm["hq_ratio"])))
+    elif arm["arm"] == "hq":
+        kw.update(_hq_holdout(study, seed, arm["hq_ratio"]))
+    elif arm["arm"] == "content":
+        kw.update(keep_labels=[0])
+    elif arm["arm"] == "variant":
+        kw.update(variant_train_kwargs(study, seed, arm["variant"]))
+    return study.train_cfg(**kw)
 
 
 def _scored(scores: Path, entropy: bool) -> bool:
@@ -213,16 +299,27 @@ def variant_train_kwargs(study: Study, seed: int, spec: str) -> dict:
     return kw
 
 
-def _train_reference(study: Study, seed: int, data: Path, out: Path, share: float = 1.0, **holdout) -> int:
-    """Continue the base for reference_epochs over ``share`` of the train windows of ``data`` (the HQ
-    reference; the self-reference with its held-out share)."""
-    from ..data import TokenDataset
-
+def _train_reference(study: Study, seed: int, hq_ratio: float) -> int:
+    """Continue the base for reference_epochs over the HQ train windows of one HQ : budget ratio."""
     c = study.cfg
-    n = round(share * TokenDataset(data).num_windows("train"))
-    return _train(study, study.train_cfg(data=str(data), out=str(out), model=str(study.base_ckpt(seed)),
-                                         max_tokens=int(c.reference_epochs * n * c.seq_len), lr=c.reference_lr,
-                                         seed=seed, data_seed=seed, **holdout))
+    hold = _hq_holdout(study, seed, hq_ratio)
+    n = study.hq_windows(0, hq_ratio)
+    return _train(study, study.train_cfg(data=str(study.data(seed, "hq_math")), out=str(study.reference_dir(seed, hq_ratio)),
+                                         model=str(study.base_ckpt(seed)), max_tokens=int(c.reference_epochs * n * c.seq_len),
+                                         lr=c.reference_lr, batch_size=c.reference_batch_size, seed=seed, data_seed=seed,
+                                         **hold))
+
+
+def _filter(study: Study, seed: int) -> None:
+    """`slm filter` over the web-math train split with the main reference's scores, every document kept with its
+    score (the study compares the scores of solutions with and without an annotated error)."""
+    from ..config import FilterConfig
+    from ..filter import filter_documents
+
+    filter_documents(FilterConfig(data=str(study.data(seed, "web_math")), ref_scores=str(study.scores(seed)),
+                                  inputs=[str(study.corpora(seed) / "web_math.jsonl")], out=str(study.filter_dir(seed)),
+                                  keep_fraction=1.0, doc_score="ref_loss", unscored="keep", overwrite=True,
+                                  progress=study.cfg.progress))
 
 
 def _score_web(study: Study, seed: int, model: Path, out: Path, what: str, entropy: bool = True) -> int:
@@ -243,8 +340,15 @@ def _self_reference(study: Study, seed: int) -> list[Stage]:
     run = study.run_dir(seed, "self-reference")
 
     def train_self() -> int:
-        return _train_reference(study, seed, study.data(seed, "web_math"), run, share=c.self_fraction,
-                                holdout_fraction=c.self_fraction, holdout="only", holdout_seed=seed)
+        from ..data import TokenDataset
+
+        n = round(c.self_fraction * TokenDataset(study.data(seed, "web_math")).num_windows("train"))
+        return _train(study, study.train_cfg(data=str(study.data(seed, "web_math")), out=str(run),
+                                             model=str(study.base_ckpt(seed)),
+                                             max_tokens=int(c.reference_epochs * n * c.seq_len), lr=c.reference_lr,
+                                             batch_size=c.reference_batch_size, seed=seed, data_seed=seed,
+                                             holdout_fraction=c.self_fraction,
+                                             holdout="only", holdout_seed=seed))
 
     def score_self() -> int:
         return _score_web(study, seed, study.self_reference_ckpt(seed), study.self_scores(seed), "self-reference",
@@ -252,92 +356,7 @@ def _self_reference(study: Study, seed: int) -> list[Stage]:
 
     return [Stage(f"s{seed} self-reference", f"continue the base on {c.self_fraction:.0%} of the web-math train windows "
                   f"(held out from the self arm) for {c.reference_epochs:g} epochs", 0.0, is_finished(run), train_self,
-                  tokens=c.reference_epochs * c.self_fraction * 1_600_000 * c.corpora_scale, kind="train"),
+                  tokens=c.reference_epochs * c.self_fraction * MARGIN * c.cpt_tokens, kind="train"),
             Stage(f"s{seed} self-score", "self-reference losses of every web-math training token", 0.0,
                   _scored(study.self_scores(seed), entropy=False), score_self,
-                  tokens=1_700_000 * c.corpora_scale, kind="forward")]
-
-
-def _all_checkpoints_done(study: Study) -> bool:
-    """Every arm finished (so no checkpoint is still to come and be evaluated)."""
-    return all(is_finished(a["run_dir"]) for a in study.arms())
-
-
-def _eval_jobs(study: Study) -> list[tuple]:
-    """(checkpoint dir, eval dir, step, tokens, seed, with validation, with few-shot) of every evaluation not
-    yet written: validation at each run's last checkpoint; few-shot at ``fewshot_checkpoints`` evenly spaced
-    ones (the last included), the base and the reference."""
-    jobs = []
-    for seed in study.cfg.seeds:
-        jobs += [(study.base_ckpt(seed), study.eval_dir(seed, "base") / "step_000000", 0, 0, seed, True, True),
-                 (study.reference_ckpt(seed), study.eval_dir(seed, "reference") / "step_final", -1, -1, seed, True, True)]
-    n = _arm_checkpoints(study)[1]
-    f = min(n, study.cfg.fewshot_checkpoints)
-    shots = {round(k * n / f) for k in range(1, f + 1)}  # 1-based checkpoint numbers
-    for arm in study.arms():
-        dirs = checkpoint_dirs(arm["run_dir"])
-        for i, d in enumerate(dirs, 1):
-            meta = read_json(d / "slm_meta.json")
-            last = d == dirs[-1] and is_finished(arm["run_dir"])
-            jobs.append((d, Path(arm["eval_dir"]) / d.name, checkpoint_step(d), meta["tokens"], arm["seed"], last,
-                         last or i in shots))
-    return [j for j in jobs if not (j[1] / "metrics.json").is_file() or
-            (j[5] and "validation" not in read_json(j[1] / "metrics.json"))]
-
-
-def stratified(rows: list[dict], n: int) -> list[dict]:
-    """The first ``n`` rows taken round-robin over their "family" (file order within a family)."""
-    by_family: dict[str, list[dict]] = {}
-    for r in rows:
-        by_family.setdefault(r.get("family", ""), []).append(r)
-    out: list[dict] = []
-    queues = list(by_family.values())
-    i = 0
-    while len(out) < n and any(i < len(q) for q in queues):
-        out += [q[i] for q in queues if i < len(q)][: n - len(out)]
-        i += 1
-    return out
-
-
-def _evaluate(study: Study) -> None:
-    import torch
-
-    from ..data import TokenDataset
-    from ..evaluate import dataset_token_losses, dump_token_losses, loss_summary
-    from ..fewshot import fewshot_accuracy, read_jsonl
-    from ..model import load_model, resolve_device
-    from ..runtime import progress
-
-    c = study.cfg
-    device = resolve_device(c.device)
-    per_seed: dict[int, dict] = {}
-    for seed in c.seeds:
-        target, noisy = TokenDataset(study.data(seed, "hq_math")), TokenDataset(study.data(seed, "web_math"))
-        corpora_dir = study.corpora(seed)
-        sets = {"own": stratified(read_jsonl(corpora_dir / "fewshot_eval.jsonl"), c.fewshot_questions)}
-        if c.fewshot_external and study.external(seed).is_file():
-            sets["external"] = stratified(read_jsonl(study.external(seed)), c.fewshot_external)
-        per_seed[seed] = {"target": target, "noisy": noisy, "tok": target.tokenizer(), "sets": sets,
-                          "exemplars": read_jsonl(corpora_dir / "fewshot_exemplars.jsonl")}
-    jobs = _eval_jobs(study)
-    for ckpt, out, step, tokens, seed, with_val, with_shots in progress(jobs, desc="evaluate", unit="ckpt",
-                                                                       enabled=c.progress):
-        e = per_seed[seed]
-        model = load_model(ckpt, device).eval()
-        result = {"checkpoint": str(ckpt), "step": step, "tokens": tokens, "test": {}}
-        evals = [("test", "target", e["target"], c.eval_windows_target), ("test", "noisy", e["noisy"], c.eval_windows_noisy)]
-        if with_val:
-            evals.append(("validation", "target", e["target"], c.eval_windows_target))
-        for split, name, ds, n in evals:
-            losses = dataset_token_losses(model, ds, split, n, 32, device)
-            dump_token_losses(losses, out / f"{split}.{name}.losses.bin", {"dataset": str(ds.path), "split": split,
-                                                                         "dataset_fingerprint": ds.fingerprint})
-            result.setdefault(split, {})[name] = loss_summary(losses)
-        if with_shots:
-            with torch.inference_mode():
-                result["fewshot"] = {k: fewshot_accuracy(model, e["tok"], qs, e["exemplars"], c.shots,
-                                                         max_new_tokens=40, batch_size=100, device=device,
-                                                         max_positions=c.seq_len, bos_id=e["target"].bos_id)
-                                     for k, qs in e["sets"].items()}
-        write_json(out / "metrics.json", result)
-        del model
+                  tokens=MARGIN * c.cpt_tokens, kind="forward")]

@@ -162,3 +162,22 @@ def pearson(x, y) -> dict:
 
 def fmt_p(p: float | None) -> str:
     return "n/a" if p is None else (f"{p:.2g}" if p >= 1e-4 else "< 1e-4")
+
+
+def detectable(a, b, power: float = 0.8) -> dict:
+    """The smallest difference of means a one-sided Welch test over these seeds can call significant, from the
+    groups' own spread: ``at_p05`` = t(0.95, ν)·SE (an observed difference must exceed it for p < ALPHA) and
+    ``at_power`` = (t(0.95, ν) + t(power, ν))·SE (a true difference this large is found with that power);
+    SE = sqrt(s_a²/n_a + s_b²/n_b), ν the Welch–Satterthwaite degrees of freedom."""
+    sa, sb = summary(a), summary(b)
+    out = {"se": None, "df": None, "at_p05": None, "at_power": None, "power": power, "n": [sa["n"], sb["n"]]}
+    if sa["n"] < 2 or sb["n"] < 2:
+        return out
+    va, vb = sa["std"] ** 2 / sa["n"], sb["std"] ** 2 / sb["n"]
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return out
+    df = (va + vb) ** 2 / (va ** 2 / (sa["n"] - 1) + vb ** 2 / (sb["n"] - 1))
+    t_alpha = float(sps.t.ppf(1 - ALPHA, df))
+    out.update(se=se, df=df, at_p05=t_alpha * se, at_power=(t_alpha + float(sps.t.ppf(power, df))) * se)
+    return out

@@ -30,28 +30,33 @@ FIG6_DEFINITION = ("at each checkpoint of each run (SLM, CLM, baselines; the bas
 CAVEAT = ("checkpoints of one run are not independent samples: the p-values overstate the evidence")
 
 
+# the downstream metrics Fig. 7 relates to the token losses, measured at every checkpoint
+FIG7_METRICS = ("own_mc_acc", "own_answer_nll", "ext_mc_acc", "ext_answer_nll")
+
+
 def _split(st: StudyResults, point: dict, seed, ratio: float) -> dict:
     loss = st.dump(point)
     mask = topk_mask(st.excess(point, seed), ratio)
-    return {"step": point["step"], "tokens": point["tokens"], "own_acc": point.get("own_acc"),
-            "ext_acc": point.get("ext_acc"), "is_base": bool(point.get("is_base")), **diag.split_losses(loss, mask)}
+    return {"step": point["step"], "tokens": point["tokens"], **{k: point.get(k) for k in FIG7_METRICS},
+            "is_base": bool(point.get("is_base")), **diag.split_losses(loss, mask)}
 
 
 def section_fig6(st: StudyResults) -> dict:
-    out: dict = {"definition": FIG6_DEFINITION, "caveat": CAVEAT, "floor": stats.FLOOR, "ratios": {}}
+    """Fig. 6 (selected and unselected token loss over training) and Fig. 7 (a downstream metric against them:
+    Pearson r over every checkpoint of every main arm, the base excluded)."""
+    out: dict = {"definition": FIG6_DEFINITION, "caveat": CAVEAT, "metrics": list(FIG7_METRICS), "ratios": {}}
     for ratio in st.ratios:
         runs = {r["name"]: [_split(st, p, r["seed"], ratio) for p in st.curve(r)] for r in st.runs}
         pts = [x for rows in runs.values() for x in rows if not x["is_base"]]
         corr = {}
-        for kind in ("own", "ext"):
-            above = [x for x in pts if x[f"{kind}_acc"] is not None and x[f"{kind}_acc"] >= stats.FLOOR]
-            if not above:
-                corr[kind] = {"computed": False, "reason": "not computed: accuracy at floor", "n": 0}
+        for key in FIG7_METRICS:
+            have = [x for x in pts if x[key] is not None]
+            if len(have) < 3:
+                corr[key] = {"computed": False, "reason": "not measured at enough checkpoints", "n": len(have)}
                 continue
-            acc = [x[f"{kind}_acc"] for x in above]
-            corr[kind] = {"computed": True, "n": len(above),
-                          "selected": stats.pearson(acc, [x["selected"] for x in above]),
-                          "unselected": stats.pearson(acc, [x["unselected"] for x in above])}
+            v = [x[key] for x in have]
+            corr[key] = {"computed": True, "n": len(have), "selected": stats.pearson(v, [x["selected"] for x in have]),
+                         "unselected": stats.pearson(v, [x["unselected"] for x in have])}
         out["ratios"][f"{ratio:g}"] = {"ratio": ratio, "runs": runs, "correlation": corr}
     return out
 
