@@ -100,3 +100,12 @@ def test_mc_accuracy_is_argmax_of_the_logliks(model_and_tok):
     assert (r["correct"], r["correct_norm"], r["n"]) == (correct, correct_norm, 6)
     assert r["acc"] == correct / 6 and r["chance"] == 1 / MC_CHOICES
     assert r["answer_nll"] == pytest.approx(nll / 6, rel=1e-4)
+
+
+def test_distractors_match_the_gold_answers_length_first():
+    pool = [{"family": "add", "question": f"q{i}", "answer": a} for i, a in
+            enumerate(["171", "12", "9", "4411", "505", "87", "300", "6"])]
+    q = pool[0]
+    d = distractors(q, pool, 3, seed=0)
+    assert all(len(x) == 3 for x in d)  # 171: the perturbed one and the two other 3-digit answers
+    assert set(d) - {"505", "300"} and len(set(d) & {"505", "300"}) == 2

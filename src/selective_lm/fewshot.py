@@ -172,7 +172,8 @@ def distractors(question: dict, pool: list[dict], n: int = MC_CHOICES - 1, seed:
     """``n`` wrong answers for ``question``, each distinct from the gold answer and from one another after
     :func:`normalize_answer`: one numerically perturbed form of the gold answer (:func:`perturb_answer`), the
     rest answers of other questions of the same family in ``pool`` (then more perturbations, then answers of
-    any family). Seeded by (``seed``, the question): the same inputs give the same distractors."""
+    any family), those closest to the gold answer's length first: a small model prefers short continuations,
+    and choices of one length make that preference no help. Seeded by (``seed``, the question)."""
     import random
 
     rng = random.Random(f"selective-lm/mc/{seed}/{question['question']}")
@@ -186,18 +187,20 @@ def distractors(question: dict, pool: list[dict], n: int = MC_CHOICES - 1, seed:
 
     def perturbed(tries: int) -> None:
         for _ in range(tries):
-            if (p := perturb_answer(gold, rng)) is not None:
+            if (p := perturb_answer(gold, rng)) is not None and (len(p) == len(gold) or _ == tries - 1):
                 add(p)
                 return
 
+    def by_length(answers: list) -> list:
+        shuffled = rng.sample(answers, len(answers))
+        return sorted(shuffled, key=lambda a: abs(len(normalize_answer(str(a))) - len(gold)))  # stable: ties random
+
     perturbed(8)
-    same = [r["answer"] for r in pool if r.get("family") == question.get("family") and r is not question]
-    for ans in rng.sample(same, len(same)):
+    for ans in by_length([r["answer"] for r in pool if r.get("family") == question.get("family") and r is not question]):
         add(ans)
     for _ in range(n):
         perturbed(8)
-    rest = [r["answer"] for r in pool]
-    for ans in rng.sample(rest, len(rest)):
+    for ans in by_length([r["answer"] for r in pool]):
         add(ans)
     if len(out) < n:
         raise ValueError(f"only {len(out)} distinct wrong answers for {question['question']!r}: give a larger pool")

@@ -43,7 +43,8 @@ def downstream(res: dict, images: dict) -> list[str]:
     md = ["## Downstream accuracy", "",
           "Multiple choice as lm-evaluation-harness scores it: each question's gold answer among "
           f"{_choices(res)} choices (one numerically perturbed answer and answers of other questions of the same "
-          "family), each scored by the log-likelihood of \" choice\\n\" after the few-shot prompt (exemplars as "
+          "family, those closest to the gold answer's length first: small models prefer short continuations), each "
+          "scored by the log-likelihood of \" choice\\n\" after the few-shot prompt (exemplars as "
           "\"Problem: q\\nAnswer: a\"); `acc` takes the highest log-likelihood, `acc_norm` the highest per character; "
           f"chance is {_chance(res):.0%}. The gold answer's NLL (nats per answer) is the continuous version. Exact "
           "match: greedy generation after exemplars with worked solutions, the answer after \"Answer:\", at each "
