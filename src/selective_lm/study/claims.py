@@ -37,7 +37,7 @@ def downstream_status(res: dict) -> list[dict]:
     """Which downstream metrics can test a claim. Exact match: not at floor (:func:`.stats.at_floor`). Multiple
     choice: at least one arm's pooled accuracy has its Wilson 95% interval above chance. The gold answer's NLL
     is continuous and always usable. The rule looks at every arm alike, never at which one wins."""
-    out, chance = [], _chance(res)
+    out, chance = [], mc_chance(res)
     for key, label, lower, kind, pooled in DOWNSTREAM:
         accs = {g: v.get(pooled) for g, v in _arms(res).items()} if pooled else {}
         if not any(_vals(v, key) for v in _arms(res).values()):
@@ -57,7 +57,8 @@ def downstream_status(res: dict) -> list[dict]:
     return out
 
 
-def _chance(res: dict) -> float:
+def mc_chance(res: dict) -> float:
+    """The chance level of the study's multiple choice (1 / choices), as its evaluations recorded it."""
     for r in (res.get("runs") or {}).values():
         if (r.get("final") or {}).get("mc_chance"):
             return float(r["final"]["mc_chance"])

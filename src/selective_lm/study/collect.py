@@ -18,7 +18,7 @@ from . import claims as cl, stats, tokens
 from .annotations import section_filter
 from .cost import section_cost
 from .design import section_design
-from .results import PROTOCOL, _ERRORS, StudyResults, clean, group_of, public
+from .results import PROTOCOL, _ERRORS, StudyResults, clean, group_of, needs_reference, public
 from .sweep import section_sweep
 
 RESULT_KEYS = ("study", "written_by", "quick", "protocol", "rules", "config", "pipelines", "runs", "groups",
@@ -156,7 +156,7 @@ def section_efficiency(st: StudyResults, runs: dict, metric: str = "target_loss"
         out["runs"][name] = {"baseline": clm[r["seed"]], "curve": pts, "final": fin, "tokens_saved": saved,
                              "reference_tokens": ref, "scored_tokens": scored,
                              "tokens_saved_net": (saved - (ref or 0) - (scored or 0)) if saved is not None
-                             and r["arm"] == "slm" else None}  # only SLM needs a reference and a scoring pass
+                             and needs_reference(r) else None}  # only SLM by a reference pays for one
     by_group: dict = {}
     for name, e in out["runs"].items():
         if "curve" in e:

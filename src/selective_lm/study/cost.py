@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..files import read_json
 from . import stats
-from .results import StudyResults
+from .results import StudyResults, needs_reference
 
 AMORTISE = (1, 3, 10)
 
@@ -99,9 +99,7 @@ def section_cost(st: StudyResults, runs: dict, efficiency: dict) -> dict:
         per_tok = flops_per_token(shape, cfg_seq, trainable=lora)
         tokens = float(r["final"]["tokens"] or 0)
         ref = per_seed[str(r["seed"])].get(r.get("hq_label")) or next(iter(per_seed[str(r["seed"])].values()))
-        # random selection ranks nothing and dft weights need no reference: they pay no reference or scoring pass
-        needs_ref = (r["arm"] == "slm" and r.get("strategy") != "random") or (
-            r["arm"] == "variant" and not str(r.get("variant", "")).startswith(("dft", "eslm")))
+        needs_ref = needs_reference(r)
         over = (ref["reference_flops"] or 0) + (ref["score_flops"] or 0) if needs_ref else 0.0
         e = eff.get(name) or {}
         t_reach = (e.get("final") or {}).get("tokens_run") if (e.get("final") or {}).get("reached") else None

@@ -38,6 +38,14 @@ def clean(obj):
     return json.loads(text, parse_constant=lambda _: None)
 
 
+def needs_reference(run: dict) -> bool:
+    """Whether an arm pays for a reference and its scoring pass: SLM that ranks by a reference (random selection
+    ranks nothing; dft weights and ESLM's scores are the model's own)."""
+    if run.get("arm") == "slm":
+        return run.get("strategy") != "random"
+    return run.get("arm") == "variant" and not str(run.get("variant", "")).startswith(("dft", "eslm"))
+
+
 def group_of(run: dict) -> str:
     """The group of a run over seeds: clm, hq, content, slm-STRATEGY-RATIO, variant-NAME; a sweep arm's group
     carries its HQ : budget ratio (hq@1:30, slm-topk-0.6@1:30)."""

@@ -3,6 +3,7 @@ downstream metrics (multiple choice, answer NLL, exact match), SLM's full cost a
 from __future__ import annotations
 
 from . import stats
+from .claims import mc_chance
 from .fmt import acc, f, img, ms, table
 
 STATUS_MARK = {"usable": "✅ used for claims", "at chance": "⚪ at chance: not used", "at floor": "⚪ at floor: not used",
@@ -46,7 +47,7 @@ def downstream(res: dict, images: dict) -> list[str]:
           "family, those closest to the gold answer's length first: small models prefer short continuations), each "
           "scored by the log-likelihood of \" choice\\n\" after the few-shot prompt (exemplars as "
           "\"Problem: q\\nAnswer: a\"); `acc` takes the highest log-likelihood, `acc_norm` the highest per character; "
-          f"chance is {_chance(res):.0%}. The gold answer's NLL (nats per answer) is the continuous version. Exact "
+          f"chance is {mc_chance(res):.0%}. The gold answer's NLL (nats per answer) is the continuous version. Exact "
           "match: greedy generation after exemplars with worked solutions, the answer after \"Answer:\", at each "
           "arm's end. Multiple choice and NLL at every evaluated checkpoint, both question generators.", ""]
     md += table(["metric", "status", "why"], [[d["metric"], STATUS_MARK.get(d["status"], d["status"]), d["reason"]]
@@ -71,15 +72,8 @@ def downstream(res: dict, images: dict) -> list[str]:
     return md + img(images, "accuracy", "multiple-choice accuracy and answer NLL vs tokens")
 
 
-def _chance(res: dict) -> float:
-    for r in (res.get("runs") or {}).values():
-        if (r.get("final") or {}).get("mc_chance"):
-            return float(r["final"]["mc_chance"])
-    return 0.25
-
-
 def _choices(res: dict) -> int:
-    return round(1 / _chance(res))
+    return round(1 / mc_chance(res))
 
 
 def cost(res: dict) -> list[str]:

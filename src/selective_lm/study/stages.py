@@ -75,6 +75,10 @@ def check_sizes(study: Study, seed: int) -> dict:
     if "self" in c.variants:
         need_web = math.ceil(need_web / (1 - c.self_fraction))
     scales = corpus_scales(study)
+    if hq <= need_hq and c.corpus == "champ":
+        raise UserError(f"seed {seed}: CHAMP's human solutions hold {hq} train windows but the HQ : budget ratio "
+                        f"{ratio_label(max(c.hq_ratios()))} needs more than {need_hq}: lower cpt_tokens or the "
+                        "largest of hq_ratio and hq_sweep")
     if hq <= need_hq:
         raise UserError(f"seed {seed}: the HQ math corpus has {hq} train windows but the HQ : budget ratio "
                         f"{ratio_label(max(c.hq_ratios()))} needs more than {need_hq}: raise hq_scale (now "
