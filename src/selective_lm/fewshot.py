@@ -186,8 +186,8 @@ def distractors(question: dict, pool: list[dict], n: int = MC_CHOICES - 1, seed:
             out.append(a)
 
     def perturbed(tries: int) -> None:
-        for _ in range(tries):
-            if (p := perturb_answer(gold, rng)) is not None and (len(p) == len(gold) or _ == tries - 1):
+        for i in range(tries):  # a perturbation of the gold answer's length, else the last one drawn
+            if (p := perturb_answer(gold, rng)) is not None and (len(p) == len(gold) or i == tries - 1):
                 add(p)
                 return
 

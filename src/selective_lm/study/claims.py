@@ -285,6 +285,10 @@ def summary_text(res: dict) -> str:
             + f"; arms {arms} and SLM ({', '.join(cfg.get('strategies') or [])}) at ratios "
             f"{', '.join(f'{r:g}' for r in cfg.get('ratios') or [])}"
             f"; best ratio per strategy chosen on validation: {best or 'none'}; all numbers below on the test split. ")
+    total = cfg.get("timings_total")
+    if total:
+        text += (f"Its stages took {int(total // 60)}m{int(total % 60):02d}s in all on this machine (the appendix has "
+                 "each stage's seconds, summed over the invocations that ran it). ")
     var = res.get("variants") or {}
     if var.get("rows"):
         won = [r["variant"] for r in var["rows"] if r["vs_topk"].get("verdict") == stats.HOLDS]

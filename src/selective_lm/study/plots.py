@@ -305,6 +305,7 @@ def make_plots(res: dict, plots: Path) -> dict[str, str]:
                         label={"clm": "CLM", "hq": "HQ-only", "slm": "SLM top-k"}[key])
         ax.set_xscale("log")
         ax.set_xticks(x, [r["label"] for r in sw])
+        ax.minorticks_off()
         ax.set(title="HQ-size sweep", xlabel="HQ : budget", ylabel="test target " + LOSS)
         ax.grid(alpha=0.3)
         _legend(fig, ax)
