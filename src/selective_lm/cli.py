@@ -12,8 +12,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from .config import (EvalConfig, ExportConfig, FilterConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arguments, dump_yaml,
-                     from_args)
+from .config import (EvalConfig, ExportConfig, FilterConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arguments,
+                     dump_yaml, from_args)
 from .files import UserError
 
 # The `key=value` example each subcommand's --help shows: its own fields (tests/test_console.py parses each).
@@ -30,12 +30,12 @@ EXAMPLES = {
 
 
 def _prepare(cfg: PrepareConfig) -> None:
+    from . import dist
     from .data import prepare
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("`slm prepare` runs in one process: start it without torchrun (it is I/O bound), "
-                        "then launch train/score/eval with torchrun")
     m = prepare(cfg)
+    if not dist.is_main():
+        return
     skipped = [os.path.basename(f) for f in m["skipped_files"]]
     print(f"prepared {cfg.out}: " + ", ".join(f"{s} {v['windows']} windows" for s, v in m["splits"].items())
           + f", vocab {m['vocab_size']}, seq_len {m['seq_len']}, replaced bytes {m['replaced_bytes']}"

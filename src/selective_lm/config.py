@@ -53,7 +53,11 @@ class PrepareConfig:
     split_field: str = "split"
     """JSONL/Parquet/HF field that names a document's split (train, validation or test) and overrides the hash, e.g. to split by problem rather than by document."""
     seed: int = 0
-    """Seed for the train/validation/test hash split."""
+    """Seed for the train/validation/test hash split (and the order the tokenizer's sample visits the input)."""
+    num_workers: int = 1
+    """Processes that tokenize, each taking whole units of about 64 MiB of input (per rank under torchrun, which also spreads the units over the ranks); 1 = this process. Any number gives the same dataset, byte for byte."""
+    tokenizer_sample: int = 200_000_000
+    """Characters of train documents the byte-level BPE is trained on (ignored with `tokenizer`): an equal share from every unit of the input, so memory and time stay bounded; 0 = every train document."""
     overwrite: bool = False
     """Replace an existing dataset directory."""
     progress: bool = True
@@ -71,6 +75,9 @@ class PrepareConfig:
         if not 0.0 <= self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:
             raise UserError(f"test_fraction must be in [0, 1) with val_fraction + test_fraction < 1, got "
                             f"{self.test_fraction} (+ {self.val_fraction})")
+        if self.num_workers < 1 or self.tokenizer_sample < 0:
+            raise UserError(f"need num_workers >= 1 and tokenizer_sample >= 0, got {self.num_workers} and "
+                            f"{self.tokenizer_sample}")
         if self.tokenizer is None and self.vocab_size < 259:
             raise UserError(f"vocab_size must be >= 259 for a byte-level BPE, got {self.vocab_size}")
         self.bos = str(self.bos).lower()  # YAML reads `bos: true` as a bool

@@ -170,7 +170,7 @@ def run_lm_eval(cfg: EvalConfig, questions: list[dict], exemplars: list[dict], t
             result = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=list(cfg.lm_eval), task_manager=manager,
                                              batch_size=cfg.batch_size, device=str(device), log_samples=True,
                                              limit=cfg.lm_eval_limit or None)
-        except Exception as e:  # noqa: BLE001 - only a Hub that cannot be reached becomes a UserError
+        except Exception as e:
             if (dataset := unreachable_dataset(e)) is None:
                 raise
             hub = [t for t in cfg.lm_eval if t != FEWSHOT_TASK]

@@ -69,10 +69,6 @@ def format_data(parts: list[tuple[str, float | None]]) -> str:
 
 
 def is_mixture(spec: str) -> bool:
-    return len(parse_data(spec)) > 1 or parse_data(spec)[0][1] is not None
-
-
-def is_mixture(spec: str) -> bool:
     """Whether ``data`` names weighted datasets (``a:6,b:3``, or one with a weight) rather than one directory."""
     parts = parse_data(spec)
     return len(parts) > 1 or parts[0][1] is not None

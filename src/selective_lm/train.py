@@ -33,9 +33,9 @@ from .config import MODEL_SCORES, TrainConfig, save_config, to_dict
 from .data import TokenDataset
 from .evaluate import dataset_token_losses, loss_summary
 from .files import DirLock, UserError, replacing, write_json
-from .model import (PRESETS, apply_lora, build_model, check_lora_targets, check_compatible, count_parameters, is_checkpoint, load_model,
-                    link_checkpoint_dir, lora_summary, resolve_device, save_checkpoint_dir)
 from .mixture import Mixture, MixtureOrder, open_data
+from .model import (PRESETS, apply_lora, build_model, check_compatible, check_lora_targets, count_parameters,
+                    is_checkpoint, link_checkpoint_dir, load_model, lora_summary, resolve_device, save_checkpoint_dir)
 from .objective import Objective
 from .options import parse_eval_data
 from .runtime import progress
