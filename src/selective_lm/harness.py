@@ -194,7 +194,7 @@ def unreachable_dataset(e: BaseException) -> str | None:
         seen.add(id(e))
         names = {type(e).__name__, *(c.__name__ for c in type(e).__mro__)}
         if isinstance(e, ConnectionError) or names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError"}:
-            m = re.search(r"'([^']+)'", str(e))
+            m = re.search(r"'([^'\s]+)'", str(e))  # a dataset name has no space
             return m.group(1) if m else "?"
         e = e.__cause__ or e.__context__
     return None
