@@ -65,6 +65,7 @@ def _train(cfg: TrainConfig) -> None:
     s = train(cfg)
     val = (f"val loss {s['final_val_loss']:.4f} ppl {s['final_val_ppl']:.2f}" if s["final_val_loss"] is not None
            else "no validation split")
+    val += "".join(f"; {n} loss {v['loss']:.4f} ppl {v['ppl']:.2f}" for n, v in s.get("final_eval", {}).items())
     dist.print0(f"finished {s['steps']} steps ({s['tokens']} tokens): {val} -> {cfg.out}/final")
 
 
