@@ -297,8 +297,8 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
         bar.close()
         return dist.agree(_finish, cfg, out, job, main_only=True)
     except UserError:
-        if dist.is_main():
-            shards.WorkDir(out).remove()  # bad input: nothing to resume
+        if dist.world_size() == 1:  # bad input: nothing to resume (under torchrun another rank's crash reads alike)
+            shards.WorkDir(out).remove()
         raise
 
 
