@@ -73,7 +73,7 @@ def main() -> None:
         trainer.train()
         last = [r for r in trainer.state.log_history if "selected_fraction" in r][-1]
         results[name] = {"eval_loss": trainer.evaluate()["eval_loss"], "loss_selected": last["loss_selected"],
-                         "loss_all_tokens": last["loss_all_tokens"], "selected_fraction": last["selected_fraction"]}
+                         "loss": last["loss"], "selected_fraction": last["selected_fraction"]}
         print(f"SLMTrainer ({name} reference losses): {json.dumps(results[name])}")
 
     try:
@@ -98,7 +98,7 @@ def main() -> None:
                         ref_model=load_model(ref / "final"), slm_args=SLMArguments(ratio=0.5))
     sft.train()
     last = [r for r in sft.state.log_history if "selected_fraction" in r][-1]
-    results["sft"] = {k: last[k] for k in ("loss_selected", "loss_all_tokens", "selected_fraction")}
+    results["sft"] = {k: last[k] for k in ("loss_selected", "loss", "selected_fraction")}
     print(f"SLMSFTTrainer (TRL, completion-only, online reference): {json.dumps(results['sft'])}")
     (work / "results.json").write_text(json.dumps(results, indent=2))
 

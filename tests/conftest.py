@@ -74,3 +74,26 @@ def v2_study(tmp_path_factory):
     from synthetic_study import build_study
 
     return build_study(tmp_path_factory.mktemp("v2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_data, tmp_path_factory):
+    """A checkpoint of TinyLlama-1.1B's architecture made tiny: LlamaForCausalLM, grouped-query attention with 8
+    query heads per key/value head (32:4 there), the MLP 2.75x the width, rope_theta 1e4, 2048 positions, untied
+    head; 1 layer of width 64 and tiny_data's vocabulary (~60k parameters)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from selective_lm.data import TokenDataset
+    from selective_lm.tokenizer import copy_tokenizer
+
+    ds = TokenDataset(tiny_data)
+    cfg = LlamaConfig(vocab_size=ds.vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=1,
+                      num_attention_heads=8, num_key_value_heads=1, max_position_embeddings=2048, rope_theta=10000.0,
+                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=ds.eos_id, eos_token_id=ds.eos_id)
+    import torch
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tinyllama") / "model"
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    copy_tokenizer(ds.tokenizer_dir, out)
+    return out

@@ -128,6 +128,15 @@ def test_scale_out_options_refused_before_anything_is_written(tiny_data, tmp_pat
     assert not (tmp_path / "r").exists()
 
 
-def test_prepare_refuses_torchrun(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert_user_error(["prepare", "--inputs", tmp_path, "--out", tmp_path / "ds"], capsys, "one process")
+def test_overrides_between_flags(tiny_data, tmp_path, capsys):
+    """`slm train --data d ratio=0.5 --out x max_steps=1`: key=value anywhere, also after a list flag."""
+    code, out, err = run(["train", "--data", tiny_data, "ratio=0.5", "--out", tmp_path / "x", "max_steps=1",
+                          "--lr", "1e-3", "lr_schedule=wsd", "--dry-run"], capsys)
+    assert code == 0 and "ratio: 0.5" in out and "max_steps: 1" in out and "lr_schedule: wsd" in out, err
+    code, out, _ = run(["prepare", "--inputs", "a.jsonl", "b.jsonl", "seq_len=64", "--out", "ds", "vocab_size=512",
+                        "--dry-run"], capsys)
+    assert code == 0 and "seq_len: 64" in out and "vocab_size: 512" in out and "seq_len=64" not in out
+    with pytest.raises(SystemExit) as e:  # argparse's own: an unknown flag
+        run(["train", "--data", tiny_data, "--out", tmp_path / "x", "ratio=0.5", "--bogus", "1"], capsys)
+    assert e.value.code == 2 and "unrecognized arguments: --bogus 1" in capsys.readouterr().err
+    assert_user_error(["train", "--data", tiny_data, "lr=2", "--out", tmp_path / "x", "--lr", "1"], capsys, "given twice")

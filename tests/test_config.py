@@ -5,6 +5,7 @@ import pytest
 
 from selective_lm.config import (
     EvalConfig,
+    ExportConfig,
     LoraConfig,
     PrepareConfig,
     ScoreConfig,
@@ -22,7 +23,8 @@ from selective_lm.study.config import StudyConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("cls", [PrepareConfig, ScoreConfig, TrainConfig, EvalConfig, LoraConfig, StudyConfig])
+@pytest.mark.parametrize("cls", [PrepareConfig, ScoreConfig, TrainConfig, EvalConfig, LoraConfig, StudyConfig,
+                                 ExportConfig])
 def test_every_field_has_a_docstring(cls):
     docs = field_docs(cls)
     assert [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)] == []

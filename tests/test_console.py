@@ -60,7 +60,7 @@ def test_help_imports_neither_torch_nor_transformers():
 NEEDED = {"prepare": ["--inputs", "c.jsonl", "--out", "ds"], "score": ["--data", "ds", "--model", "m", "--out", "s"],
           "train": ["--data", "ds", "--out", "run"], "eval": ["--model", "m", "--data", "ds"], "study": [],
           "filter": ["--data", "ds", "--ref-scores", "s", "--inputs", "c.jsonl", "--out", "kept"],
-          "corpora": ["--out", "c"]}
+          "corpora": ["--out", "c"], "export": ["--run", "run", "--out", "exported"]}
 
 
 @pytest.mark.parametrize("command", sorted(NEEDED))

@@ -424,7 +424,14 @@ def test_overwrite_and_interrupted_prepare(tmp_path, shared_tok, monkeypatch):
     with pytest.raises(RuntimeError):
         prepare(cfg([src], tmp_path / "fresh", tokenizer=str(shared_tok), val_fraction=0.0))
     assert not (tmp_path / "fresh").exists()
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["c", "ds"]
+    # what is left is the work of the two runs (their units, for a re-run to resume), nothing that looks complete
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [".ds.prepare",
+                                                                                          ".fresh.prepare", "c", "ds"]
+    monkeypatch.undo()
+    m3 = prepare(cfg([src], tmp_path / "fresh", tokenizer=str(shared_tok), val_fraction=0.0))
+    assert m3["fingerprint"] == prepare(cfg([src], tmp_path / "again", tokenizer=str(shared_tok),
+                                            val_fraction=0.0))["fingerprint"]
+    assert not (tmp_path / ".fresh.prepare").exists()
 
 
 # --------------------------------------------------------------------------- reader

@@ -31,8 +31,8 @@ WORLD = 2
 STRATEGIES = ("topk", "random", "stochastic")
 
 
-def _cfg(data, out, batch_size, **kw):
-    base = dict(data=str(data), out=str(out), model="tiny", batch_size=batch_size, grad_accum=2, max_steps=3,
+def _cfg(dataset, out, batch_size, **kw):
+    base = dict(data=str(dataset), out=str(out), model="tiny", batch_size=batch_size, grad_accum=2, max_steps=3,
                 lr=3e-3, warmup_steps=1, log_every=1, eval_windows=6, device="cpu", progress=False)
     base.update(kw)
     return TrainConfig(**base)
@@ -52,6 +52,9 @@ def _jobs(data, ref, root):
     # per-window selection with per-window draws; ESLM's reference-free score ranked over the whole step
     jobs["ddp-sequence-stochastic"] = dict(strategy="stochastic", selection_scope="sequence", **slm)
     jobs["ddp-step-eslm-entropy"] = dict(objective="slm", ratio=0.5, score="model-entropy", selection_scope="step")
+    # a mixture (here of one dataset's windows weighted twice: two orders, two score lookups in one index space)
+    jobs["ddp-mixture"] = dict(strategy="topk", data=f"{data}:2,{data}:1", ref_scores=[str(ref / "scores")] * 2,
+                               objective="slm", ratio=0.5, eval_data=[f"target={data}"])
     jobs["ddp-schedule"] = dict(strategy="topk", ratio_schedule="linear", ratio_end=0.3, clm_warmup=0.34,
                                 **{**slm, "ratio": 0.6})
     # log_every 3 with ckpt_every 2: the step-2 checkpoint holds running metric sums of both ranks
@@ -174,7 +177,8 @@ def _assert_close_weights(a, b):
 
 @pytest.mark.parametrize("name", ["ddp-topk", "ddp-random", "ddp-stochastic", "ddp-clm", "ddp-step-topk",
                                   "ddp-online-stochastic", "ddp-soft", "ddp-step-dft", "ddp-sequence-stochastic",
-                                  "ddp-step-eslm-entropy", "ddp-schedule", "fsdp-topk", "fsdp-step-stochastic"])
+                                  "ddp-step-eslm-entropy", "ddp-schedule", "ddp-mixture", "fsdp-topk",
+                                  "fsdp-step-stochastic"])
 def test_two_ranks_equal_one_process_with_twice_the_batch(runs, name):
     root, single, multi = runs
     one, ranks = single[name], [m[name] for m in multi]

@@ -130,3 +130,30 @@ def test_lm_eval_runs_slm_fewshot_like_slm_eval(tiny_data, reference, tmp_path, 
     docs = [json.loads(x) for x in (tasks / "slm_fewshot.jsonl").read_text().splitlines()]
     assert docs[0]["prompt"] == "Problem: What is 1 + 1?\nSolution: 1 + 1 = 2.\nAnswer: 2\n\nProblem: What is 2 + 3?\nSolution:"
     assert "task: slm_fewshot" in (tasks / "slm_fewshot.yaml").read_text()
+
+
+def test_an_unreachable_hub_is_one_line_naming_the_task(reference, tmp_path, capsys, monkeypatch, request):
+    """Offline, lm-eval's datasets raise ConnectionError("Couldn't reach 'Rowan/hellaswag' on the Hub (...)"): one line
+    that says the task's data cannot be fetched, not an OS error's disk hint."""
+    import sys
+
+    stub = dict(STUB)
+    stub["evaluator.py"] = STUB["evaluator.py"].replace(
+        '    for _ in tqdm(range(3), desc="Running generate_until requests", disable=False):\n        pass\n',
+        '    try:\n        raise FileNotFoundError("Dataset Rowan/hellaswag is not cached in None")\n'
+        '    except FileNotFoundError as e:\n'
+        '        raise ConnectionError("Couldn\'t reach \'Rowan/hellaswag\' on the Hub (OfflineModeIsEnabled)") from e\n')
+    stub["tasks.py"] = STUB["tasks.py"].replace('["stub_task"]', '["hellaswag"]')
+    for name, text in stub.items():
+        (tmp_path / "stub" / "lm_eval").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "stub" / "lm_eval" / name).write_text(text)
+    for name in [m for m in sys.modules if m == "lm_eval" or m.startswith("lm_eval.")]:
+        monkeypatch.delitem(sys.modules, name)
+    request.addfinalizer(lambda: [sys.modules.pop(m) for m in list(sys.modules)
+                                  if m == "lm_eval" or m.startswith("lm_eval.")])
+    monkeypatch.syspath_prepend(str(tmp_path / "stub"))
+    code = main(["eval", "--model", str(reference / "ref" / "final"), "--lm-eval", "hellaswag", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert "cannot fetch the data of task hellaswag (dataset Rowan/hellaswag)" in err and "::" not in err, err
+    assert "space" not in err and "permissions" not in err, err

@@ -316,3 +316,58 @@ def test_ragged_rows_and_nan_scores(tmp_path, tiny_data, scored, scope):
         bad([{"input_ids": [1, 2, 3], "ref_loss": [0.0, 1.0]}])
     with pytest.raises(ValueError, match="'ref_entropy' values"):  # every score column is checked
         bad([{"input_ids": [1, 2, 3], "ref_loss": [0.0, 1.0, 2.0], "ref_entropy": [0.5]}])
+
+
+def test_trainer_and_slm_train_log_the_same_metric_names(tmp_path, tiny_data, reference, scored):
+    """Trackers see `train/loss` (every token), `train/loss_selected` (the objective) and `eval/NAME/loss` from
+    SLMTrainer as from `slm train`."""
+    from transformers.integrations.integration_utils import rewrite_logs
+
+    from selective_lm.loss import token_losses
+    from selective_lm.tracking import scalars
+    from selective_lm.train import train
+
+    data = load_scored(scored)
+    ds = TokenDataset(tiny_data)
+    model = _model(ds)
+    tr = SLMTrainer(model=model, args=_args(tmp_path, 1, B, steps=1, eval_strategy="steps", eval_steps=1,
+                                            per_device_eval_batch_size=4),
+                    train_dataset=data, eval_dataset={"target": data.select(range(8))}, data_collator=SLMCollator(),
+                    optimizers=(_sgd(model), None), slm_args=SLMArguments(ratio=0.5))
+    tr.train()
+    tr.evaluate(data.select(range(8)))  # the unnamed evaluation: eval/loss
+    hf = {k for logs in tr.state.log_history for k in rewrite_logs(logs)}
+    first = torch.tensor(np.asarray(data.select(range(B))["input_ids"]))
+    with torch.no_grad():
+        every = token_losses(_model(ds)(first[:, :-1]).logits, first[:, 1:]).mean().item()
+    log = next(x for x in tr.state.log_history if "loss_selected" in x)
+    assert log["loss"] == pytest.approx(every, rel=1e-5) and log["loss_selected"] > log["loss"]
+    rows = []
+    train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), objective="slm", ratio=0.5,
+                      ref_scores=[str(reference / "scores")], batch_size=4, max_steps=1, log_every=1, eval_windows=4,
+                      eval_data=[f"target={tiny_data}"], progress=False), console=False, callbacks=[rows.append])
+    ours = {k for r in rows for k in scalars(r)}
+    same = {"train/loss", "train/loss_selected", "train/selected_fraction", "train/excess_mean", "train/lr",
+            "eval/loss", "eval/ppl", "eval/target/loss", "eval/target/ppl"}
+    assert same <= hf and same <= ours, (same - hf, same - ours)
+
+
+def test_hf_out_of_finished_scores_writes_the_column_without_scoring(tmp_path, tiny_data, reference, scored, capsys,
+                                                                     monkeypatch):
+    import shutil
+
+    import selective_lm.scoring as scoring
+    from selective_lm.cli import main
+
+    shutil.copytree(reference / "scores", tmp_path / "s")
+    before = (tmp_path / "s" / "ref_losses.bin").stat().st_mtime_ns
+    monkeypatch.setattr(scoring, "_score", lambda *a, **k: pytest.fail("scored again"))
+    args = ["score", "--data", str(tiny_data), "--model", str(reference / "ref" / "final"), "--out", str(tmp_path / "s"),
+            "--no-progress"]
+    assert main(args + ["--hf-out", str(tmp_path / "col")]) == 0
+    assert "without scoring again" in capsys.readouterr().out
+    assert (tmp_path / "s" / "ref_losses.bin").stat().st_mtime_ns == before
+    assert np.array_equal(np.asarray(load_scored(tmp_path / "col")["ref_loss"]), np.asarray(load_scored(scored)["ref_loss"]),
+                          equal_nan=True)
+    monkeypatch.undo()
+    assert main(args) == 2 and "already holds finished scores" in capsys.readouterr().err  # nothing to add: as before

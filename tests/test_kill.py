@@ -121,6 +121,31 @@ def test_killed_prepare_reruns_to_the_same_dataset(tiny_data, tmp_path, target, 
     no_temporaries(tmp_path)
 
 
+def test_killed_prepare_resumes_its_units(tmp_path, monkeypatch):
+    """SIGKILL as the fourth unit starts: the re-run tokenizes only the units without a summary, and the dataset is
+    the one an uninterrupted prepare makes."""
+    import selective_lm.data as data_mod
+    import selective_lm.shards as shards
+    from conftest import make_corpus
+
+    make_corpus(tmp_path / "c.jsonl", n_docs=300)
+    args = ["prepare", "--inputs", tmp_path / "c.jsonl", "--out", tmp_path / "ds", "--vocab-size", "300", "--seq-len",
+            "32", "--no-progress"]
+    killed(args, "selective_lm.data._run_task", 4, "before", "selective_lm.shards.UNIT_BYTES=20000")
+    assert len(list((tmp_path / ".ds.prepare" / "units").glob("u*.json"))) == 3
+    assert not (tmp_path / "ds").exists()
+    monkeypatch.setattr(shards, "UNIT_BYTES", 20000)
+    real, calls = data_mod._run_task, []
+    monkeypatch.setattr(data_mod, "_run_task", lambda task: calls.append(task[:2]) or real(task))
+    assert main([str(a) for a in args]) == 0
+    units = len(shards.plan([str(tmp_path / "c.jsonl")])["units"])
+    assert units > 5 and len(calls) == units + 1 - 3  # the units not done, and the input's sha256
+    assert main([str(a) for a in args[:4]] + [str(tmp_path / "ds2")] + [str(a) for a in args[5:]]) == 0
+    fp = [json.loads((tmp_path / d / "manifest.json").read_text())["fingerprint"] for d in ("ds", "ds2")]
+    assert fp[0] == fp[1] and not (tmp_path / ".ds.prepare").exists()
+    no_temporaries(tmp_path)
+
+
 SCORE_KILLS = [("selective_lm.scoring.model_token_losses", RNG.randint(2, 6), "after"),
                ("selective_lm.scoring.write_json", 2, "before"),  # the file in place, the manifest not yet
                ("selective_lm.scoring.sha256_file", 1, "before")]

@@ -19,8 +19,8 @@ def readme_commands() -> list[str]:
             line = line.split(" #")[0].strip()
             if "..." in line or line.startswith("#"):
                 continue
-            m = re.search(r"(?:^|&& )(?:\.venv/bin/)?slm ((?:prepare|train|score|eval|filter|study|corpora)\b.*)$", line) or \
-                re.search(r"-m selective_lm ((?:train|score|eval)\b.*)$", line)
+            m = re.search(r"(?:^|&& )(?:\.venv/bin/)?slm ((?:prepare|train|score|eval|filter|study|corpora|export)\b.*)$",
+                          line) or re.search(r"-m selective_lm ((?:prepare|train|score|eval)\b.*)$", line)
             if m:
                 cmds.append(m.group(1))
     return cmds

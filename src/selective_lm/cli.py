@@ -12,8 +12,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from .config import (EvalConfig, FilterConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arguments, dump_yaml,
-                     from_args)
+from .config import (EvalConfig, ExportConfig, FilterConfig, PrepareConfig, ScoreConfig, TrainConfig, add_arguments,
+                     dump_yaml, from_args)
 from .files import UserError
 
 # The `key=value` example each subcommand's --help shows: its own fields (tests/test_console.py parses each).
@@ -23,18 +23,19 @@ EXAMPLES = {
     "train": "ratio=0.3 lora.r=16",
     "eval": "max_windows=100 shots=2",
     "filter": "keep_fraction=0.5 doc_score=ref_loss",
+    "export": "merge=true overwrite=true",
     "study": "ratios=0.6,0.3 seeds=0,1,2",
     "corpora": "scale=0.2 seed=1",
 }
 
 
 def _prepare(cfg: PrepareConfig) -> None:
+    from . import dist
     from .data import prepare
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("`slm prepare` runs in one process: start it without torchrun (it is I/O bound), "
-                        "then launch train/score/eval with torchrun")
     m = prepare(cfg)
+    if not dist.is_main():
+        return
     skipped = [os.path.basename(f) for f in m["skipped_files"]]
     print(f"prepared {cfg.out}: " + ", ".join(f"{s} {v['windows']} windows" for s, v in m["splits"].items())
           + f", vocab {m['vocab_size']}, seq_len {m['seq_len']}, replaced bytes {m['replaced_bytes']}"
@@ -48,6 +49,10 @@ def _score(cfg: ScoreConfig) -> None:
     from .scoring import score
 
     m = score(cfg)
+    if m.get("reused"):
+        dist.print0(f"{cfg.out} already holds these scores ({m['windows']} windows of {cfg.split}): wrote the "
+                    f"dataset column to {cfg.hf_out} without scoring again")
+        return
     ent = f", mean entropy {m['mean_entropy']:.4f}" if "mean_entropy" in m else ""
     dist.print0(f"scored {m['windows']} windows of {cfg.split}: mean reference loss {m['mean_loss']:.4f}{ent} "
           f"({m['windows'] * m['seq_len'] / max(m['seconds'], 1e-9):.0f} tok/s) -> {cfg.out}")
@@ -60,6 +65,7 @@ def _train(cfg: TrainConfig) -> None:
     s = train(cfg)
     val = (f"val loss {s['final_val_loss']:.4f} ppl {s['final_val_ppl']:.2f}" if s["final_val_loss"] is not None
            else "no validation split")
+    val += "".join(f"; {n} loss {v['loss']:.4f} ppl {v['ppl']:.2f}" for n, v in s.get("final_eval", {}).items())
     dist.print0(f"finished {s['steps']} steps ({s['tokens']} tokens): {val} -> {cfg.out}/final")
 
 
@@ -93,6 +99,14 @@ def _filter(cfg: FilterConfig) -> None:
           + f"; {d['unscored']} unscored documents ({m['unscored']}) -> {os.path.join(cfg.out, m['file'])}")
 
 
+def _export(cfg: ExportConfig) -> None:
+    from .export import export
+
+    m = export(cfg)
+    print(f"exported {m['source']}{' with its LoRA adapter merged into ' + m['base'] if m['merged_lora'] else ''} -> "
+          f"{cfg.out} (AutoModelForCausalLM.from_pretrained loads it)")
+
+
 def _corpora(cfg) -> None:
     from .corpora import write_corpora
 
@@ -114,6 +128,7 @@ def _commands() -> dict[str, tuple[type, Callable, str]]:
         "train": (TrainConfig, _train, "CLM or SLM training (full or LoRA)"),
         "eval": (EvalConfig, _eval, "perplexity, per-token loss dumps, few-shot exact match, lm-eval tasks"),
         "filter": (FilterConfig, _filter, "document scores from token scores; the kept documents as JSONL or Parquet"),
+        "export": (ExportConfig, _export, "a run's final weights as a plain HF directory (LoRA merged with --merge)"),
         "study": (StudyConfig, run_study, "Rho-1's experiment end to end with a report"),
         "corpora": (CorporaConfig, _corpora, "write the embedded default corpora as JSONL (no download)"),
     }
@@ -169,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     args = cfg = None
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "analyze" and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides = [*args.overrides, *extra]  # key=value between flags: `--data d ratio=0.5 --out x lr=1`
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "analyze":
             from .analyze import run_analyze
 

@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import UserError
-from .options import (BOS_CHOICES, DOC_SCORES, ENTROPY_SCORES, MODEL_SCORES, OBJECTIVES, PARALLEL,
+from .options import (BOS_CHOICES, DOC_SCORES, ENTROPY_SCORES, LR_SCHEDULES, MODEL_SCORES, OBJECTIVES, PARALLEL,
                       RATIO_SCHEDULES, REF_COMBINE, SCOPES, SCORES, STRATEGIES, TEMPERATURE_UNITS, WEIGHTINGS,
-                      _check_choice, absolute, add_arguments, apply_overrides, check_ratio, check_score,
-                      check_weighting, dump_yaml, field_docs, first_change, from_args, from_dict, load_yaml, resolve,
-                      save_config, to_dict)
+                      _check_choice, absolute, add_arguments, apply_overrides, check_data, check_ratio, check_schedule,
+                      check_score, check_weighting, dump_yaml, field_docs, first_change, from_args, from_dict, load_yaml,
+                      resolve, save_config, to_dict)
 
-__all__ = ["EvalConfig", "FilterConfig", "LoraConfig", "PrepareConfig", "ScoreConfig", "TrainConfig", "add_arguments",
+__all__ = ["EvalConfig", "ExportConfig", "FilterConfig", "LoraConfig", "PrepareConfig", "ScoreConfig", "TrainConfig", "add_arguments",
            "apply_overrides", "check_ratio", "dump_yaml", "field_docs", "first_change", "from_args", "from_dict",
-           "load_yaml", "resolve", "save_config", "to_dict", "BOS_CHOICES", "DOC_SCORES", "ENTROPY_SCORES",
+           "load_yaml", "resolve", "save_config", "to_dict", "BOS_CHOICES", "DOC_SCORES", "ENTROPY_SCORES", "LR_SCHEDULES",
            "MODEL_SCORES", "OBJECTIVES", "PARALLEL", "RATIO_SCHEDULES", "REF_COMBINE", "SCOPES", "SCORES", "STRATEGIES",
            "TEMPERATURE_UNITS", "WEIGHTINGS"]
 
@@ -55,7 +55,11 @@ class PrepareConfig:
     split_field: str = "split"
     """JSONL/Parquet/HF field that names a document's split (train, validation or test) and overrides the hash, e.g. to split by problem rather than by document."""
     seed: int = 0
-    """Seed for the train/validation/test hash split."""
+    """Seed for the train/validation/test hash split (and the order the tokenizer's sample visits the input)."""
+    num_workers: int = 1
+    """Processes that tokenize, each taking whole units of about 64 MiB of input (per rank under torchrun, which also spreads the units over the ranks); 1 = this process. Any number gives the same dataset, byte for byte."""
+    tokenizer_sample: int = 200_000_000
+    """Characters of train documents the byte-level BPE is trained on (ignored with `tokenizer`): an equal share from every unit of the input, so memory and time stay bounded; 0 = every train document."""
     overwrite: bool = False
     """Replace an existing dataset directory."""
     progress: bool = True
@@ -73,6 +77,9 @@ class PrepareConfig:
         if not 0.0 <= self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:
             raise UserError(f"test_fraction must be in [0, 1) with val_fraction + test_fraction < 1, got "
                             f"{self.test_fraction} (+ {self.val_fraction})")
+        if self.num_workers < 1 or self.tokenizer_sample < 0:
+            raise UserError(f"need num_workers >= 1 and tokenizer_sample >= 0, got {self.num_workers} and "
+                            f"{self.tokenizer_sample}")
         if self.tokenizer is None and self.vocab_size < 259:
             raise UserError(f"vocab_size must be >= 259 for a byte-level BPE, got {self.vocab_size}")
         self.bos = str(self.bos).lower()  # YAML reads `bos: true` as a bool
@@ -144,7 +151,9 @@ class TrainConfig:
     """Train a causal LM with CLM (all tokens) or SLM (selected tokens)."""
 
     data: str = ""
-    """Dataset directory made by `slm prepare`."""
+    """Dataset directory made by `slm prepare`, or a mixture of several with sampling weights, e.g. ds/web:6,ds/code:3,ds/owm:1 (one tokenizer and seq_len; each step's windows drawn by (data_seed, step); with ref_scores, one scores directory per dataset in this order)."""
+    eval_data: list[str] | None = None
+    """Named datasets evaluated (validation split, eval_windows each) at every evaluation besides data's own validation, logged as eval/NAME/loss and /ppl, e.g. target=ds/hq,web=ds/owm: the target domain the run is meant to improve."""
     out: str = ""
     """Run directory (checkpoints, metrics.jsonl, config.yaml, final/)."""
     model: str = "tiny"
@@ -200,11 +209,17 @@ class TrainConfig:
     max_steps: int = 0
     """Optimizer steps; 0 derives them from max_tokens."""
     max_tokens: int = 0
-    """Token budget (target tokens seen); used when max_steps is 0; 0 means one epoch."""
+    """Token budget (target tokens seen); used when max_steps is 0; 0 means `epochs` passes over the train windows."""
+    epochs: float = 1.0
+    """Passes over the train windows when max_steps and max_tokens are 0 (e.g. 3 for a reference on the HQ data)."""
     lr: float = 1e-3
     """Peak learning rate (AdamW)."""
+    lr_schedule: str = "cosine"
+    """Learning rate after the warm-up: cosine (to min_lr_ratio × lr at the last step), wsd (warmup-stable-decay: lr until the last decay_fraction of the steps, then linear to min_lr_ratio × lr) or constant (lr to the end)."""
+    decay_fraction: float = 0.1
+    """wsd: share of the optimizer steps, in (0, 1], of the final linear decay."""
     min_lr_ratio: float = 0.1
-    """Final learning rate of the cosine schedule as a fraction of lr."""
+    """Final learning rate of the cosine and wsd schedules as a fraction of lr."""
     warmup_steps: int = 10
     """Linear warmup steps."""
     weight_decay: float = 0.1
@@ -265,7 +280,8 @@ class TrainConfig:
         if not self.out:
             raise UserError("missing --out: pass a run directory")
         # absolute paths: a run resumes the same whether it was named relatively or absolutely
-        self.data, self.out = absolute(self.data), absolute(self.out)
+        check_data(self)
+        self.out = absolute(self.out)
         if self.ref_scores is not None:
             self.ref_scores = [absolute(p) for p in self.ref_scores] or None
         self.ref_model = absolute(self.ref_model)
@@ -300,6 +316,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.epochs > 0:
+            raise UserError(f"epochs must be > 0, got {self.epochs}")
         for name in ("max_steps", "max_tokens", "warmup_steps", "eval_every", "ckpt_every", "eval_windows",
                      "ckpt_minutes", "max_nonfinite_steps", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
@@ -309,8 +327,7 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check_schedule(self)
         for name in ("log_every", "ckpt_keep_states"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -374,6 +391,25 @@ class EvalConfig:
         for name in ("batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class ExportConfig:
+    """A run's final weights as a plain Hugging Face directory (no selective-lm or PEFT needed to load it)."""
+
+    run: str = ""
+    """Run directory (its final/ is exported) or a checkpoint directory."""
+    out: str = ""
+    """Output directory: config.json, weights, tokenizer (AutoModelForCausalLM/AutoTokenizer.from_pretrained)."""
+    merge: bool = False
+    """Merge a LoRA adapter into its base (required for LoRA runs: the output is one plain model)."""
+    overwrite: bool = False
+    """Replace an earlier `slm export` output in `out`."""
+
+    def validate(self) -> None:
+        if not self.run or not self.out:
+            raise UserError("pass --run RUN_DIR and --out DIR")
+        self.run, self.out = absolute(self.run), absolute(self.out)
 
 
 @dataclass

@@ -10,13 +10,16 @@ consecutive non-overlapping windows of ``seq_len + 1`` tokens and writes flat me
     DIR/{split}.bin            windows × (seq_len + 1) tokens, uint16 or uint32
     DIR/{split}.prov.bin       uint8 provenance label per token (only when some input had spans)
 
-:class:`TokenDataset` reads such a directory.
+The work is spread over worker processes and torchrun ranks in units of input (:mod:`selective_lm.shards`),
+with the same result as one process, and an interrupted prepare resumes. :class:`TokenDataset` reads such a
+directory.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
-import json
-import re
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -24,11 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import dist, shards
 from .config import PrepareConfig
-from .files import DirLock, UserError, atomic_dir, check_output_dir, commit_dir, read_json, remove_stale_temporaries, sha256_json, write_json
-from .sources import expand_inputs, iter_documents
-from .tokenizer import (EOS_TOKEN, copy_tokenizer, load_tokenizer, resolve_bos, token_dtype,
-                        tokenizer_fingerprint, train_tokenizer, train_tokenizer_from_inputs)
+from .files import (DirLock, UserError, atomic_dir, check_output_dir, commit_dir, read_json, remove_stale_temporaries,
+                    sha256_json, write_json)
+from .sources import expand_inputs, iter_documents, source_record
+from .tokenizer import (EOS_TOKEN, _encode_batch, can_chunk, copy_tokenizer, load_tokenizer, resolve_bos, split_long,
+                        token_dtype, tokenizer_fingerprint, train_tokenizer, train_tokenizer_from_inputs)
 
 __all__ = [
     "EOS_TOKEN", "FORMAT_VERSION", "PROVENANCE_LABELS", "TokenDataset", "dataset_fingerprint",
@@ -45,8 +50,8 @@ SPLITS = ("train", "validation", "test")
 _BATCH_CHARS = 1 << 20  # characters per encode_batch call
 _BATCH_DOCS = 2048
 _CHUNK_CHARS = 1 << 16  # long documents are encoded in pieces of about this size
-_SAFE_CUT = re.compile(r"(?<=[!-~])\n(?=[!-~])")
 _FLUSH_TOKENS = 1 << 22  # pending tokens per split before writing to disk
+_SplitWriter = shards.WindowWriter
 _WS_CODEPOINTS = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
 
 
@@ -118,97 +123,7 @@ def token_labels(text: str, spans, offsets) -> np.ndarray:
     return lab[np.clip(pos, 0, n - 1)]
 
 
-class _SplitWriter:
-    """Streams one split's token stream into complete windows on disk; the tail is dropped."""
-
-    def __init__(self, directory: Path, name: str, dtype: np.dtype, window_len: int):
-        self.name, self.dtype, self.window_len, self.dir = name, dtype, window_len, directory
-        self.file = f"{name}.bin"
-        self.f = open(directory / self.file, "wb")
-        self.sha = hashlib.sha256()
-        self.pending: list[np.ndarray] = []
-        self.pending_prov: list[np.ndarray] | None = None
-        self.prov_f = None
-        self.npending = self.windows = self.documents = 0
-
-    def enable_provenance(self) -> None:
-        self.prov_f = open(self.dir / f"{self.name}.prov.bin", "wb")
-        written = self.windows * self.window_len
-        zeros = np.zeros(min(written, _FLUSH_TOKENS) or 1, dtype=np.uint8)
-        while written > 0:
-            k = min(written, len(zeros))
-            self.prov_f.write(zeros[:k].tobytes())
-            written -= k
-        self.pending_prov = [np.zeros(len(a), dtype=np.uint8) for a in self.pending]
-
-    def add(self, ids: np.ndarray, prov: np.ndarray | None) -> None:
-        self.pending.append(ids)
-        if self.pending_prov is not None:
-            self.pending_prov.append(prov if prov is not None else np.zeros(len(ids), dtype=np.uint8))
-        self.npending += len(ids)
-        if self.npending >= _FLUSH_TOKENS:
-            self.flush()
-
-    def flush(self) -> None:
-        k = (self.npending // self.window_len) * self.window_len
-        if k == 0:
-            return
-        data = np.concatenate(self.pending)
-        buf = np.ascontiguousarray(data[:k]).tobytes()
-        self.f.write(buf)
-        self.sha.update(buf)
-        self.pending, self.npending = [data[k:]], len(data) - k
-        if self.pending_prov is not None:
-            prov = np.concatenate(self.pending_prov)
-            self.prov_f.write(prov[:k].tobytes())
-            self.pending_prov = [prov[k:]]
-        self.windows += k // self.window_len
-
-    def close(self) -> dict:
-        self.flush()
-        self.f.close()
-        if self.prov_f is not None:
-            self.prov_f.close()
-        return {"file": self.file, "windows": self.windows, "tokens": self.windows * self.window_len,
-                "documents": self.documents,
-                "provenance": f"{self.name}.prov.bin" if self.prov_f is not None else None,
-                "sha256": self.sha.hexdigest()}
-
-
-def _encode_batch(backend, texts: list[str], with_offsets: bool):
-    fast = getattr(backend, "encode_batch_fast", None)
-    if with_offsets or fast is None:
-        return backend.encode_batch(texts, add_special_tokens=False)
-    return fast(texts, add_special_tokens=False)
-
-
-def can_chunk(tokenizer) -> bool:
-    """True when cutting a text after "x\\ny" newlines leaves its tokens unchanged.
-
-    Holds for GPT-2-style byte-level BPE (no normalizer, ByteLevel regex pre-tokenizer without
-    prefix space): no pre-token spans such a newline and none looks behind, so long documents can
-    be encoded in pieces, in parallel, with exactly the tokens of the whole.
-    """
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    pre = state.get("pre_tokenizer") or {}
-    return (state.get("normalizer") is None and pre.get("type") == "ByteLevel"
-            and not pre.get("add_prefix_space") and pre.get("use_regex", True))
-
-
-def split_long(text: str, size: int) -> list[str]:
-    """Cut ``text`` into pieces of about ``size`` chars, each cut just after a newline between printable ASCII."""
-    pieces, start = [], 0
-    while len(text) - start > size:
-        m = _SAFE_CUT.search(text, start + size)
-        if m is None:
-            break
-        pieces.append(text[start:m.end()])
-        start = m.end()
-    pieces.append(text[start:])
-    return pieces
-
-
-def _pack(docs, tokenizer, writers: dict[str, _SplitWriter], cfg: PrepareConfig, eos_id: int,
+def _pack(docs, tokenizer, writers: dict, cfg: PrepareConfig, eos_id: int,
           state: dict, bos_id: int | None = None) -> None:
     backend = tokenizer.backend_tokenizer
     dtype = next(iter(writers.values())).dtype
@@ -276,14 +191,85 @@ def _label_names(seen: set[int], given: list[str] | None = None) -> dict[str, st
 
 
 def prepare(cfg: PrepareConfig) -> dict:
-    """Build the dataset directory ``cfg.out``; returns its manifest."""
+    """Build the dataset directory ``cfg.out``; returns its manifest.
+
+    Under torchrun every rank tokenizes its share of the input units (:mod:`selective_lm.shards`) and rank 0
+    writes the dataset, the same bytes as one process; ``num_workers`` processes per rank tokenize in parallel.
+    """
     cfg.validate()
     out = Path(cfg.out)
-    with DirLock(out, "dataset directory", inside=False):
-        remove_stale_temporaries(out.parent, out.name)  # what a killed `slm prepare` of this dataset left
-        check_output_dir(out, cfg.overwrite, lambda o: (o / "manifest.json").is_file(), "a dataset directory",
-                         "a dataset")
+    dist.init(torch.device("cpu"))  # under torchrun: a gloo group over every node's ranks
+    with contextlib.ExitStack() as stack:
+        dist.enter_on_main(stack, lambda: DirLock(out, "dataset directory", inside=False))
+
+        def check_out() -> None:
+            remove_stale_temporaries(out.parent, out.name)  # what a killed `slm prepare` of this dataset left
+            check_output_dir(out, cfg.overwrite, lambda o: (o / "manifest.json").is_file(), "a dataset directory",
+                             "a dataset")
+
+        dist.agree(check_out, main_only=True)
         return _prepare(cfg, out)
+
+
+def _identity(cfg: PrepareConfig, job: dict) -> dict:
+    """What a unit's streams depend on: the inputs as they are on disk, the units, the tokenizer and the split."""
+    tok = {"tokenizer": tokenizer_fingerprint(cfg.tokenizer)} if cfg.tokenizer else \
+        {"vocab_size": cfg.vocab_size, "tokenizer_sample": cfg.tokenizer_sample}
+    return {"format_version": FORMAT_VERSION, "files": job["files"], "units": job["units"], **tok, "bos": cfg.bos,
+            "fields": job["fields"], "seed": cfg.seed, "val_fraction": cfg.val_fraction,
+            "test_fraction": cfg.test_fraction}
+
+
+def _start(cfg: PrepareConfig, out: Path) -> dict:
+    """Rank 0: plan the units, open (or resume) the work directory and put the tokenizer there; returns the job."""
+    from .runtime import progress
+
+    job = shards.plan(cfg.inputs)
+    job["fields"] = {"text": cfg.text_field, "spans": cfg.spans_field, "split": cfg.split_field}
+    work = shards.WorkDir(out)
+    job["work"], job["done"] = str(work.path), work.open(_identity(cfg, job))
+    tok_dir = work.path / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        if cfg.tokenizer is not None:
+            tmp = atomic_dir(tok_dir)
+            copy_tokenizer(Path(cfg.tokenizer), tmp)
+            os.replace(tmp, tok_dir)
+        else:  # a bounded sample of the train split only: validation and test text stay unseen
+            texts = shards.sample_texts(job, cfg.tokenizer_sample, cfg.seed,
+                                        lambda text, given: split_of(text, given, cfg) == "train")
+            bar = progress(texts, desc=f"train tokenizer {out.name}", unit="doc", enabled=cfg.progress, delay=0.5)
+            train_tokenizer(bar, cfg.vocab_size, tok_dir)
+    job["tokenizer"] = str(tok_dir)
+    return job
+
+
+_TOKENIZERS: dict[str, object] = {}  # one per worker process
+
+
+def _run_task(task: tuple) -> int:
+    """A worker's task: ("unit", i, job) tokenizes unit i into its streams and summary; ("source", i, job) records
+    input i's size and sha256. Returns the input bytes it covered."""
+    what, i, job = task
+    work = shards.WorkDir(path=job["work"])
+    if what == "source":
+        kind, path = job["sources"][i]
+        write_json(work.source(i), source_record(kind, Path(path)))
+        return 0
+    cfg = PrepareConfig(**job["cfg"])
+    if job["tokenizer"] not in _TOKENIZERS:
+        _TOKENIZERS[job["tokenizer"]] = load_tokenizer(job["tokenizer"])
+    dtype = np.dtype(job["dtype"])
+    writers = {name: shards.StreamWriter(work.stream(i, name), work.stream(i, name, prov=True), dtype) for name in SPLITS}
+    state = {"provenance": False, "labels": set(), "seen": set(), "by_field": 0}
+    stats = shards.new_stats()
+    try:
+        _pack(shards.unit_documents(job, job["units"][i], stats), _TOKENIZERS[job["tokenizer"]], writers, cfg,
+              job["eos_id"], state, job["bos_id"])
+    finally:
+        splits = {name: w.close() for name, w in writers.items()}
+    write_json(work.summary(i), {"splits": splits, "provenance": state["provenance"], "labels": sorted(state["labels"]),
+                                 "seen": sorted(state["seen"]), "by_field": state["by_field"], **stats})
+    return job["bytes"][i]
 
 
 def _prepare(cfg: PrepareConfig, out: Path) -> dict:
@@ -293,42 +279,64 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
     if cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)  # fail fast, before reading the corpus
         resolve_bos(tokenizer, cfg.bos, cfg.tokenizer)
+        if tokenizer.eos_token_id is None:
+            raise UserError(f"tokenizer {cfg.tokenizer} has no eos_token: set eos_token in its "
+                            "tokenizer_config.json (e.g. \"<|endoftext|>\")")
+    try:
+        job = dist.agree(_start, cfg, out, main_only=True)
+        tokenizer = load_tokenizer(job["tokenizer"])
+        job.update(cfg=dataclasses.asdict(cfg), eos_id=tokenizer.eos_token_id, dtype=token_dtype(len(tokenizer)).name,
+                   bos_id=resolve_bos(tokenizer, cfg.bos, cfg.tokenizer or "trained by prepare"))
+        work = shards.WorkDir(out)
+        tasks = [("unit", i, job) for i in range(len(job["units"])) if not work.summary(i).is_file()]
+        tasks += [("source", i, job) for i in range(len(job["sources"])) if not work.source(i).is_file()]
+        mine = shards.share(tasks, dist.rank(), dist.world_size())
+        bar = progress(total=sum(job["bytes"][i] for what, i, _ in mine if what == "unit"), desc=f"prepare {out.name}",
+                       unit="B", unit_scale=True, enabled=cfg.progress and dist.is_main())
+        dist.agree(shards.run_tasks, _run_task, mine, cfg.num_workers, bar.update)
+        bar.close()
+        return dist.agree(_finish, cfg, out, job, main_only=True)
+    except UserError:
+        if dist.world_size() == 1:  # bad input: nothing to resume (under torchrun another rank's crash reads alike)
+            shards.WorkDir(out).remove()
+        raise
+
+
+def _finish(cfg: PrepareConfig, out: Path, job: dict) -> dict:
+    """Rank 0, every unit done: the windows of each split from the units' streams in order, the manifest, the move
+    into place; then the work directory goes."""
+    work = shards.WorkDir(out)
+    units = [read_json(work.summary(i)) for i in range(len(job["units"]))]
+    stats = {k: sum(u[k] for u in units) for k in ("documents", "empty_documents", "replaced_bytes")}
+    stats["sources"] = [read_json(work.source(i)) for i in range(len(job["sources"]))]
+    provenance = any(u["provenance"] for u in units)
+    seen = set().union(*(u["seen"] for u in units))
     # the hash routes to validation/test by their fractions; a document's split field to any split
     required = ["train"] + [n for n, f in (("validation", cfg.val_fraction), ("test", cfg.test_fraction)) if f > 0]
     tmp = atomic_dir(out)
     try:
         tok_dir = tmp / "tokenizer"
-        if cfg.tokenizer is not None:
-            if tokenizer.eos_token_id is None:
-                raise UserError(f"tokenizer {cfg.tokenizer} has no eos_token: set eos_token in its "
-                                "tokenizer_config.json (e.g. \"<|endoftext|>\")")
-            copy_tokenizer(Path(cfg.tokenizer), tok_dir)
-        else:
-            # trained on the train split only: validation and test text stay unseen
-            docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field, split_field=cfg.split_field,
-                                  with_split=True)
-            bar = progress(docs, desc=f"train tokenizer {out.name}", unit="doc", enabled=cfg.progress, delay=0.5)
-            train_tokenizer((t for t, _, g in bar if split_of(t, g, cfg) == "train"), cfg.vocab_size, tok_dir)
+        shutil.copytree(job["tokenizer"], tok_dir)
         tokenizer = load_tokenizer(tok_dir)
-        eos_id = tokenizer.eos_token_id
-        bos_id = resolve_bos(tokenizer, cfg.bos, cfg.tokenizer or "trained by prepare")
-        vocab_size = len(tokenizer)
+        eos_id, bos_id, vocab_size = job["eos_id"], job["bos_id"], len(tokenizer)
         dtype = token_dtype(vocab_size)
         window_len = cfg.seq_len + 1
-
-        stats: dict = {}
-        writers = {name: _SplitWriter(tmp, name, dtype, window_len) for name in SPLITS}
-        state = {"provenance": False, "labels": set(), "seen": set(), "by_field": 0}
-        docs = iter_documents(cfg.inputs, cfg.text_field, cfg.spans_field, stats=stats, split_field=cfg.split_field,
-                              with_split=True)
+        writers = {name: _SplitWriter(tmp, name, dtype, window_len, _FLUSH_TOKENS) for name in SPLITS}
         try:
-            _pack(progress(docs, desc=f"prepare {out.name}", unit="doc", enabled=cfg.progress, delay=0.5),
-                  tokenizer, writers, cfg, eos_id, state, bos_id)
+            for w in writers.values():
+                if provenance:
+                    w.enable_provenance()
+            for i, u in enumerate(units):
+                for name, info in u["splits"].items():
+                    writers[name].documents += info["documents"]
+                    prov = work.stream(i, name, prov=True) if info["provenance"] else None
+                    for ids, labels in shards.read_stream(work.stream(i, name), prov, dtype, info["tokens"], _FLUSH_TOKENS):
+                        writers[name].add(ids, labels)
         finally:
             splits = {name: w.close() for name, w in writers.items()}
         if stats["documents"] == 0:
             raise UserError(f"no documents in {', '.join(cfg.inputs)} (all inputs are empty): add text")
-        names = [n for n in SPLITS if n in required or n in state["seen"]]
+        names = [n for n in SPLITS if n in required or n in seen]
         for name in set(SPLITS) - set(names):  # a split no document went to
             for f in (tmp / f"{name}.bin", tmp / f"{name}.prov.bin"):
                 f.unlink(missing_ok=True)
@@ -361,17 +369,18 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
             "tokenizer_fingerprint": tokenizer_fingerprint(tok_dir),
             "splits": splits,
             "sources": stats["sources"],
-            "skipped_files": stats["skipped"],
+            "skipped_files": job["skipped"],
             "documents": stats["documents"],
             "empty_documents": stats["empty_documents"],
             "replaced_bytes": stats["replaced_bytes"],
             "dropped_tail_tokens": dropped,
-            "provenance_labels": _label_names(state["labels"], cfg.label_names) if state["provenance"] else None,
+            "provenance_labels": (_label_names(set().union(*(u["labels"] for u in units)), cfg.label_names)
+                                  if provenance else None),
             "seed": cfg.seed,
             "val_fraction": cfg.val_fraction,
             "test_fraction": cfg.test_fraction,
             "split_field": cfg.split_field,
-            "documents_split_by_field": state["by_field"],
+            "documents_split_by_field": sum(u["by_field"] for u in units),
             "text_field": cfg.text_field,
         }
         manifest["fingerprint"] = dataset_fingerprint(manifest)
@@ -384,6 +393,7 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    work.remove()
     return manifest
 
 

@@ -69,9 +69,10 @@ def os_error(e: BaseException, path: str | os.PathLike | None = None) -> OSError
 
 def shown_path(path: str | os.PathLike) -> str:
     """``path`` as a user should read it: absolute, with the output that a temporary (``.NAME.XXXXXXXX.tmp``
-    of :func:`atomic_dir`) becomes in its place."""
+    of :func:`atomic_dir`, or `slm prepare`'s work directory ``.NAME.prepare``) becomes in its place."""
     path = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
-    return re.sub(r"/\.([^/]+)\.[A-Za-z0-9_]{8}\.tmp(?=/|$)", r"/\1", os.path.abspath(path))
+    path = re.sub(r"/\.([^/]+)\.prepare(?=/|$)", r"/\1", os.path.abspath(path))  # `slm prepare`'s work directory
+    return re.sub(r"/\.([^/]+)\.[A-Za-z0-9_]{8}\.tmp(?=/|$)", r"/\1", path)
 
 
 @contextlib.contextmanager

@@ -166,12 +166,38 @@ def run_lm_eval(cfg: EvalConfig, questions: list[dict], exemplars: list[dict], t
         if unknown := [t for t in cfg.lm_eval if t not in manager.all_tasks]:
             raise UserError(f"lm-eval knows no task {', '.join(unknown)}: see `lm_eval ls tasks` for its tasks, or "
                             f"pass --lm-eval-tasks-dir DIR holding their YAML")
-        result = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=list(cfg.lm_eval), task_manager=manager,
-                                         batch_size=cfg.batch_size, device=str(device), log_samples=True,
-                                         limit=cfg.lm_eval_limit or None)
+        try:
+            result = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=list(cfg.lm_eval), task_manager=manager,
+                                             batch_size=cfg.batch_size, device=str(device), log_samples=True,
+                                             limit=cfg.lm_eval_limit or None)
+        except Exception as e:
+            if (dataset := unreachable_dataset(e)) is None:
+                raise
+            hub = [t for t in cfg.lm_eval if t != FEWSHOT_TASK]
+            raise UserError(f"lm-eval cannot fetch the data of task {', '.join(hub)} (dataset {dataset}) from the Hugging "
+                            "Face Hub: it is not reachable from here (no network, or HF_HUB_OFFLINE is set) and the "
+                            "datasets cache does not hold it; run the task once where the Hub is reachable (the cache "
+                            f"keeps it), or run local tasks only ({FEWSHOT_TASK}, --lm-eval-tasks-dir)") from None
     result["model_args"] = args
     result["tasks_dir"] = str(Path(cfg.lm_eval_tasks_dir).resolve()) if cfg.lm_eval_tasks_dir else None
     return result
+
+
+def unreachable_dataset(e: BaseException) -> str | None:
+    """The Hub dataset named by an error that says the Hub cannot be reached (``datasets`` raises the built-in
+    ConnectionError "Couldn't reach 'NAME' on the Hub (OfflineModeIsEnabled)", or huggingface_hub's own errors);
+    None for any other error."""
+    import re
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        names = {type(e).__name__, *(c.__name__ for c in type(e).__mro__)}
+        if isinstance(e, ConnectionError) or names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError"}:
+            m = re.search(r"'([^'\s]+)'", str(e))  # a dataset name has no space
+            return m.group(1) if m else "?"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def result_summary(result: dict) -> dict:

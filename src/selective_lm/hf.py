@@ -18,7 +18,8 @@ Two ways in:
   selected count up to the rounding of each micro-batch's share.
 
 Evaluation (``trainer.evaluate()``) reports the plain CLM loss, so ``eval_loss`` is comparable across
-arms. Training logs gain ``loss_all_tokens``, ``selected_fraction`` and ``excess_mean``.
+arms. The logs use ``slm train``'s metric names: ``loss`` (every token), ``loss_selected`` (the objective),
+``selected_fraction``, ``excess_mean``, ``lr``; ``eval_NAME/loss`` for each named eval dataset.
 """
 from __future__ import annotations
 
@@ -305,12 +306,34 @@ class SLMTrainerMixin:
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
+        """The metric names of `slm train` (trackers see them as ``train/...`` and ``eval/...``): ``loss`` is the loss
+        on every token and ``loss_selected`` the loss on the selected tokens (what the step optimises), ``lr``; an
+        evaluation gives ``eval_loss``/``eval_ppl`` and, per named eval dataset, ``eval_NAME/loss``/``/ppl``
+        (trackers: ``eval/NAME/loss``). ``trainer.evaluate()`` still returns the Trainer's own keys."""
         if "loss" in logs and not any(k.startswith("eval_") for k in logs):  # a training log (every process)
             v = self.slm_metrics.reduce()
             n_all, n_sel = max(v["n_all"], 1.0), max(v["n_sel"], 1.0)
-            logs = {**logs, "loss_all_tokens": v["loss_all"] / n_all, "loss_selected": v["loss_sel"] / n_sel,
-                    "selected_fraction": v["n_sel"] / n_all, "excess_mean": v["ex_sum"] / n_all}
+            logs = {**logs, "loss": v["loss_all"] / n_all, "loss_selected": v["loss_sel"] / n_sel,
+                    "selected_fraction": v["n_sel"] / n_all, "excess_mean": v["ex_sum"] / n_all,
+                    **({"lr": logs["learning_rate"]} if "learning_rate" in logs else {})}
+        else:
+            logs = eval_names(logs, self.eval_dataset)
         return super().log(logs, *args, **kwargs)
+
+
+def eval_names(logs: dict, eval_dataset) -> dict:
+    """``eval_NAME_loss`` (the Trainer's key for eval dataset NAME) -> ``eval_NAME/loss``, plus a perplexity per loss."""
+    import math
+
+    names = sorted(eval_dataset, key=len, reverse=True) if isinstance(eval_dataset, dict) else []
+    out = {}
+    for k, v in logs.items():
+        name = next((n for n in names if k.startswith(f"eval_{n}_")), None)
+        key = f"eval_{name}/{k[len(name) + 6:]}" if name is not None else k
+        out[key] = v
+        if key.endswith(("/loss", "eval_loss")) and isinstance(v, (int, float)):
+            out[key[:-4] + "ppl"] = math.exp(min(v, 50.0))
+    return out
 
 
 class SLMTrainer(SLMTrainerMixin, Trainer):

@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import math
 import os
+import re
 import textwrap
 import types
 import typing
@@ -35,11 +36,82 @@ REF_COMBINE = ("min", "mean", "weighted")
 WEIGHTINGS = ("hard", "soft", "dft")
 RATIO_SCHEDULES = ("constant", "linear", "cosine")
 PARALLEL = ("ddp", "fsdp")
+LR_SCHEDULES = ("cosine", "wsd", "constant")
 BOS_CHOICES = ("auto", "true", "false")
 DOC_SCORES = ("ref_loss", "mean_excess", "selected_share", "ref_entropy")
 
 
 # ------------------------------------------------------------------ checks shared by the configs' validate()
+def parse_data(spec: str) -> list[tuple[str, float | None]]:
+    """``"a:6,b:3"`` -> [("a", 6.0), ("b", 3.0)]; ``"a"`` -> [("a", None)] (one dataset, no weight). A part's
+    weight is what follows its last ``:`` when that is a number; a part without one weighs 1."""
+    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+    out: list[tuple[str, float | None]] = []
+    for p in parts:
+        path, sep, w = p.rpartition(":")
+        try:
+            weight = float(w) if sep and path else None
+        except ValueError:
+            weight = None
+        out.append((path, weight) if weight is not None else (p, None))
+    if len(out) > 1:
+        out = [(p, 1.0 if w is None else w) for p, w in out]
+    for p, w in out:
+        if w is not None and not (w > 0 and math.isfinite(w)):
+            raise UserError(f"data weight of {p} must be a number > 0, got {w}: e.g. --data ds/web:6,ds/code:3")
+    if not out:
+        raise UserError("missing --data: pass a dataset directory made by `slm prepare`")
+    return out
+
+
+def format_data(parts: list[tuple[str, float | None]]) -> str:
+    return ",".join(p if w is None else f"{p}:{w:g}" for p, w in parts)
+
+
+def is_mixture(spec: str) -> bool:
+    """Whether ``data`` names weighted datasets (``a:6,b:3``, or one with a weight) rather than one directory."""
+    parts = parse_data(spec)
+    return len(parts) > 1 or parts[0][1] is not None
+
+
+EVAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_eval_data(items: list[str] | None) -> dict[str, str]:
+    """``["target=ds/hq", "web=ds/owm"]`` -> {"target": "/abs/ds/hq", ...}; a bare path is named by its directory."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = str(item).partition("=")
+        if not sep:
+            name, path = Path(item.rstrip("/")).name, item
+        if not EVAL_NAME.match(name) or not path:
+            raise UserError(f"eval_data item {item!r} is not NAME=DIR with a name of letters, digits, _ . -: e.g. "
+                            "--eval-data target=ds/hq web=ds/owm")
+        if name in out:
+            raise UserError(f"eval_data names {name} twice: give each dataset its own name")
+        out[name] = absolute(path)
+    return out
+
+
+def check_data(cfg) -> None:
+    """A TrainConfig's ``data`` (one dataset or a weighted mixture, paths made absolute) and ``eval_data``."""
+    parts = parse_data(cfg.data)
+    cfg.data = format_data([(absolute(p), w) for p, w in parts])
+    cfg.eval_data = [f"{k}={v}" for k, v in parse_eval_data(cfg.eval_data).items()] or None
+    if not is_mixture(cfg.data):
+        return
+    if cfg.holdout_fraction:
+        raise UserError("holdout_fraction holds out windows of one dataset: train the self-reference on one dataset, "
+                        "not a mixture (drop holdout_fraction or the weights)")
+    n = len(parts)
+    if cfg.ref_scores and len(cfg.ref_scores) != n:
+        raise UserError(f"--data names {n} datasets but ref_scores has {len(cfg.ref_scores)} directories: pass one "
+                        "`slm score` directory per dataset, in the --data order")
+    if cfg.ref_scores and (cfg.ref_combine != "mean" or cfg.ref_weights is not None):
+        raise UserError("with a mixture, ref_scores has one directory per dataset (not several references to combine): "
+                        "drop ref_combine/ref_weights")
+
+
 def absolute(path: str | None) -> str | None:
     return None if path is None else os.path.abspath(os.path.expanduser(path))
 
@@ -85,6 +157,16 @@ def check_score(cfg) -> None:
                             f"weights for {n} directories: pass ref_weights=W1,W2,... in the ref_scores order")
         if any(x < 0 for x in w) or sum(w) <= 0:
             raise UserError(f"ref_weights must be >= 0 with a positive sum, got {w}")
+
+
+def check_schedule(cfg) -> None:
+    """A TrainConfig's learning-rate schedule."""
+    _check_choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
+    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise UserError(f"min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+    if not 0.0 < cfg.decay_fraction <= 1.0:
+        raise UserError(f"decay_fraction must be in (0, 1], got {cfg.decay_fraction}: e.g. 0.1 decays over the last "
+                        "10% of the steps")
 
 
 def check_weighting(cfg) -> None:
@@ -331,4 +413,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, example: str | Non
 def from_args(cls: type, args: argparse.Namespace) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     flags = {k: v for k, v in vars(args).items() if k in names}
-    return resolve(cls, getattr(args, "config", None), getattr(args, "overrides", None), flags)
+    overrides = list(getattr(args, "overrides", None) or [])
+    for k, v in flags.items():  # `--inputs a b seq_len=256`: a list flag does not swallow the overrides after it
+        if isinstance(v, list) and (moved := [x for x in v if _is_override(x, names)]):
+            flags[k] = [x for x in v if x not in moved]
+            overrides += moved
+    return resolve(cls, getattr(args, "config", None), overrides, flags)
+
+
+def _is_override(item: Any, names: set[str]) -> bool:
+    """``key=value`` naming one of the config's fields (``lora.r=16`` names ``lora``)."""
+    m = re.match(r"^([A-Za-z_]\w*)(\.\w+)*=", item) if isinstance(item, str) else None
+    return m is not None and m.group(1) in names

@@ -37,6 +37,7 @@ from . import dist
 from .config import ENTROPY_SCORES
 from .data import TokenDataset
 from .files import read_json
+from .mixture import Mixture
 from .model import autocast_ctx, check_compatible, load_model, model_token_losses
 from .scores import load_entropy, load_scores
 
@@ -111,7 +112,15 @@ class RefLosses:
         self.needs_entropy = self.score_name in ENTROPY_SCORES
         self.dirs = [cfg.ref_scores] if isinstance(cfg.ref_scores, (str, Path)) else list(cfg.ref_scores or [])
         self.scores, self.entropies, self.model = [], [], None
-        if self.dirs:
+        self.mixture = isinstance(ds, Mixture)
+        if self.dirs and isinstance(ds, Mixture):  # one scores directory per dataset, read as one by global index
+            verify = dist.is_main()
+            self.scores = [ds.rows("train", [load_scores(d, part, "train", verify=verify)
+                                             for d, part in zip(self.dirs, ds.datasets)], np.float16, ds.seq_len)]
+            if self.needs_entropy:
+                self.entropies = [ds.rows("train", [load_entropy(d, part, "train", verify=verify)
+                                                    for d, part in zip(self.dirs, ds.datasets)], np.float16, ds.seq_len)]
+        elif self.dirs:
             verify = dist.is_main()
             self.scores = [load_scores(d, ds, "train", verify=verify) for d in self.dirs]
             if self.needs_entropy:  # one line naming the fix when a directory was scored without entropy
@@ -143,6 +152,6 @@ class RefLosses:
                "reference_models": models if self.dirs else [self.ref_model]}
         if self.score_name == "excess+entropy":
             out["entropy_weight"] = self.entropy_weight
-        if len(self.dirs) > 1:
+        if len(self.dirs) > 1 and not self.mixture:
             out.update(ref_combine=self.how, ref_weights=self.weights)
         return out

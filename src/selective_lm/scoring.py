@@ -120,7 +120,9 @@ def score(cfg: ScoreConfig) -> dict:
         dist.agree(_check_out, Path(cfg.hf_out), cfg.overwrite, main_only=True)
     with contextlib.ExitStack() as stack:
         dist.enter_on_main(stack, lambda: DirLock(cfg.out, "scores directory", inside=False))
-        manifest = _score(cfg, ds, ident, device)
+        # finished scores of this very job (dataset, model, entropy) and --hf-out: only the column is written
+        done = dist.agree(_finished, cfg, ident, main_only=True) if cfg.hf_out and not cfg.overwrite else None
+        manifest = done if done is not None else _score(cfg, ds, ident, device)
     if cfg.hf_out:
         from .columns import export_scored
 
@@ -157,6 +159,16 @@ def _score_hf_dataset(cfg: ScoreConfig, device: torch.device) -> dict:
     col = np.concatenate([np.asarray(r, dtype=np.float64)[1:] for r in scored[meta["column"]]] or [np.zeros(0)])
     return {"windows": len(scored), "seq_len": float(np.mean([len(r) for r in scored["input_ids"]] or [0])),
             "mean_loss": float(col.mean()) if col.size else float("nan"), "seconds": time.perf_counter() - t0, **meta}
+
+
+def _finished(cfg: ScoreConfig, ident: dict) -> dict | None:
+    """Rank 0: the manifest of finished scores in ``out`` made by the same job (``ident``), else None."""
+    try:
+        m = read_json(Path(cfg.out) / "manifest.json")
+    except (OSError, ValueError):
+        return None
+    same = isinstance(m, dict) and m.get("kind") == KIND and all(m.get(k) == v for k, v in ident.items())
+    return {**m, "seconds": 0.0, "reused": True} if same and (Path(cfg.out) / m["file"]).is_file() else None
 
 
 def _todo_batches(cfg: ScoreConfig, n: int) -> list[int]:

@@ -297,14 +297,17 @@ def _record(text, spans, where: str, stats: dict, text_field: str, split=None) -
     return text, check_spans(spans, len(text), where), split
 
 
-def _read_jsonl(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict):
+def _read_jsonl(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict,
+                lo: int | None = None, hi: int | None = None):
     with open_input(path) as f:
         head: list[bytes] = []  # lines up to the first non-blank one (no seeking back in a compressed stream)
+        if lo is not None:  # a piece: the lines that start in bytes [lo, hi) of a plain JSONL file
+            f.seek(lo)
         for line in f:
             head.append(line)
             if line.strip():
                 break
-        if head and head[-1].lstrip().startswith(b"["):  # a .json file holding one array of objects
+        if lo is None and head and head[-1].lstrip().startswith(b"["):  # a .json file holding one array of objects
             raw, n = decode_bytes(b"".join(head) + f.read())
             stats["replaced_bytes"] += n
             try:
@@ -313,7 +316,7 @@ def _read_jsonl(path: Path, text_field: str, spans_field: str, split_field: str,
                 raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}): fix the file") from None
             items = ((f"{path}[{i}]", row) for i, row in enumerate(rows))
         else:
-            items = _jsonl_lines(itertools.chain(head, f), path, stats)
+            items = _jsonl_lines(itertools.chain(head, f), path, stats, lo, hi)
         for where, row in items:
             if not isinstance(row, dict):
                 raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}: "
@@ -324,8 +327,14 @@ def _read_jsonl(path: Path, text_field: str, spans_field: str, split_field: str,
             yield _record(row[text_field], row.get(spans_field), where, stats, text_field, row.get(split_field))
 
 
-def _jsonl_lines(f, path: Path, stats: dict):
+def _jsonl_lines(f, path: Path, stats: dict, lo: int | None = None, hi: int | None = None):
+    pos = lo
     for lineno, line in enumerate(f, 1):
+        where = f"{path}:{lineno}" if lo is None else f"{path}:byte {pos}"  # a piece does not know its line numbers
+        if lo is not None:
+            if pos >= hi:
+                return
+            pos += len(line)
         if not line.strip():
             continue
         text, n = decode_bytes(line)
@@ -333,16 +342,15 @@ def _jsonl_lines(f, path: Path, stats: dict):
         try:
             row = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}): fix or remove the line") from None
-        yield f"{path}:{lineno}", row
+            raise UserError(f"{where}: not valid JSON ({e.msg}): fix or remove the line") from None
+        yield where, row
 
 
 def _read_table_batches(batches, columns: list[str], text_field: str, spans_field: str, split_field: str, name: str,
-                        stats: dict):
+                        stats: dict, row: int = 0):
     if text_field not in columns:
         raise UserError(f"{name}: no '{text_field}' column (columns: {', '.join(columns)}): pass text_field=NAME")
     has_spans = spans_field in columns
-    row = 0
     for batch in batches:
         texts = batch[text_field]
         spans = batch[spans_field] if has_spans else [None] * len(texts)
@@ -355,7 +363,9 @@ def _read_table_batches(batches, columns: list[str], text_field: str, spans_fiel
             yield _record(text, sp, where, stats, text_field, split)
 
 
-def _read_parquet(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict):
+def _read_parquet(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict,
+                  lo: int | None = None, hi: int | None = None):
+    """Every row, or a piece: row groups [lo, hi)."""
     import pyarrow.parquet as pq
 
     try:
@@ -364,11 +374,15 @@ def _read_parquet(path: Path, text_field: str, spans_field: str, split_field: st
         raise UserError(f"{path}: not a readable Parquet file ({e})") from None
     columns = pf.schema_arrow.names
     wanted = [c for c in (text_field, spans_field, split_field) if c in columns]
-    batches = (b.to_pydict() for b in pf.iter_batches(batch_size=1024, columns=wanted)) if wanted else iter(())
-    yield from _read_table_batches(batches, columns, text_field, spans_field, split_field, str(path), stats)
+    groups = {} if lo is None else {"row_groups": list(range(lo, hi))}
+    first = sum(pf.metadata.row_group(i).num_rows for i in range(lo or 0))
+    batches = (b.to_pydict() for b in pf.iter_batches(batch_size=1024, columns=wanted, **groups)) if wanted else iter(())
+    yield from _read_table_batches(batches, columns, text_field, spans_field, split_field, str(path), stats, first)
 
 
-def _read_hf(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict):
+def _read_hf(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict,
+             lo: int | None = None, hi: int | None = None):
+    """Every row, or a piece: rows [lo, hi)."""
     import datasets
 
     try:
@@ -382,8 +396,9 @@ def _read_hf(path: Path, text_field: str, spans_field: str, split_field: str, st
         ds = ds["train"]
     columns = list(ds.column_names)
     wanted = [c for c in (text_field, spans_field, split_field) if c in columns]
+    ds = ds if lo is None else ds.select(range(lo, hi))
     batches = ds.select_columns(wanted).iter(batch_size=1024) if wanted else iter(())
-    yield from _read_table_batches(batches, columns, text_field, spans_field, split_field, str(path), stats)
+    yield from _read_table_batches(batches, columns, text_field, spans_field, split_field, str(path), stats, lo or 0)
 
 
 def source_record(kind: str, path: Path) -> dict:
@@ -416,19 +431,28 @@ def iter_documents(inputs: list[str], text_field: str = "text", spans_field: str
     for kind, path in sources:
         if stats is not None:
             st["sources"].append(source_record(kind, path))
-        if kind == "text":
-            docs = _read_text(path, st)
-        elif kind == "jsonl":
-            docs = _read_jsonl(path, text_field, spans_field, split_field, st)
-        elif kind == "parquet":
-            docs = _read_parquet(path, text_field, spans_field, split_field, st)
-        else:
-            docs = _read_hf(path, text_field, spans_field, split_field, st)
-        if kind != "hf" and split_ext(path)[1]:
-            docs = _checked(docs, path)
-        for text, spans, split in docs:
-            if not text:
-                st["empty_documents"] += 1
-                continue
-            st["documents"] += 1
+        for text, spans, split in source_documents(kind, path, text_field, spans_field, split_field, st):
             yield (text, spans, split) if with_split else (text, spans)
+
+
+def source_documents(kind: str, path: Path, text_field: str, spans_field: str, split_field: str, stats: dict,
+                     lo: int | None = None, hi: int | None = None) -> Iterator[tuple[str, list | None, str | None]]:
+    """``(text, spans, split)`` of each non-empty document of one source, or of one piece of it (``lo``/``hi``:
+    :func:`selective_lm.shards.plan_pieces`); ``stats`` counts documents, empty documents and replaced bytes."""
+    if kind == "text":
+        docs = _read_text(path, stats)
+    elif kind == "jsonl":
+        docs = _read_jsonl(path, text_field, spans_field, split_field, stats, lo, hi)
+    elif kind == "parquet":
+        docs = _read_parquet(path, text_field, spans_field, split_field, stats, lo, hi)
+    else:
+        docs = _read_hf(path, text_field, spans_field, split_field, stats, lo, hi)
+    if kind != "hf" and split_ext(path)[1]:
+        docs = _checked(docs, path)
+    for text, spans, split in docs:
+        if not text:
+            stats["empty_documents"] += 1
+            continue
+        stats["documents"] += 1
+        yield text, spans, split
+

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from .files import UserError, atomic_dir, read_json, sha256_json, write_json, writing
-from .sources import iter_documents
+from . import shards
 
 EOS_TOKEN = "<|endoftext|>"
+_SAFE_CUT = re.compile(r"(?<=[!-~])\n(?=[!-~])")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -127,19 +128,62 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
 
 
 def train_tokenizer_from_inputs(inputs: list[str], vocab_size: int, out_dir: str | Path,
-                                text_field: str = "text", progress: bool = False):
+                                text_field: str = "text", progress: bool = False, sample: int = 200_000_000,
+                                seed: int = 0):
     """Train one byte-level BPE on the documents of ``inputs`` (to share across several datasets); documents
-    whose ``split`` field names validation or test are left out, so held-out text shapes no merge."""
+    whose ``split`` field names validation or test are left out, so held-out text shapes no merge. ``sample``:
+    about that many characters, an equal share from every unit of the input (:func:`selective_lm.shards.sample_texts`,
+    visiting order from ``seed``); 0 = every document."""
     from .runtime import progress as progress_bar
 
-    stats: dict = {}
-    docs = iter_documents(inputs, text_field=text_field, stats=stats, with_split=True)
-    bar = progress_bar(docs, desc="train tokenizer", unit="doc", enabled=progress, delay=0.5)
-    tok = _train_bpe((text for text, _, split in bar if split in (None, "train")), vocab_size)
+    job = shards.plan(inputs)
+    job["fields"] = {"text": text_field, "spans": "spans", "split": "split"}
+    stats = {"documents": 0}
+
+    def keep(text: str, split: str | None) -> bool:
+        stats["documents"] += 1
+        return split in (None, "train")
+
+    bar = progress_bar(shards.sample_texts(job, sample, seed, keep), desc="train tokenizer", unit="doc",
+                       enabled=progress, delay=0.5)
+    tok = _train_bpe(bar, vocab_size)
     if stats["documents"] == 0:
         raise UserError(f"no documents in {', '.join(inputs)} (all inputs are empty): add text")
     _save_tokenizer(tok, out_dir)
     return tok
+
+
+def _encode_batch(backend, texts: list[str], with_offsets: bool):
+    fast = getattr(backend, "encode_batch_fast", None)
+    if with_offsets or fast is None:
+        return backend.encode_batch(texts, add_special_tokens=False)
+    return fast(texts, add_special_tokens=False)
+
+
+def can_chunk(tokenizer) -> bool:
+    """True when cutting a text after "x\\ny" newlines leaves its tokens unchanged.
+
+    Holds for GPT-2-style byte-level BPE (no normalizer, ByteLevel regex pre-tokenizer without
+    prefix space): no pre-token spans such a newline and none looks behind, so long documents can
+    be encoded in pieces, in parallel, with exactly the tokens of the whole.
+    """
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    pre = state.get("pre_tokenizer") or {}
+    return (state.get("normalizer") is None and pre.get("type") == "ByteLevel"
+            and not pre.get("add_prefix_space") and pre.get("use_regex", True))
+
+
+def split_long(text: str, size: int) -> list[str]:
+    """Cut ``text`` into pieces of about ``size`` chars, each cut just after a newline between printable ASCII."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        m = _SAFE_CUT.search(text, start + size)
+        if m is None:
+            break
+        pieces.append(text[start:m.end()])
+        start = m.end()
+    pieces.append(text[start:])
+    return pieces
 
 
 def load_tokenizer(path: str | Path):

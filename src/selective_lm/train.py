@@ -33,9 +33,11 @@ from .config import MODEL_SCORES, TrainConfig, save_config, to_dict
 from .data import TokenDataset
 from .evaluate import dataset_token_losses, loss_summary
 from .files import DirLock, UserError, replacing, write_json
-from .model import (PRESETS, apply_lora, build_model, check_lora_targets, check_compatible, count_parameters, is_checkpoint, load_model,
-                    link_checkpoint_dir, lora_summary, resolve_device, save_checkpoint_dir)
+from .mixture import Mixture, MixtureOrder, open_data
+from .model import (PRESETS, apply_lora, build_model, check_compatible, check_lora_targets, count_parameters,
+                    is_checkpoint, link_checkpoint_dir, load_model, lora_summary, resolve_device, save_checkpoint_dir)
 from .objective import Objective
+from .options import parse_eval_data
 from .runtime import progress
 from .step import NoReference, RefLosses, StepMetrics, Trainer, train_step
 from .tracking import MetricsLogger, check_installed
@@ -79,13 +81,21 @@ def window_pool(cfg: TrainConfig, n: int) -> np.ndarray | None:
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int):
+    """The learning rate of optimizer step ``step`` (0-based) as a fraction of ``lr``: a linear warm-up, then
+    ``lr_schedule``; a pure function of (step, total steps), so a resumed run follows the same curve."""
     warm = min(cfg.warmup_steps, max(0, total_steps - 1))
+    decay = max(1, round(cfg.decay_fraction * (total_steps - warm)))  # wsd: the final decay's steps
+    low = cfg.min_lr_ratio
 
     def f(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        if cfg.lr_schedule == "wsd":
+            return 1.0 - (1.0 - low) * min(1.0, max(0, step + 1 - (total_steps - decay)) / decay)  # low at the end
         progress = (step - warm) / max(1, total_steps - warm)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
 
@@ -106,7 +116,7 @@ def total_steps(cfg: TrainConfig, n_windows: int, seq_len: int, world: int = 1) 
         return cfg.max_steps
     if cfg.max_tokens:
         return max(1, math.ceil(cfg.max_tokens / (windows_per_step * seq_len)))
-    return max(1, n_windows // windows_per_step)
+    return max(1, int(cfg.epochs * n_windows) // windows_per_step)
 
 
 def _init_model(cfg: TrainConfig, ds: TokenDataset, out: Path, device: torch.device):
@@ -128,6 +138,77 @@ def _init_model(cfg: TrainConfig, ds: TokenDataset, out: Path, device: torch.dev
         model = apply_lora(model, cfg.lora, cfg.seed)
     # under fsdp the model stays on the CPU: fully_shard moves each rank's shards to its device
     return (model if cfg.parallel == "fsdp" else model.to(device)), base_path
+
+
+def open_eval_sets(cfg: TrainConfig, ds) -> dict[str, TokenDataset]:
+    """The ``eval_data`` datasets by name, checked against the training data (tokenizer, positions, a validation split)."""
+    out = {}
+    own = set(ds.names) if isinstance(ds, Mixture) else set()
+    for name, path in parse_eval_data(cfg.eval_data).items():
+        eds = TokenDataset(path)
+        if name in own:
+            raise UserError(f"eval_data name {name} is also a dataset of --data (evaluated as such): choose another name")
+        if eds.manifest["tokenizer_fingerprint"] != ds.manifest["tokenizer_fingerprint"]:
+            raise UserError(f"eval_data {name}={path} was prepared with another tokenizer than --data: prepare it with "
+                            "the same tokenizer (tokenizer=DIR)")
+        if eds.num_windows("validation") == 0 if "validation" in eds.splits() else True:
+            raise UserError(f"eval_data {name}={path} has no validation windows: prepare it with val_fraction > 0")
+        if is_checkpoint(cfg.model):
+            check_compatible(cfg.model, eds, role="model")
+        elif eds.seq_len > max(ds.seq_len, 128):
+            raise UserError(f"eval_data {name}={path} has windows of {eds.seq_len} tokens, more than a {cfg.model} "
+                            f"model built for --data has positions ({max(ds.seq_len, 128)}): prepare it with a "
+                            f"seq_len of at most {ds.seq_len}")
+        out[name] = eds
+    return out
+
+
+def validation_sets(ds, evals: dict[str, TokenDataset]) -> dict[str | None, tuple[TokenDataset, float]]:
+    """What each evaluation measures: name (None: data's own validation) -> (dataset, weight in the mixture's loss)."""
+    parts = list(zip(ds.names, ds.datasets, ds.weights)) if isinstance(ds, Mixture) else [(None, ds, 0.0)]
+    out = {name: (d, float(w)) for name, d, w in parts if "validation" in d.splits() and d.num_windows("validation") > 0}
+    return {**out, **{name: (d, 0.0) for name, d in evals.items()}}
+
+
+def clock(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def eval_line(row: dict) -> str:
+    parts = [f"val loss {row['loss']:.4f} ppl {row['ppl']:.2f}"] if "loss" in row else []
+    parts += [f"{k[:-5]} loss {v:.4f} ppl {row[k[:-5] + '/ppl']:.2f}" for k, v in row.items() if k.endswith("/loss")]
+    return f"step {row['step']}: " + "; ".join(parts)
+
+
+def banner(cfg: TrainConfig, ds, model, steps: int, per_step: int, world: int, evals: dict) -> str:
+    """The start of a run's log: what it trains, how much, and how."""
+    total, trainable = count_parameters(model), count_parameters(model, True)
+    tokens = per_step * ds.seq_len
+    data = ", ".join(f"{d.path} ({w:.0%})" for d, w in zip(ds.datasets, ds.weights)) if isinstance(ds, Mixture) \
+        else str(ds.path)
+    if cfg.objective == "slm":
+        how = (f"slm {cfg.strategy if cfg.weighting == 'hard' else cfg.weighting} ratio {cfg.ratio:g}"
+               + (f"->{cfg.ratio_end:g} ({cfg.ratio_schedule})" if cfg.ratio_end is not None else "")
+               + f", scope {cfg.selection_scope}, score {cfg.score}"
+               + (f", clm warm-up {cfg.clm_warmup:.0%}" if cfg.clm_warmup else ""))
+    else:
+        how = "clm (every token)"
+    lines = [f"train {cfg.out}: {cfg.model}, {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)",
+             f"  data {data}" + (f"; eval {', '.join(evals)}" if evals else ""),
+             f"  {tokens:,} tokens per step (batch {cfg.batch_size} x accumulation {cfg.grad_accum} x {world} ranks x "
+             f"seq_len {ds.seq_len}), {steps:,} steps, {steps * tokens:,} tokens",
+             f"  {how}; lr {cfg.lr:g} {cfg.lr_schedule} (warm-up {cfg.warmup_steps})"
+             + (f", decay {cfg.decay_fraction:.0%}" if cfg.lr_schedule == "wsd" else "")
+             + f"; precision {cfg.precision}, device {resolve_device(cfg.device).type}, world size {world}"]
+    return "\n".join(lines)
+
+
+def mixture_meta(ds: Mixture, order: MixtureOrder, steps: int) -> list[dict]:
+    """Per dataset of a mixture: its weight and the windows, tokens and share of the run's tokens it gave."""
+    counts = order.counts(steps)
+    return [{"data": str(d.path), "weight": float(w), "windows": int(c), "tokens": int(c) * ds.seq_len,
+             "share": float(c / max(counts.sum(), 1))} for d, w, c in zip(ds.datasets, ds.weights, counts)]
 
 
 def step_windows(order: WindowOrder, step: int, batch_size: int, grad_accum: int, world: int, rank: int
@@ -186,7 +267,8 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     world, rank = dist.world_size(), dist.rank()
     torch.manual_seed(cfg.seed)  # whatever draws from the global generator (e.g. LoRA dropout) is seeded too
     dist.agree(dist.check_parallel, cfg.parallel)
-    ds = dist.agree(TokenDataset, cfg.data)
+    ds = dist.agree(open_data, cfg.data)
+    evals = dist.agree(open_eval_sets, cfg, ds)
     pool = dist.agree(window_pool, cfg, ds.num_windows("train"))
     dist.agree(_check_budget, cfg, ds, world, pool)
     n_train = ds.num_windows("train") if pool is None else len(pool)
@@ -216,6 +298,8 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     if resume_from is not None:
         state = dist.agree(restore_state, resume_from, model, optimizer, scheduler)
         step = state["step"]
+        if console:
+            dist.print0(f"resumed from step {step} ({resume_from})")
         dist.agree(_check_same_batch, state.get("windows_per_step", per_step), per_step, cfg, world)
         # the running sums since the last log line (summed over ranks; rank 0 carries them on) and the
         # non-finite count: resumed metrics equal uninterrupted ones
@@ -235,15 +319,17 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
         last_eval = dist.agree(kept_rows, main_only=True)
     # rank 0's sinks (metrics.jsonl, trackers); a tracker that fails to start stops every rank
     dist.agree(logger.open, out, to_dict(cfg), step if cfg.resume else None, main_only=True)
-    order = WindowOrder(ds.num_windows("train"), cfg.data_seed, pool)
+    mixed = isinstance(ds, Mixture)
+    order = MixtureOrder(ds, cfg.data_seed, per_step) if mixed else WindowOrder(ds.num_windows("train"), cfg.data_seed, pool)
     prov = ds.provenance("train")
     if cfg.keep_labels is not None and prov is None:
         raise UserError(f"keep_labels={cfg.keep_labels} needs provenance labels, but {cfg.data} has none: prepare "
                         "JSONL with `spans` [[start, end, label], ...] or drop keep_labels")
     slm = cfg.objective == "slm"
-    has_val = "validation" in ds.splits() and ds.num_windows("validation") > 0
+    val_sets = validation_sets(ds, evals)
+    has_val = bool(val_sets)
     tokens_per_step = per_step * ds.seq_len
-    meta = {"dataset": str(Path(cfg.data).resolve()), "dataset_fingerprint": ds.fingerprint,
+    meta = {"dataset": cfg.data if mixed else str(Path(cfg.data).resolve()), "dataset_fingerprint": ds.fingerprint,
             "objective": cfg.objective, "strategy": cfg.strategy if slm else None, "ratio": cfg.ratio if slm else 1.0,
             "selection_scope": cfg.selection_scope if slm else None, "weighting": cfg.weighting if slm else None,
             "ratio_schedule": cfg.ratio_schedule if slm else None, "ratio_end": cfg.ratio_end if slm else None,
@@ -288,11 +374,19 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
             save_checkpoint_dir(model, out / "final", ds.tokenizer_dir, base_path, info, state_dict=sd, run_dir=out)
 
     def run_eval(step: int) -> dict:
-        losses = dataset_token_losses(model, ds, "validation", cfg.eval_windows, cfg.batch_size * 2,
-                                      device, cfg.precision)
-        summary = loss_summary(losses)
-        row = {"type": "eval", "step": step, "tokens": step * tokens_per_step, "loss": summary["loss"],
-               "ppl": summary["ppl"], "eval_tokens": summary["tokens"]}
+        row = {"type": "eval", "step": step, "tokens": step * tokens_per_step}
+        for name, (eds, weight) in val_sets.items():
+            summary = loss_summary(dataset_token_losses(model, eds, "validation", cfg.eval_windows, cfg.batch_size * 2,
+                                                        device, cfg.precision))
+            if name is None:  # data's own validation split: loss, ppl (as ever)
+                row.update(loss=summary["loss"], ppl=summary["ppl"], eval_tokens=summary["tokens"])
+            else:
+                row.update({f"{name}/loss": summary["loss"], f"{name}/ppl": summary["ppl"],
+                            f"{name}/tokens": summary["tokens"]})
+        if mixed and "loss" not in row and any(w for _, w in val_sets.values()):  # the mixture's: weighted
+            parts = [(row[f"{n}/loss"], w, row[f"{n}/tokens"]) for n, (_, w) in val_sets.items() if w]
+            loss = sum(x * w for x, w, _ in parts) / sum(w for _, w, _ in parts)
+            row.update(loss=loss, ppl=math.exp(min(loss, 50.0)), eval_tokens=sum(t for _, _, t in parts))
         logger.log(row)
         return row
 
@@ -301,8 +395,11 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     arm = ("-" + (cfg.strategy if cfg.weighting == "hard" else cfg.weighting)) if slm else ""
     bar = progress(total=steps, initial=step, desc=f"train {out.name} ({cfg.objective}{arm})",
                    unit="step", enabled=cfg.progress and dist.is_main())
+    if console and dist.is_main():
+        print(banner(cfg, ds, model, steps, per_step, world, evals), flush=True)
     t_log, step_log, paused = time.perf_counter(), step, 0.0
-    t_ckpt = time.monotonic()
+    t_ckpt = t_start = time.monotonic()
+    step_start = step
     fwd_model.train()
     while step < steps:
         idxs = step_windows(order, step, cfg.batch_size, cfg.grad_accum, world, rank)
@@ -341,15 +438,18 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
             bar.set_postfix(loss=f"{row['loss']:.3f}", sel=f"{row['loss_selected']:.3f}",
                             tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
             if console and bar.disable and dist.is_main():  # no bar (off, or not a terminal): a plain line
+                spent = time.monotonic() - t_start
+                eta = spent / max(step - step_start, 1) * (steps - step)
                 print(f"step {step}/{steps} loss {row['loss']:.4f} sel {row['loss_selected']:.4f} "
-                      f"frac {row['selected_fraction']:.2f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s", flush=True)
+                      f"frac {row['selected_fraction']:.2f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s "
+                      f"elapsed {clock(spent)} eta {clock(eta)}", flush=True)
             t_log, step_log, paused = time.perf_counter(), step, 0.0
         t_pause = time.perf_counter()
         if has_val and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
             check_finite(step)
             last_eval = run_eval(step)
             if console and dist.is_main():
-                bar.write(f"step {step}: val loss {last_eval['loss']:.4f} ppl {last_eval['ppl']:.2f}")
+                bar.write(eval_line(last_eval))
         scheduled = (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last
         if scheduled or due_auto:
             save(step, final=last, auto=not scheduled)
@@ -365,8 +465,12 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     summary = {"status": "complete", "steps": steps, "tokens": steps * tokens_per_step,
                "parameters": count_parameters(model), "trainable_parameters": count_parameters(model, True),
                **{k: lora[k] for k in ("lora_targets", "trainable_percent") if k in lora},
-               "final_val_loss": last_eval["loss"] if last_eval else None,
-               "final_val_ppl": last_eval["ppl"] if last_eval else None,
+               "final_val_loss": last_eval.get("loss") if last_eval else None,
+               "final_val_ppl": last_eval.get("ppl") if last_eval else None,
+               **({"final_eval": {n: {"loss": last_eval[f"{n}/loss"], "ppl": last_eval[f"{n}/ppl"]}
+                                  for n in val_sets if n is not None}} if last_eval and len(val_sets) > (None in val_sets)
+                  else {}),
+               **({"mixture": mixture_meta(ds, order, steps)} if mixed else {}),
                "checkpoints": [checkpoint_step(d) for d in checkpoint_dirs(out)], **meta}
     if dist.is_main():
         write_json(out / "run.json", summary)
