@@ -97,6 +97,15 @@ def test_variants_added_to_a_finished_study_directory(tmp_path):
     cfg.validate()
     with pytest.raises(UserError, match="self_fraction"):
         Study(cfg).check_dir()
+    # a study made without variants (its variant settings saved, unused) takes variants with other settings
+    out2 = out.parent / "s2"
+    cfg = StudyConfig(out=str(out2), ratios=[0.6, 0.3])
+    cfg.validate()
+    Study(cfg).check_dir()
+    cfg = StudyConfig(out=str(out2), variants=["soft"], variant_ratio=0.3, ratios=[0.6, 0.3])
+    cfg.validate()
+    Study(cfg).check_dir()
+    assert yaml.safe_load((out2 / "study.yaml").read_text())["variant_ratio"] == 0.3
 
 
 @pytest.fixture(scope="module")

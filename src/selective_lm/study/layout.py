@@ -133,9 +133,10 @@ class Study:
     # config identity -----------------------------------------------------------------------
     def check_dir(self) -> None:
         saved = self.p("study.yaml")  # (--overwrite moved an earlier study aside: see run_study)
-        # variants only add arms; the variant settings of a study made before they existed are not a change
-        free = FREE_KEYS | {"variants"} | ({k for k in VARIANT_KEYS if k not in load_yaml(saved)} if saved.is_file()
-                                           else set())
+        # variants only add arms: the variant settings of a study made without variants are not a change
+        was = load_yaml(saved) if saved.is_file() else {}
+        free = FREE_KEYS | {"variants"} | ({k for k in VARIANT_KEYS if k not in was} if was.get("variants")
+                                           else set(VARIANT_KEYS))
         if saved.is_file() and (change := first_change(self.cfg, saved, free)):
             k, was, now = change
             raise UserError(f"{self.root} was made with {k}={was!r}, now {now!r}: "
