@@ -169,6 +169,8 @@ class TrainConfig:
     """Fraction of the optimizer steps, in [0, 1), trained as plain CLM (every token, no reference) before selection starts: the first round(clm_warmup × steps) steps (at most all but one); the ratio schedule starts after them. Logged ratio 1 during the warm-up."""
     keep_labels: list[int] | None = None
     """Train only on target tokens whose provenance label (from `slm prepare` spans) is in this list, e.g. [0] = content only: the oracle noise-filtering control. Needs a dataset with provenance."""
+    save_selection: bool = False
+    """Save the tokens every optimizer step selects (one bit per target, with the step's windows) to out/selection/, for `slm analyze selection --runs RUN`: what training selected, per provenance label and token class. Costs seq_len / 8 bytes per window trained on; weighting=hard only."""
     holdout_fraction: float = 0.0
     """Share of the train windows, in [0, 1), held out by a seeded draw (holdout_seed) for a self-reference: holdout=only trains on that share (the reference), holdout=exclude on the rest (the run it scores), so no window is in both. 0 = every window."""
     holdout: str = "exclude"
@@ -286,6 +288,9 @@ class TrainConfig:
         if self.keep_labels is not None and (not self.keep_labels or not all(
                 isinstance(x, int) and 0 <= x < 256 for x in self.keep_labels)):
             raise UserError(f"keep_labels must be a non-empty list of provenance labels 0..255, got {self.keep_labels!r}")
+        if self.save_selection and self.objective == "slm" and self.weighting != "hard":
+            raise UserError(f"save_selection saves 0/1 masks, but weighting={self.weighting} gives weights: use "
+                            "weighting=hard or drop save_selection")
         _check_choice("holdout", self.holdout, ("exclude", "only"))
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise UserError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}: e.g. 0.2 holds out 20% "

@@ -33,6 +33,7 @@ from .config import MODEL_SCORES, TrainConfig, save_config, to_dict
 from .data import TokenDataset
 from .evaluate import dataset_token_losses, loss_summary
 from .files import DirLock, UserError, replacing, write_json
+from .masks import SelectionLog
 from .model import (PRESETS, apply_lora, build_model, check_lora_targets, check_compatible, count_parameters, is_checkpoint, load_model,
                     link_checkpoint_dir, lora_summary, resolve_device, save_checkpoint_dir)
 from .objective import Objective
@@ -226,6 +227,10 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")  # after the resume checks: a refused resume changes nothing
+    if cfg.save_selection:  # every step's masks, kept on the device and written at log and save steps
+        t.selection = SelectionLog(steps, per_step, ds.seq_len, device)
+        dist.agree(t.selection.open, out, step, {"dataset_fingerprint": ds.fingerprint, "split": "train"},
+                   main_only=True)
     last_eval = None
     if cfg.resume:
         def kept_rows() -> dict | None:  # metrics after the checkpoint go; its step's evaluation stays
@@ -311,6 +316,9 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
         bar.update(1)
         last = step == steps
         due_auto = False
+        if t.selection is not None and (step % cfg.log_every == 0 or last
+                                        or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
+            t.selection.flush()  # before any checkpoint of this step: a resume finds the steps before it on disk
         if step % cfg.log_every == 0 or last:
             check_finite(step)
             vals = t.metrics.reduce()
