@@ -38,6 +38,8 @@ class PrepareConfig:
     """Field holding the document text in JSONL, Parquet and HF datasets."""
     spans_field: str = "spans"
     """Optional JSONL field of provenance spans [[start, end, label], ...] (labels kept per token for diagnostics only)."""
+    label_names: list[str] = field(default_factory=list)
+    """Names of provenance labels 0, 1, 2, ... in the manifest (default: the embedded corpora's content, noise, offtopic, wrong_solution, near_duplicate, perturbed_table, other_notation)."""
     tokenizer: str | None = None
     """Local HF tokenizer directory to use; when unset a byte-level BPE of `vocab_size` is trained on the inputs."""
     vocab_size: int = 2048
@@ -52,6 +54,8 @@ class PrepareConfig:
     """Fraction of documents held out for the test split (seeded hash, after validation); report final numbers on it, tune on validation."""
     split_field: str = "split"
     """JSONL/Parquet/HF field that names a document's split (train, validation or test) and overrides the hash, e.g. to split by problem rather than by document."""
+    context_field: str | None = None
+    """Optional JSONL/Parquet/HF field holding context placed before the text (a prompt, a problem statement): the document is that field followed directly by `text_field` (end the context with a separator such as a newline), and its tokens are context only: their targets are ignored in training, scoring, selection and evaluation (provenance label 255, "context"; a span labelled "context" or 255 marks context inside the text)."""
     seed: int = 0
     """Seed for the train/validation/test hash split."""
     overwrite: bool = False

@@ -295,7 +295,7 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     def run_eval(step: int) -> dict:
         losses = dataset_token_losses(model, ds, "validation", cfg.eval_windows, cfg.batch_size * 2,
                                       device, cfg.precision)
-        summary = loss_summary(losses)
+        summary = loss_summary(losses, ds.target_mask("validation", slice(len(losses))))
         row = {"type": "eval", "step": step, "tokens": step * tokens_per_step, "loss": summary["loss"],
                "ppl": summary["ppl"], "eval_tokens": summary["tokens"]}
         logger.log(row)
