@@ -105,6 +105,14 @@ class ScoreConfig:
     """cpu, cuda, or auto (cuda when available)."""
     precision: str = "auto"
     """fp32, bf16, or auto (bf16 autocast on GPU, fp32 on CPU)."""
+    checks: bool = True
+    """After scoring, compare the corpus with the reference's training data and warn, one line each, of n-gram overlap (text the reference memorised) and format mismatch (a token class the reference hardly saw and scores far worse); the figures go to the manifest's `checks`."""
+    ref_data: str | None = None
+    """The reference's training data for the checks: a dataset directory of `slm prepare` with the corpus's tokenizer (default: the dataset the reference's run trained on, from its slm_meta.json)."""
+    base_model: str | None = None
+    """The model SLM will train, whose loss minus the reference's is the excess the overlap check reports (default: the checkpoint the reference's run started from; none: the reference loss is reported instead)."""
+    check_windows: int = 256
+    """Windows of the split, evenly spaced, that the checks look at (0 = all)."""
     hf_out: str | None = None
     """Also write the scored split as a Hugging Face dataset (save_to_disk) with input_ids and ref_loss columns,
     for the HF Trainer integration (selective_lm.hf) and other pipelines."""
@@ -119,8 +127,10 @@ class ScoreConfig:
                 raise UserError(f"missing --{name}")
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
-        if self.batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 1 or self.check_windows < 0:
+            raise UserError(f"batch_size must be >= 1 and check_windows >= 0, got {self.batch_size} and "
+                            f"{self.check_windows}")
+        self.ref_data, self.base_model = absolute(self.ref_data), absolute(self.base_model)
 
 
 @dataclass
