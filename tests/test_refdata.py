@@ -113,3 +113,15 @@ def test_token_classes():
              "_init": "code", " ==": "code", "[": "code"}
     assert {s: token_class(s) for s in cases} == cases
     assert token_class("<|endoftext|>", special=True) == "special"
+
+
+def test_bad_ref_data_or_base_model_is_refused_before_scoring(tiny_data, reference, tmp_path, capsys):
+    from selective_lm.cli import main
+
+    base = ["score", "--data", str(tiny_data), "--model", str(reference / "ref" / "final"), "--no-progress"]
+    for extra, needle in ((["--ref-data", str(tmp_path)], "not a dataset directory"),
+                          (["--base-model", str(tmp_path)], "base model")):
+        out = tmp_path / f"s{len(needle)}"
+        assert main([*base, "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1 and not out.exists(), err

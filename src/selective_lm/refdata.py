@@ -145,7 +145,7 @@ def reference_data(model: str | Path, given: str | None):
     """(TokenDataset, its train windows the reference trained on or None for all, the base it started from or None,
     how it was found); raises ValueError with the reason when the reference's data cannot be known."""
     from .data import TokenDataset
-    from .files import read_json
+    from .files import UserError, read_json
 
     meta = {}
     try:
@@ -156,9 +156,10 @@ def reference_data(model: str | Path, given: str | None):
     if not path:
         raise ValueError(f"the reference's training data is unknown ({model} has no slm_meta.json naming it): pass "
                          "ref_data=DIR (that data prepared with the same tokenizer) for the overlap and format checks")
-    if not Path(path).is_dir():
-        raise ValueError(f"the reference's training data {path} is gone")
-    ds = TokenDataset(path)
+    try:
+        ds = TokenDataset(path)
+    except UserError as e:
+        raise ValueError(f"the reference's training data is not readable ({e})") from None
     pool = None
     hold = meta.get("holdout") if not given else None
     if hold:
@@ -166,6 +167,19 @@ def reference_data(model: str | Path, given: str | None):
         mask = _held_out(n, hold["fraction"], hold["seed"])
         pool = np.flatnonzero(mask if hold["side"] == "only" else ~mask)
     return ds, pool, meta.get("base"), "ref_data" if given else f"{model}/slm_meta.json"
+
+
+def check_inputs(corpus, ref_data: str | None, base_model: str | None) -> None:
+    """`slm score`, before scoring: a ``ref_data`` or ``base_model`` given by the user must be usable (UserError)."""
+    from .data import TokenDataset
+    from .files import UserError
+    from .model import check_compatible
+
+    if ref_data and TokenDataset(ref_data).manifest["tokenizer_fingerprint"] != corpus.manifest["tokenizer_fingerprint"]:
+        raise UserError(f"ref_data {ref_data} has another tokenizer than {corpus.path}: prepare it with "
+                        f"--tokenizer {corpus.tokenizer_dir}")
+    if base_model:
+        check_compatible(base_model, corpus, role="base model")
 
 
 def run_checks(corpus, split: str, ref_loss: np.ndarray, model: str | Path, ref_data: str | None,

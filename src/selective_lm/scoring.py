@@ -112,6 +112,10 @@ def score(cfg: ScoreConfig) -> dict:
     def check() -> tuple[TokenDataset, dict]:
         ds = TokenDataset(cfg.data)
         check_compatible(cfg.model, ds, role="reference model")
+        if cfg.checks:
+            from .refdata import check_inputs
+
+            check_inputs(ds, cfg.ref_data, cfg.base_model)
         return ds, _identity(ds, cfg.split, cfg.model, cfg.entropy)
 
     ds, ident = dist.agree(check)
@@ -211,6 +215,9 @@ def _score(cfg: ScoreConfig, ds: TokenDataset, ident: dict, device: torch.device
         del files, done
     bar.close()
     elapsed = time.perf_counter() - t0
+    del model  # the checks in _finish may load the base model: never both on the device
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     manifest = dist.agree(_finish, cfg, ds, ident, elapsed, device, main_only=True)
     return manifest
 
