@@ -42,6 +42,7 @@ def _jobs(data, ref, root):
     """name -> (config for each of 2 ranks, config for 1 process with twice the batch)."""
     slm = dict(objective="slm", ratio=0.5, ref_scores=str(ref / "scores"))
     jobs = {f"ddp-{s}": dict(strategy=s, **slm) for s in STRATEGIES}
+    jobs["ddp-topk"]["save_selection"] = True  # the saved masks, too, do not depend on the world size
     jobs["ddp-clm"] = {}
     jobs["ddp-step-topk"] = dict(strategy="topk", selection_scope="step", **slm)
     jobs["ddp-online-stochastic"] = dict(objective="slm", ratio=0.5, strategy="stochastic",
@@ -58,7 +59,8 @@ def _jobs(data, ref, root):
     jobs["ddp-schedule"] = dict(strategy="topk", ratio_schedule="linear", ratio_end=0.3, clm_warmup=0.34,
                                 **{**slm, "ratio": 0.6})
     # log_every 3 with ckpt_every 2: the step-2 checkpoint holds running metric sums of both ranks
-    jobs["fsdp-topk"] = dict(strategy="topk", parallel="fsdp", max_steps=4, ckpt_every=2, log_every=3, **slm)
+    jobs["fsdp-topk"] = dict(strategy="topk", parallel="fsdp", max_steps=4, ckpt_every=2, log_every=3,
+                             save_selection=True, **slm)
     jobs["fsdp-step-stochastic"] = dict(strategy="stochastic", selection_scope="step", parallel="fsdp",
                                         ref_model=str(ref / "ref" / "final"), objective="slm", ratio=0.5)
     # the single-process reference of an FSDP job is the same run under DDP (i.e. unwrapped)
@@ -199,6 +201,20 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(runs, name):
             weighted = "soft" in name or "dft" in name  # Σ w summed per rank, then over ranks: fp32 order
             assert r["selected_fraction"] == pytest.approx(s["selected_fraction"], abs=1e-6 if weighted else 1e-9)
             assert r.get("ratio") == s.get("ratio")
+
+
+@pytest.mark.parametrize("name", ["ddp-topk", "fsdp-topk"])
+def test_saved_selection_does_not_depend_on_the_world_size(runs, name):
+    """save_selection: 2 ranks write what 1 process writes (fsdp-topk: after a cut and a resume), and that is
+    what the objective selected."""
+    from selective_lm.masks import Selection
+
+    root, single, _ = runs
+    multi, one = Selection(root / "multi" / name), Selection(root / "single" / name)
+    assert multi.written == multi.steps == one.written > 0
+    assert np.array_equal(multi.masks(), one.masks()) and np.array_equal(multi.windows, one.windows)
+    selected = torch.stack([m for call in single[name] for m in call]).numpy()  # [steps × accum, 4, 32]
+    assert np.array_equal(one.masks(), selected.reshape(one.steps, one.per_step, one.seq_len))
 
 
 def test_fsdp_checkpoint_is_a_plain_hf_directory_and_resume_is_exact(runs):

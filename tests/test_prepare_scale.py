@@ -14,7 +14,7 @@ import selective_lm.data as D
 import selective_lm.shards as S
 from selective_lm.config import PrepareConfig
 from selective_lm.data import TokenDataset, prepare, split_of
-from selective_lm.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
+from selective_lm.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 SMALL_UNITS = 12_000  # bytes: the corpus below becomes ~30 units, JSONL files cut at line starts, Parquet row groups
 

@@ -24,7 +24,8 @@ NAMES = {
     "buckets": "high/low loss bucket transitions between two models",
     "selected-loss": "loss of selected vs unselected tokens over training (paper Fig. 6/7)",
     "cosine": "cosine similarity of update directions (full Δθ or LoRA B·A·α/r)",
-    "selection": "what SLM selects: noise share during training, provenance and tokens on validation",
+    "selection": "what SLM selects: per provenance label and token class, the most over- and under-selected tokens "
+                 "(from the masks a run saved with save_selection=true), noise share during training",
 }
 _ALONE = {
     "report": None,
@@ -34,7 +35,7 @@ _ALONE = {
     "buckets": "--before X.bin --after Y.bin --baseline Z.bin",
     "selected-loss": "--reference R.bin --losses A.bin [...] (SLM's selection at each dump; --base X.bin: a fixed mask)",
     "cosine": "--runs DIR [...] (and --base DIR for full checkpoints)",
-    "selection": "--runs RUN_DIR [...]",
+    "selection": "--runs RUN_DIR [...] (--html FILE: the selection page)",
 }
 
 
@@ -72,6 +73,15 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
             q.add_argument("--ratio", type=float, nargs="+", default=[0.6], help="selection ratios (default 0.6)")
         if name == "cosine":
             q.add_argument("--base", metavar="DIR", help="base checkpoint (needed for full checkpoints)")
+        if name == "selection":
+            q.add_argument("--scores", metavar="DIR", help="reference scores of the runs' train split for the ref loss "
+                                                          "columns and the page's excess (default: each run's ref_scores)")
+            q.add_argument("--top", type=int, default=20, help="over- and under-selected tokens to list (default 20)")
+            q.add_argument("--tables", action="store_true", help="print Markdown tables instead of JSON")
+            q.add_argument("--html", metavar="FILE", help="write the selection page of the first run's windows here")
+            q.add_argument("--windows", type=int, default=12, help="windows on the --html page (default 12)")
+            q.add_argument("--model", metavar="DIR", help="checkpoint whose excess loss colours the --html page "
+                                                          "(default: the run's final/)")
     return p
 
 
@@ -227,7 +237,19 @@ def _selection(args, st) -> dict:
     missing = [d for d in args.runs if not (Path(d) / "metrics.jsonl").is_file()]
     if missing:
         raise UserError(f"{Path(missing[0]) / 'metrics.jsonl'} not found: pass run directories written by `slm train`")
-    return {"runs": {d: training_shares(d) for d in args.runs}}
+    from .analysis.selection_tables import run_selection, run_selection_page
+    from .masks import DIRNAME
+
+    if args.top < 0 or args.windows < 1:
+        raise UserError("--top must be >= 0 and --windows >= 1")
+    out: dict = {"runs": {}}
+    for d in args.runs:
+        saved = (Path(d) / DIRNAME / "meta.json").is_file()
+        out["runs"][d] = {**training_shares(d), "selection": run_selection(d, args.scores, args.top) if saved else
+                          "not saved: train with save_selection=true to get the tables of what the run selected"}
+    if args.html:
+        out["html"] = run_selection_page(args.runs[0], args.html, args.windows, args.model, args.scores)
+    return out
 
 
 _HANDLERS = {"report": _report, "perplexity": _perplexity, "efficiency": _efficiency, "dynamics": _dynamics,
@@ -246,7 +268,13 @@ def run_analyze(args: argparse.Namespace) -> dict:
         result = clean(_HANDLERS[name](args, st))
     except ValueError as e:  # bad shapes or values in the given files
         raise UserError(f"analyze {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    if getattr(args, "tables", False) and st is None:
+        from .analysis.selection_tables import selection_markdown
+
+        print("\n".join(selection_markdown(r["selection"]) if isinstance(r["selection"], dict) else f"{d}: {r['selection']}"
+                        for d, r in result["runs"].items()))
+    else:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
     if args.out:
         write_json(args.out, result)
     return result

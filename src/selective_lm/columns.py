@@ -104,9 +104,12 @@ def export_scored(data: str | os.PathLike, scores: str | os.PathLike, out: str |
             for s in range(0, n, rows_per_chunk):
                 ids = np.asarray(windows[s:s + rows_per_chunk], dtype=np.int64)
                 table = {"input_ids": pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1).astype(np.int32)), width)}
-                for c, values in cols.items():  # index 0 of a row predicts nothing: NaN
+                counted = ds.target_mask(split, slice(s, s + rows_per_chunk))
+                for c, values in cols.items():  # index 0 of a row predicts nothing: NaN; nor do context-only targets
                     ref = np.full(ids.shape, np.nan, dtype=np.float32)
                     ref[:, 1:] = values[s:s + rows_per_chunk]
+                    if counted is not None:
+                        ref[:, 1:][~counted] = np.nan
                     table[c] = pa.FixedSizeListArray.from_arrays(pa.array(ref.reshape(-1)), width)
                 for row in ids:
                     _hash_row(h, row)

@@ -54,6 +54,8 @@ class PrepareConfig:
     """Fraction of documents held out for the test split (seeded hash, after validation); report final numbers on it, tune on validation."""
     split_field: str = "split"
     """JSONL/Parquet/HF field that names a document's split (train, validation or test) and overrides the hash, e.g. to split by problem rather than by document."""
+    context_field: str | None = None
+    """Optional JSONL/Parquet/HF field holding context placed before the text (a prompt, a problem statement): the document is that field followed directly by `text_field` (end the context with a separator such as a newline), and its tokens are context only: their targets are ignored in training, scoring, selection and evaluation (provenance label 255, "context"; a span labelled "context" or 255 marks context inside the text)."""
     seed: int = 0
     """Seed for the train/validation/test hash split (and the order the tokenizer's sample visits the input)."""
     num_workers: int = 1
@@ -110,6 +112,14 @@ class ScoreConfig:
     """cpu, cuda, or auto (cuda when available)."""
     precision: str = "auto"
     """fp32, bf16, or auto (bf16 autocast on GPU, fp32 on CPU)."""
+    checks: bool = True
+    """After scoring, compare the corpus with the reference's training data and warn, one line each, of n-gram overlap (text the reference memorised) and format mismatch (a token class the reference hardly saw and scores far worse); the figures go to the manifest's `checks`."""
+    ref_data: str | None = None
+    """The reference's training data for the checks: a dataset directory of `slm prepare` with the corpus's tokenizer (default: the dataset the reference's run trained on, from its slm_meta.json)."""
+    base_model: str | None = None
+    """The model SLM will train, whose loss minus the reference's is the excess the overlap check reports (default: the checkpoint the reference's run started from; none: the reference loss is reported instead)."""
+    check_windows: int = 256
+    """Windows of the split, evenly spaced, that the checks look at (0 = all)."""
     hf_out: str | None = None
     """Also write the scored split as a Hugging Face dataset (save_to_disk) with input_ids and ref_loss columns,
     for the HF Trainer integration (selective_lm.hf) and other pipelines."""
@@ -124,8 +134,10 @@ class ScoreConfig:
                 raise UserError(f"missing --{name}")
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
-        if self.batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 1 or self.check_windows < 0:
+            raise UserError(f"batch_size must be >= 1 and check_windows >= 0, got {self.batch_size} and "
+                            f"{self.check_windows}")
+        self.ref_data, self.base_model = absolute(self.ref_data), absolute(self.base_model)
 
 
 @dataclass
@@ -180,6 +192,8 @@ class TrainConfig:
     """Fraction of the optimizer steps, in [0, 1), trained as plain CLM (every token, no reference) before selection starts: the first round(clm_warmup × steps) steps (at most all but one); the ratio schedule starts after them. Logged ratio 1 during the warm-up."""
     keep_labels: list[int] | None = None
     """Train only on target tokens whose provenance label (from `slm prepare` spans) is in this list, e.g. [0] = content only: the oracle noise-filtering control. Needs a dataset with provenance."""
+    save_selection: bool = False
+    """Save the tokens every optimizer step selects (one bit per target, with the step's windows) to out/selection/, for `slm analyze selection --runs RUN`: what training selected, per provenance label and token class. Costs seq_len / 8 bytes per window trained on; weighting=hard only."""
     holdout_fraction: float = 0.0
     """Share of the train windows, in [0, 1), held out by a seeded draw (holdout_seed) for a self-reference: holdout=only trains on that share (the reference), holdout=exclude on the rest (the run it scores), so no window is in both. 0 = every window."""
     holdout: str = "exclude"
@@ -304,6 +318,9 @@ class TrainConfig:
         if self.keep_labels is not None and (not self.keep_labels or not all(
                 isinstance(x, int) and 0 <= x < 256 for x in self.keep_labels)):
             raise UserError(f"keep_labels must be a non-empty list of provenance labels 0..255, got {self.keep_labels!r}")
+        if self.save_selection and self.objective == "slm" and self.weighting != "hard":
+            raise UserError(f"save_selection saves 0/1 masks, but weighting={self.weighting} gives weights: use "
+                            "weighting=hard or drop save_selection")
         _check_choice("holdout", self.holdout, ("exclude", "only"))
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise UserError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}: e.g. 0.2 holds out 20% "

@@ -8,7 +8,9 @@ consecutive non-overlapping windows of ``seq_len + 1`` tokens and writes flat me
     DIR/manifest.json          written last (the directory is moved into place as a whole)
     DIR/tokenizer/             HF fast tokenizer (save_pretrained)
     DIR/{split}.bin            windows × (seq_len + 1) tokens, uint16 or uint32
-    DIR/{split}.prov.bin       uint8 provenance label per token (only when some input had spans)
+    DIR/{split}.prov.bin       uint8 provenance label per token (only when some input had spans); label 255
+                               ("context", from `context_field` or a span) marks context-only tokens, whose
+                               targets :meth:`TokenDataset.batch` gives as -100 (ignored)
 
 The work is spread over worker processes and torchrun ranks in units of input (:mod:`selective_lm.shards`),
 with the same result as one process, and an interrupted prepare resumes. :class:`TokenDataset` reads such a
@@ -31,12 +33,12 @@ from . import dist, shards
 from .config import PrepareConfig
 from .files import (DirLock, UserError, atomic_dir, check_output_dir, commit_dir, read_json, remove_stale_temporaries,
                     sha256_json, write_json)
-from .sources import expand_inputs, iter_documents, source_record
+from .sources import CONTEXT_LABEL, expand_inputs, iter_documents, source_record
 from .tokenizer import (EOS_TOKEN, _encode_batch, can_chunk, copy_tokenizer, load_tokenizer, resolve_bos, split_long,
                         token_dtype, tokenizer_fingerprint, train_tokenizer, train_tokenizer_from_inputs)
 
 __all__ = [
-    "EOS_TOKEN", "FORMAT_VERSION", "PROVENANCE_LABELS", "TokenDataset", "dataset_fingerprint",
+    "CONTEXT_LABEL", "EOS_TOKEN", "FORMAT_VERSION", "PROVENANCE_LABELS", "TokenDataset", "dataset_fingerprint",
     "iter_documents", "load_tokenizer", "prepare", "token_dtype", "tokenizer_fingerprint",
     "train_tokenizer", "train_tokenizer_from_inputs",
 ]
@@ -46,6 +48,8 @@ DATASET_KIND = "selective-lm-dataset"
 PROVENANCE_LABELS = {"0": "content", "1": "noise", "2": "offtopic", "3": "wrong_solution", "4": "near_duplicate",
                      "5": "perturbed_table", "6": "other_notation"}
 SPLITS = ("train", "validation", "test")
+CONTEXT_NAME = "context"  # the name of the reserved provenance label CONTEXT_LABEL (255)
+IGNORE_INDEX = -100  # a target no loss, score or selection counts (as in loss.IGNORE_INDEX)
 
 _BATCH_CHARS = 1 << 20  # characters per encode_batch call
 _BATCH_DOCS = 2048
@@ -183,6 +187,12 @@ def _pack(docs, tokenizer, writers: dict, cfg: PrepareConfig, eos_id: int,
         run()
 
 
+def context_tokens(prov_file: Path, windows: int, window_len: int) -> int:
+    """Targets (every window position but the first) labelled context only in a split's provenance file."""
+    prov = np.memmap(prov_file, dtype=np.uint8, mode="r", shape=(windows, window_len))
+    return int(sum(np.count_nonzero(prov[s:s + 4096, 1:] == CONTEXT_LABEL) for s in range(0, windows, 4096)))
+
+
 # --------------------------------------------------------------------------- prepare
 def _label_names(seen: set[int], given: list[str] | None = None) -> dict[str, str]:
     names = {str(i): n for i, n in enumerate(given)} if given else dict(PROVENANCE_LABELS)
@@ -225,7 +235,8 @@ def _start(cfg: PrepareConfig, out: Path) -> dict:
     from .runtime import progress
 
     job = shards.plan(cfg.inputs)
-    job["fields"] = {"text": cfg.text_field, "spans": cfg.spans_field, "split": cfg.split_field}
+    job["fields"] = {"text": cfg.text_field, "spans": cfg.spans_field, "split": cfg.split_field,
+                     "context": cfg.context_field}
     work = shards.WorkDir(out)
     job["work"], job["done"] = str(work.path), work.open(_identity(cfg, job))
     tok_dir = work.path / "tokenizer"
@@ -383,6 +394,12 @@ def _finish(cfg: PrepareConfig, out: Path, job: dict) -> dict:
             "documents_split_by_field": sum(u["by_field"] for u in units),
             "text_field": cfg.text_field,
         }
+        if provenance and CONTEXT_LABEL in set().union(*(u["labels"] for u in units)):  # context-only tokens: every reader ignores their targets
+            manifest["provenance_labels"][str(CONTEXT_LABEL)] = CONTEXT_NAME
+            manifest["context_tokens"] = {name: context_tokens(tmp / s["provenance"], s["windows"], window_len)
+                                          for name, s in splits.items()}
+        if cfg.context_field:
+            manifest["context_field"] = cfg.context_field
         manifest["fingerprint"] = dataset_fingerprint(manifest)
         total = sum(src.get("bytes", 0) for src in stats["sources"])
         if total and stats["replaced_bytes"] > 0.01 * total:
@@ -462,18 +479,36 @@ class TokenDataset:
         file = self._split(split).get("provenance")
         return None if not file else self._map(split, file, np.dtype(np.uint8))
 
+    @property
+    def has_context(self) -> bool:
+        """Whether some tokens are context only (provenance label 255): their targets are ignored."""
+        return str(CONTEXT_LABEL) in (self.manifest.get("provenance_labels") or {})
+
     def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets), int64 [b, seq_len] each: inputs = w[:, :-1], targets = w[:, 1:]."""
+        """(inputs, targets), int64 [b, seq_len] each: inputs = w[:, :-1], targets = w[:, 1:], with -100 (ignored)
+        at the targets that are context only (provenance label 255)."""
         w = self.windows(split)
         if isinstance(indices, slice):
             arr = np.array(w[indices])
         else:
             if isinstance(indices, torch.Tensor):
                 indices = indices.detach().cpu().numpy()
-            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-            arr = w[idx]
+            indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+            arr = w[indices]
         t = torch.from_numpy(arr.astype(np.int64, copy=False))
-        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        inputs, targets = t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        if self.has_context:
+            ctx = np.asarray(self.provenance(split)[indices, 1:]) == CONTEXT_LABEL
+            targets = targets.masked_fill(torch.from_numpy(ctx), IGNORE_INDEX)
+        return inputs, targets
+
+    def target_mask(self, split: str, indices=slice(None)) -> np.ndarray | None:
+        """bool [b, seq_len]: the targets of these windows that count (not context only); None when all count."""
+        if not self.has_context:
+            return None
+        if not isinstance(indices, slice):
+            indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return np.asarray(self.provenance(split)[indices, 1:]) != CONTEXT_LABEL
 
     def tokenizer(self):
         if self._tok is None:

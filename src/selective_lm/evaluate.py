@@ -23,7 +23,8 @@ from .runtime import progress as progress_bar
 def dataset_token_losses(model, ds: TokenDataset, split: str = "validation", max_windows: int = 0,
                          batch_size: int = 32, device: torch.device | str = "cpu", precision: str = "auto",
                          progress: bool = False) -> np.ndarray:
-    """Per-token losses [windows, seq_len] (float32) of the first ``max_windows`` windows of a split.
+    """Per-token losses [windows, seq_len] (float32) of the first ``max_windows`` windows of a split (0 at the
+    context-only targets, which :func:`loss_summary` leaves out given ``ds.target_mask``).
 
     Under torchrun the batches are dealt round-robin to the ranks (every rank runs the same number of
     forwards, as FSDP needs) and each round's rows are all-gathered to the host: every rank returns
@@ -54,10 +55,14 @@ def dataset_token_losses(model, ds: TokenDataset, split: str = "validation", max
     return result
 
 
-def loss_summary(losses: np.ndarray) -> dict:
-    """Mean loss and perplexity from per-token losses (sum of nats / tokens)."""
-    total = float(np.asarray(losses, dtype=np.float64).sum())
-    tokens = int(np.asarray(losses).size)
+def loss_summary(losses: np.ndarray, counted: np.ndarray | None = None) -> dict:
+    """Mean loss and perplexity from per-token losses (sum of nats / tokens); ``counted`` (bool, the shape of
+    ``losses``): the tokens that count, e.g. :meth:`TokenDataset.target_mask` (context-only targets do not)."""
+    arr = np.asarray(losses, dtype=np.float64)
+    if counted is not None:
+        arr = arr[np.asarray(counted, dtype=bool)]
+    total = float(arr.sum())
+    tokens = int(arr.size)
     loss = total / max(1, tokens)
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": tokens}
 
@@ -134,7 +139,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     for ds in datasets:
         losses = dataset_token_losses(model, ds, cfg.split, cfg.max_windows, cfg.batch_size, device,
                                       cfg.precision, cfg.progress)
-        summary = loss_summary(losses)
+        summary = loss_summary(losses, ds.target_mask(cfg.split, slice(len(losses))))
         if cfg.dump and dist.is_main():
             name = Path(ds.path).name
             summary["dump"] = str(dump_token_losses(losses, Path(cfg.dump) / f"{name}.{cfg.split}.losses.bin",

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import FilterConfig, PrepareConfig
-from .data import TokenDataset, split_of
+from .data import CONTEXT_LABEL, TokenDataset, split_of
 from .files import (DirLock, UserError, atomic_dir, check_output_dir, commit_dir, read_json, remove_stale_temporaries,
                     reserve, write_json)
 from .sources import (_SURROGATE, _checked, _jsonl_lines, clean_text, decode_bytes, expand_inputs, iter_documents,
@@ -90,7 +90,7 @@ def document_bounds(cfg: FilterConfig, ds: TokenDataset, flat: np.ndarray) -> tu
     starts, ends, in_split, lengths = [], [], bytearray(), []
     cursor, prev, verified, n_complete = 0, 0, 0, 0
     docs = iter_documents(cfg.inputs, m.get("text_field", "text"), _NO_SPANS, split_field=m.get("split_field", "split"),
-                          with_split=True)
+                          with_split=True, context_field=m.get("context_field"))
     for text, _, given in docs:
         mine = split_of(text, given, route) == cfg.split
         in_split.append(mine)
@@ -128,13 +128,17 @@ def document_bounds(cfg: FilterConfig, ds: TokenDataset, flat: np.ndarray) -> tu
 
 
 # --------------------------------------------------------------------------- token values → document means
-def _doc_sums(chunks, starts, ends, window_len: int, has_bos: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Σ value and count of scored tokens per document; ``chunks`` yields (first window, values [w, seq_len])."""
+def _doc_sums(chunks, starts, ends, window_len: int, has_bos: bool,
+              context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Σ value and count of scored tokens per document; ``chunks`` yields (first window, values [w, seq_len]);
+    ``context``: the split's flat provenance, whose context-only tokens are not scored."""
     sums, counts = np.zeros(len(ends)), np.zeros(len(ends), dtype=np.int64)
     for w0, vals in chunks:
         pos = np.arange(w0 * window_len, (w0 + len(vals)) * window_len, dtype=np.int64)
         doc = np.searchsorted(ends, pos, side="right")
         ok = pos % window_len != 0  # a window's first token is context only
+        if context is not None:
+            ok &= np.asarray(context[pos[0]:pos[-1] + 1]) != CONTEXT_LABEL
         if has_bos:
             ok &= pos != starts[np.minimum(doc, len(starts) - 1)]
         full = np.zeros((len(vals), window_len))
@@ -229,7 +233,14 @@ def keep_mask(score: np.ndarray, counts: np.ndarray, cfg: FilterConfig) -> tuple
 
 
 # --------------------------------------------------------------------------- rows
-def iter_rows(inputs: list[str], text_field: str):
+def doc_text(row: dict, text_field: str, context_field: str | None = None) -> str:
+    """A row's document text as `slm prepare` read it: its context field (if any) followed by its text."""
+    text = clean_text(row[text_field])[0]
+    context = row.get(context_field) if context_field else None
+    return clean_text(context)[0] + text if isinstance(context, str) else text
+
+
+def iter_rows(inputs: list[str], text_field: str, context_field: str | None = None):
     """The original rows (every field) of the non-empty documents, in :func:`iter_documents`' order."""
     for kind, path in expand_inputs(inputs):
         if kind == "text":
@@ -249,7 +260,7 @@ def iter_rows(inputs: list[str], text_field: str):
         if kind != "hf" and split_ext(path)[1]:
             rows = _checked(rows, path)
         for row in rows:
-            if clean_text(row[text_field])[0]:
+            if doc_text(row, text_field, context_field):
                 yield row
 
 
@@ -361,11 +372,13 @@ def _filter(cfg: FilterConfig, out: Path) -> dict:
             hist = np.zeros(1 << 16, dtype=np.int64)
             for s, e in _excess_chunks(cfg, ds, ref, step, bar):
                 excess[s:s + len(e)] = e
-                hist += key_counts(excess[s:s + len(e)])
+                counted = ds.target_mask(cfg.split, slice(s, s + len(e)))  # context-only targets rank with none
+                hist += key_counts(excess[s:s + len(e)] if counted is None else excess[s:s + len(e)][counted])
             t, selected = top_threshold(hist, cfg.ratio)
             chunks = ((s, (v >= t).astype(np.float64)) for s, v in _chunks(excess, n_win, step, bar))
-            token_rule = {"ratio": cfg.ratio, "excess_threshold": t, "selected_token_fraction": selected / ref.size}
-        sums, counts = _doc_sums(chunks, starts, ends, ds.window_len, ds.bos_id is not None)
+            token_rule = {"ratio": cfg.ratio, "excess_threshold": t, "selected_token_fraction": selected / hist.sum()}
+        context = ds.provenance(cfg.split).reshape(-1) if ds.has_context else None
+        sums, counts = _doc_sums(chunks, starts, ends, ds.window_len, ds.bos_id is not None, context)
         bar.close()
         (tmp / "excess.tmp").unlink(missing_ok=True)
         score = np.where(counts >= cfg.min_tokens, sums / np.maximum(counts, 1), np.nan)
@@ -373,11 +386,12 @@ def _filter(cfg: FilterConfig, out: Path) -> dict:
 
         name = f"kept.{cfg.format}"
         writer, k, seen = _Writer(tmp / name, cfg.format), 0, 0
-        for row, mine in zip(iter_rows(cfg.inputs, ds.manifest["text_field"]), facts["in_split"]):
+        fields = ds.manifest["text_field"], ds.manifest.get("context_field")
+        for row, mine in zip(iter_rows(cfg.inputs, *fields), facts["in_split"]):
             seen += 1
             if not mine:
                 continue
-            if len(clean_text(row[ds.manifest["text_field"]])[0]) != facts["lengths"][k]:
+            if len(doc_text(row, *fields)) != facts["lengths"][k]:
                 raise UserError(f"the inputs changed while `slm filter` read them (document {k}): run it again")
             if keep[k]:
                 writer.add({**row, SCORE_FIELD: float(score[k]) if np.isfinite(score[k]) else None})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -111,6 +112,10 @@ def score(cfg: ScoreConfig) -> dict:
     def check() -> tuple[TokenDataset, dict]:
         ds = TokenDataset(cfg.data)
         check_compatible(cfg.model, ds, role="reference model")
+        if cfg.checks:
+            from .refdata import check_inputs
+
+            check_inputs(ds, cfg.ref_data, cfg.base_model)
         return ds, _identity(ds, cfg.split, cfg.model, cfg.entropy)
 
     ds, ident = dist.agree(check)
@@ -222,7 +227,10 @@ def _score(cfg: ScoreConfig, ds: TokenDataset, ident: dict, device: torch.device
         del files, done
     bar.close()
     elapsed = time.perf_counter() - t0
-    manifest = dist.agree(_finish, cfg, ds, ident, elapsed, main_only=True)
+    del model  # the checks in _finish may load the base model: never both on the device
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    manifest = dist.agree(_finish, cfg, ds, ident, elapsed, device, main_only=True)
     return manifest
 
 
@@ -236,7 +244,7 @@ def _mark_done(files: list[np.memmap], done: np.memmap, pending: list[tuple[int,
     pending.clear()
 
 
-def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float) -> dict:
+def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float, device: torch.device) -> dict:
     """Rank 0, after every rank is done: check completeness, move the file into place, write the manifest."""
     out = Path(cfg.out)
     n = ds.num_windows(cfg.split)
@@ -245,15 +253,28 @@ def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float) -> 
     if missing:
         raise UserError(f"{missing} windows of {out} were not scored (a rank stopped early?): run the same "
                         "`slm score` command again to finish them")
+    counted = ds.target_mask(cfg.split)  # context-only targets (scored 0) are left out of the means
+
     def mean_and_digest(path: Path) -> tuple[float, str]:
-        total = float(np.memmap(path, dtype=np.float16, mode="r", shape=(n, ds.seq_len)).astype(np.float64).sum())
-        return total / max(1, n * ds.seq_len), sha256_file(path)
+        values = np.memmap(path, dtype=np.float16, mode="r", shape=(n, ds.seq_len)).astype(np.float64)
+        values = values if counted is None else values[counted]
+        return float(values.sum()) / max(1, values.size), sha256_file(path)
 
     mean_loss, digest = mean_and_digest(partial)
     entropy = {}
     if cfg.entropy:
         mean_ent, ent_digest = mean_and_digest(out / (ENTROPY_FILE + ".partial"))
         entropy = {"entropy_file": ENTROPY_FILE, "entropy_sha256": ent_digest, "mean_entropy": mean_ent}
+    checks = None
+    if cfg.checks:  # the corpus against the reference's own data: overlap and format mismatch (refdata.py)
+        from .refdata import run_checks
+
+        checks = run_checks(ds, cfg.split, np.memmap(partial, dtype=np.float16, mode="r", shape=(n, ds.seq_len)),
+                            cfg.model, cfg.ref_data, cfg.base_model, cfg.check_windows, device, cfg.precision)
+        for line in checks.get("warnings", []):
+            print(f"slm: warning: {line}", file=sys.stderr, flush=True)
+        if "skipped" in checks:
+            print(f"slm: note: no overlap or format check: {checks['skipped']}", file=sys.stderr, flush=True)
     (out / "manifest.json").unlink(missing_ok=True)  # --overwrite: the old scores end here, the new ones are complete
     os.replace(partial, final)
     if cfg.entropy:
@@ -274,6 +295,7 @@ def _finish(cfg: ScoreConfig, ds: TokenDataset, ident: dict, elapsed: float) -> 
         "model": str(Path(cfg.model).resolve()),
         "mean_loss": mean_loss,
         **entropy,
+        **({"checks": checks} if checks is not None else {}),
         "seconds": round(elapsed, 3),
     }
     write_json(out / "manifest.json", manifest)

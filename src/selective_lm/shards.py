@@ -115,7 +115,7 @@ def unit_documents(job: dict, unit: list, stats: dict) -> Iterator[tuple[str, li
     f = job["fields"]
     for s, lo, hi in unit:
         kind, path = job["sources"][s]
-        yield from source_documents(kind, Path(path), f["text"], f["spans"], f["split"], stats, lo, hi)
+        yield from source_documents(kind, Path(path), f["text"], f["spans"], f["split"], stats, lo, hi, f.get("context"))
 
 
 def new_stats() -> dict:

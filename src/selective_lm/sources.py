@@ -34,7 +34,8 @@ SUPPORTED = (f"{'/'.join(KNOWN_EXTS)} files (text and JSONL also as {'/'.join(CO
              "or HF datasets directories")
 HF_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
 LABEL_NAMES = {"content": 0, "noise": 1, "offtopic": 2, "wrong_solution": 3, "near_duplicate": 4, "perturbed_table": 5,
-               "other_notation": 6}
+               "other_notation": 6, "context": 255}
+CONTEXT_LABEL = 255  # reserved: context only (a prompt, a problem statement), its targets are ignored everywhere
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -286,7 +287,8 @@ def _read_text(path: Path, stats: dict) -> Iterator[tuple[str, list | None]]:
 SPLIT_NAMES = ("train", "validation", "test")
 
 
-def _record(text, spans, where: str, stats: dict, text_field: str, split=None) -> tuple[str, list | None, str | None]:
+def _record(text, spans, where: str, stats: dict, text_field: str, split=None,
+            context=None) -> tuple[str, list | None, str | None]:
     if not isinstance(text, str):
         raise UserError(f"{where}: field '{text_field}' must be a string, got {type(text).__name__}")
     if split is not None and split not in SPLIT_NAMES:
@@ -294,11 +296,28 @@ def _record(text, spans, where: str, stats: dict, text_field: str, split=None) -
                         "or pass split_field=NONE_SUCH to split by hash")
     text, n = clean_text(text)
     stats["replaced_bytes"] += n
-    return text, check_spans(spans, len(text), where), split
+    spans = check_spans(spans, len(text), where)
+    if context is not None:
+        text, spans = with_context(context, text, spans, where, stats)
+    return text, spans, split
+
+
+def with_context(context, text: str, spans: list | None, where: str, stats: dict) -> tuple[str, list | None]:
+    """A document whose ``context`` (a prompt, a problem statement) comes before ``text``: the context's characters
+    get the reserved label :data:`CONTEXT_LABEL` and the text's spans move after it."""
+    if not isinstance(context, str):
+        raise UserError(f"{where}: the context field must be a string (or null for none), got "
+                        f"{type(context).__name__}")
+    context, n = clean_text(context)
+    stats["replaced_bytes"] += n
+    shift = len(context)
+    if not shift:
+        return text, spans
+    return context + text, [(0, shift, CONTEXT_LABEL)] + [(s + shift, e + shift, lab) for s, e, lab in spans or []]
 
 
 def _read_jsonl(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict,
-                lo: int | None = None, hi: int | None = None):
+                lo: int | None = None, hi: int | None = None, context_field: str | None = None):
     with open_input(path) as f:
         head: list[bytes] = []  # lines up to the first non-blank one (no seeking back in a compressed stream)
         if lo is not None:  # a piece: the lines that start in bytes [lo, hi) of a plain JSONL file
@@ -324,7 +343,8 @@ def _read_jsonl(path: Path, text_field: str, spans_field: str, split_field: str,
             if text_field not in row:
                 keys = ", ".join(list(row)[:8])
                 raise UserError(f"{where}: no '{text_field}' field (keys: {keys}): pass text_field=NAME")
-            yield _record(row[text_field], row.get(spans_field), where, stats, text_field, row.get(split_field))
+            yield _record(row[text_field], row.get(spans_field), where, stats, text_field, row.get(split_field),
+                          row.get(context_field) if context_field else None)
 
 
 def _jsonl_lines(f, path: Path, stats: dict, lo: int | None = None, hi: int | None = None):
@@ -347,7 +367,7 @@ def _jsonl_lines(f, path: Path, stats: dict, lo: int | None = None, hi: int | No
 
 
 def _read_table_batches(batches, columns: list[str], text_field: str, spans_field: str, split_field: str, name: str,
-                        stats: dict, row: int = 0):
+                        stats: dict, row: int = 0, context_field: str | None = None):
     if text_field not in columns:
         raise UserError(f"{name}: no '{text_field}' column (columns: {', '.join(columns)}): pass text_field=NAME")
     has_spans = spans_field in columns
@@ -355,16 +375,17 @@ def _read_table_batches(batches, columns: list[str], text_field: str, spans_fiel
         texts = batch[text_field]
         spans = batch[spans_field] if has_spans else [None] * len(texts)
         splits = batch[split_field] if split_field in columns else [None] * len(texts)
-        for text, sp, split in zip(texts, spans, splits):
+        contexts = batch[context_field] if context_field in columns else [None] * len(texts)
+        for text, sp, split, context in zip(texts, spans, splits, contexts):
             where = f"{name} row {row}"
             row += 1
             if text is None:
                 raise UserError(f"{where}: '{text_field}' is null: drop empty rows first")
-            yield _record(text, sp, where, stats, text_field, split)
+            yield _record(text, sp, where, stats, text_field, split, context)
 
 
 def _read_parquet(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict,
-                  lo: int | None = None, hi: int | None = None):
+                  lo: int | None = None, hi: int | None = None, context_field: str | None = None):
     """Every row, or a piece: row groups [lo, hi)."""
     import pyarrow.parquet as pq
 
@@ -373,15 +394,16 @@ def _read_parquet(path: Path, text_field: str, spans_field: str, split_field: st
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
         raise UserError(f"{path}: not a readable Parquet file ({e})") from None
     columns = pf.schema_arrow.names
-    wanted = [c for c in (text_field, spans_field, split_field) if c in columns]
+    wanted = [c for c in (text_field, spans_field, split_field, context_field) if c in columns]
     groups = {} if lo is None else {"row_groups": list(range(lo, hi))}
     first = sum(pf.metadata.row_group(i).num_rows for i in range(lo or 0))
     batches = (b.to_pydict() for b in pf.iter_batches(batch_size=1024, columns=wanted, **groups)) if wanted else iter(())
-    yield from _read_table_batches(batches, columns, text_field, spans_field, split_field, str(path), stats, first)
+    yield from _read_table_batches(batches, columns, text_field, spans_field, split_field, str(path), stats, first,
+                                   context_field)
 
 
 def _read_hf(path: Path, text_field: str, spans_field: str, split_field: str, stats: dict,
-             lo: int | None = None, hi: int | None = None):
+             lo: int | None = None, hi: int | None = None, context_field: str | None = None):
     """Every row, or a piece: rows [lo, hi)."""
     import datasets
 
@@ -395,10 +417,11 @@ def _read_hf(path: Path, text_field: str, spans_field: str, split_field: str, st
                             "point --inputs at the split directory you want")
         ds = ds["train"]
     columns = list(ds.column_names)
-    wanted = [c for c in (text_field, spans_field, split_field) if c in columns]
+    wanted = [c for c in (text_field, spans_field, split_field, context_field) if c in columns]
     ds = ds if lo is None else ds.select(range(lo, hi))
     batches = ds.select_columns(wanted).iter(batch_size=1024) if wanted else iter(())
-    yield from _read_table_batches(batches, columns, text_field, spans_field, split_field, str(path), stats, lo or 0)
+    yield from _read_table_batches(batches, columns, text_field, spans_field, split_field, str(path), stats, lo or 0,
+                                   context_field)
 
 
 def source_record(kind: str, path: Path) -> dict:
@@ -414,7 +437,7 @@ def source_record(kind: str, path: Path) -> dict:
 
 def iter_documents(inputs: list[str], text_field: str = "text", spans_field: str = "spans",
                    stats: dict | None = None, split_field: str = "split",
-                   with_split: bool = False) -> Iterator[tuple]:
+                   with_split: bool = False, context_field: str | None = None) -> Iterator[tuple]:
     """Yield ``(text, spans)`` per non-empty document of ``inputs`` in a deterministic order
     (``(text, spans, split)`` with ``with_split``: the document's ``split_field`` value — train,
     validation or test — or None where it has none).
@@ -424,6 +447,10 @@ def iter_documents(inputs: list[str], text_field: str = "text", spans_field: str
     (one ``{"path", "bytes", "sha256"}`` per source file or HF dataset directory; a compressed
     file's bytes and hash are those of the file as stored) and ``skipped`` (absolute paths of the
     files of other types found in the input directories and globs).
+
+    ``context_field``: a JSONL/Parquet/HF field holding a document's context (a prompt, a problem statement):
+    the document is that text followed directly by its ``text_field``, and the context's characters carry the
+    reserved span label :data:`CONTEXT_LABEL` (a row without the field, or with null, has none).
     """
     st = stats if stats is not None else {}
     st.update(replaced_bytes=0, documents=0, empty_documents=0, sources=[], skipped=[])
@@ -431,22 +458,25 @@ def iter_documents(inputs: list[str], text_field: str = "text", spans_field: str
     for kind, path in sources:
         if stats is not None:
             st["sources"].append(source_record(kind, path))
-        for text, spans, split in source_documents(kind, path, text_field, spans_field, split_field, st):
+        for text, spans, split in source_documents(kind, path, text_field, spans_field, split_field, st,
+                                                   context_field=context_field):
             yield (text, spans, split) if with_split else (text, spans)
 
 
 def source_documents(kind: str, path: Path, text_field: str, spans_field: str, split_field: str, stats: dict,
-                     lo: int | None = None, hi: int | None = None) -> Iterator[tuple[str, list | None, str | None]]:
+                     lo: int | None = None, hi: int | None = None,
+                     context_field: str | None = None) -> Iterator[tuple[str, list | None, str | None]]:
     """``(text, spans, split)`` of each non-empty document of one source, or of one piece of it (``lo``/``hi``:
-    :func:`selective_lm.shards.plan_pieces`); ``stats`` counts documents, empty documents and replaced bytes."""
+    :func:`selective_lm.shards.plan_pieces`); ``stats`` counts documents, empty documents and replaced bytes;
+    ``context_field``: a field of context-only text put before the text (:func:`with_context`)."""
     if kind == "text":
         docs = _read_text(path, stats)
     elif kind == "jsonl":
-        docs = _read_jsonl(path, text_field, spans_field, split_field, stats, lo, hi)
+        docs = _read_jsonl(path, text_field, spans_field, split_field, stats, lo, hi, context_field)
     elif kind == "parquet":
-        docs = _read_parquet(path, text_field, spans_field, split_field, stats, lo, hi)
+        docs = _read_parquet(path, text_field, spans_field, split_field, stats, lo, hi, context_field)
     else:
-        docs = _read_hf(path, text_field, spans_field, split_field, stats, lo, hi)
+        docs = _read_hf(path, text_field, spans_field, split_field, stats, lo, hi, context_field)
     if kind != "hf" and split_ext(path)[1]:
         docs = _checked(docs, path)
     for text, spans, split in docs:

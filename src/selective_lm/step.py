@@ -19,6 +19,7 @@ import torch
 from . import dist
 from .config import TrainConfig
 from .data import TokenDataset
+from .masks import SelectionLog
 from .model import autocast_ctx, model_token_losses
 from .objective import Objective
 from .reference import RefLosses, RefStats, token_score
@@ -105,6 +106,7 @@ class Trainer:
     ref: RefLosses | None
     metrics: StepMetrics
     device: torch.device
+    selection: SelectionLog | None = None  # save_selection: every step's masks, written at log and save steps
     nonfinite: torch.Tensor = dataclasses.field(init=False)  # steps skipped for a non-finite gradient norm
     first_nonfinite: torch.Tensor = dataclasses.field(init=False)  # the first such step, -1 if none
 
@@ -142,6 +144,7 @@ def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor
     excess: list[torch.Tensor | None] = [None] * len(micro)
     masks = None
     overlaps: list[torch.Tensor | None] = [None] * len(micro)
+    chosen: list[torch.Tensor] = []
     if obj.selective and obj.scope == "step" and len(micro) > 1:  # one micro-batch: the micro-step is the step
         if obj.needs_prepass:  # rank the whole step's tokens before any backward
             with torch.no_grad():
@@ -158,6 +161,7 @@ def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor
                 excess[m] = t.ref.score(tl.detach(), refs[m], ent)
             mask = masks[m] if masks is not None else obj.select([excess[m]], [valids[m]], gen)[0]
             obj.loss(tl, mask, denom).backward()
+            chosen.append(mask)
             if masks is None:
                 overlaps[m] = obj.topk_overlap([excess[m]], [valids[m]], [mask])
         noise = None
@@ -166,6 +170,8 @@ def train_step(t: Trainer, step: int, micro: list[tuple[np.ndarray, torch.Tensor
         t.metrics.add(tl.detach(), valids[m], mask, excess[m] if obj.uses_reference else None, noise, overlaps[m])
     if masks is not None and excess[0] is not None and (o := obj.topk_overlap(excess, valids, masks)) is not None:
         t.metrics.acc["overlap"] += o
+    if t.selection is not None:
+        t.selection.add(step, chosen, [idx for idx, _, _ in micro])
     params = [p for p in t.model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm

@@ -36,6 +36,7 @@ from .files import DirLock, UserError, replacing, write_json
 from .mixture import Mixture, MixtureOrder, open_data
 from .model import (PRESETS, apply_lora, build_model, check_compatible, check_lora_targets, count_parameters,
                     is_checkpoint, link_checkpoint_dir, load_model, lora_summary, resolve_device, save_checkpoint_dir)
+from .masks import SelectionLog
 from .objective import Objective
 from .options import parse_eval_data
 from .runtime import progress
@@ -310,6 +311,10 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")  # after the resume checks: a refused resume changes nothing
+    if cfg.save_selection:  # every step's masks, kept on the device and written at log and save steps
+        t.selection = SelectionLog(steps, per_step, ds.seq_len, device)
+        dist.agree(t.selection.open, out, step, {"dataset_fingerprint": ds.fingerprint, "split": "train"},
+                   main_only=True)
     last_eval = None
     if cfg.resume:
         def kept_rows() -> dict | None:  # metrics after the checkpoint go; its step's evaluation stays
@@ -376,8 +381,9 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
     def run_eval(step: int) -> dict:
         row = {"type": "eval", "step": step, "tokens": step * tokens_per_step}
         for name, (eds, weight) in val_sets.items():
-            summary = loss_summary(dataset_token_losses(model, eds, "validation", cfg.eval_windows, cfg.batch_size * 2,
-                                                        device, cfg.precision))
+            losses = dataset_token_losses(model, eds, "validation", cfg.eval_windows, cfg.batch_size * 2, device,
+                                          cfg.precision)
+            summary = loss_summary(losses, eds.target_mask("validation", slice(len(losses))))  # context-only: out
             if name is None:  # data's own validation split: loss, ppl (as ever)
                 row.update(loss=summary["loss"], ppl=summary["ppl"], eval_tokens=summary["tokens"])
             else:
@@ -408,6 +414,9 @@ def _train(cfg: TrainConfig, console: bool, device: torch.device, logger: Metric
         bar.update(1)
         last = step == steps
         due_auto = False
+        if t.selection is not None and (step % cfg.log_every == 0 or last
+                                        or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
+            t.selection.flush()  # before any checkpoint of this step: a resume finds the steps before it on disk
         if step % cfg.log_every == 0 or last:
             check_finite(step)
             vals = t.metrics.reduce()

@@ -89,3 +89,17 @@ def test_split_losses():
     assert res["selected"] == 1.0 and res["n_selected"] == 1
     with pytest.raises(ValueError):
         split_losses(np.ones(3), np.ones(2, dtype=bool))
+
+
+def test_selection_html_colours_by_excess_and_boxes_the_selection():
+    page = selection_html(["a", "b", "c", "sep"], [True, False, True, False], title="t",
+                          excess=[2.0, -1.0, 0.0, float("nan")], colour_by_excess=True, note="from <here>")
+    # full colour from the 98th percentile of |excess| (here 2 of 0, 1, 2) on; red above 0, blue below
+    assert 'style="background:rgba(211,47,47,0.60)">a</span>' in page
+    assert 'style="background:rgba(25,118,210,0.30)">b</span>' in page
+    half = selection_html(["a", "b"], [1, 0], title="t", excess=[-0.5, 1.0], colour_by_excess=True)
+    assert 'style="background:rgba(25,118,210,0.30)">a</span>' in half
+    assert ".s{outline:1px solid #212121;font-weight:bold;}" in page and "<p>from &lt;here&gt;</p>" in page
+    assert "3 tokens, 2 selected" in page  # NaN: no token
+    plain = selection_html(["a"], [True], title="t", excess=[1.0])
+    assert "style=" not in plain.split("<body>")[1]

@@ -13,6 +13,9 @@ or the command layer (:mod:`selective_lm.analyze` and :mod:`selective_lm.study` 
 * :mod:`.selection_diag` - :func:`provenance_shares`, :func:`token_selection_rates`,
   :func:`most_least_selected`, :func:`selection_html`, :func:`split_losses`, :func:`topk_mask` (SLM's
   top-k of an excess-loss array), :func:`training_shares` (a run's logged noise shares and top-k overlap).
+* :mod:`.selection_tables` - :class:`SelectionCounter`, :func:`run_selection`, :func:`selection_markdown`,
+  :func:`run_selection_page` (what a run selected, per provenance label and token class, from the masks it saved
+  with ``save_selection``).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from importlib import import_module
 __all__ = [
     "CATEGORIES",
     "DynamicsResult",
+    "SelectionCounter",
     "bucket_transitions",
     "checkpoint_delta",
     "classify_dynamics",
@@ -34,7 +38,10 @@ __all__ = [
     "most_least_selected",
     "provenance_shares",
     "read_state",
+    "run_selection",
+    "run_selection_page",
     "selection_html",
+    "selection_markdown",
     "split_losses",
     "token_selection_rates",
     "tokens_to_reach",
@@ -50,7 +57,9 @@ _LAZY = {"bucket_transitions": "buckets", "high_low_threshold": "buckets", "cosi
          "DynamicsResult": "dynamics", "classify_dynamics": "dynamics", "dynamics_examples": "dynamics",
          "data_efficiency": "efficiency", "tokens_to_reach": "efficiency", "most_least_selected": "selection_diag",
          "provenance_shares": "selection_diag", "selection_html": "selection_diag", "split_losses": "selection_diag",
-         "token_selection_rates": "selection_diag"}
+         "token_selection_rates": "selection_diag", "SelectionCounter": "selection_tables",
+         "run_selection": "selection_tables", "run_selection_page": "selection_tables",
+         "selection_markdown": "selection_tables"}
 
 
 def __getattr__(name: str):

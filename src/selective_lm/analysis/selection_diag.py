@@ -137,6 +137,8 @@ def selection_html(
     excess: Sequence[float] | None = None,
     provenance: Sequence[int] | None = None,
     provenance_labels: Mapping[int, str] = DEFAULT_PROVENANCE_LABELS,
+    colour_by_excess: bool = False,
+    note: str | None = None,
 ) -> str:
     """Render tokens as a self-contained HTML page with selected tokens highlighted.
 
@@ -149,6 +151,9 @@ def selection_html(
             negative provenance code) are not tokens (separators) and are left out of the summary counts.
         provenance: optional per-token provenance code, shown as an underline colour.
         provenance_labels: names of provenance codes for the legend.
+        colour_by_excess: give each token a background by its excess (red above 0, blue below, stronger further from
+            0, full at the 98th percentile of |excess|) and mark the selected ones with a box instead.
+        note: a line under the legend (e.g. where the excess comes from).
     """
     n = len(token_strings)
     sel = [bool(s) for s in selected]
@@ -159,6 +164,10 @@ def selection_html(
     if provenance is not None and len(provenance) != n:
         raise ValueError(f"provenance has {len(provenance)} entries, expected {n}")
 
+    scale = 0.0
+    if colour_by_excess and excess is not None:
+        finite = [abs(float(x)) for x in excess if math.isfinite(float(x))]
+        scale = sorted(finite)[math.ceil(0.98 * (len(finite) - 1))] if finite else 0.0
     spans: list[str] = []
     for i, tok in enumerate(token_strings):
         classes = ["t", "s" if sel[i] else "u"]
@@ -168,6 +177,10 @@ def selection_html(
             classes.append(f"p{code}" if code >= 0 else "pneg")
         if excess is not None and math.isfinite(float(excess[i])):
             attrs = f' title="{html.escape(f"#{i} excess={float(excess[i]):.4f}", quote=True)}"'
+            if scale > 0:
+                x = float(excess[i])
+                rgb = "211,47,47" if x > 0 else "25,118,210"
+                attrs += f' style="background:rgba({rgb},{min(1.0, abs(x) / scale) * 0.6:.2f})"'
         spans.append(f'<span class="{" ".join(classes)}"{attrs}>{html.escape(str(tok))}</span>')
 
     css = [
@@ -178,7 +191,12 @@ def selection_html(
         ".u{color:#9e9e9e;}",
         ".legend span.t{padding:0 .4em;margin-right:1em;}",
     ]
+    if scale > 0:  # the background shows the excess: selection is a box
+        css[2:4] = [".s{outline:1px solid #212121;font-weight:bold;}", ".u{color:#616161;}"]
     legend = ['<span class="t s">selected</span>', '<span class="t u">not selected</span>']
+    if scale > 0:
+        legend += [f'<span class="t" style="background:rgba(211,47,47,.6)">excess ≥ {scale:.2f}</span>',
+                   f'<span class="t" style="background:rgba(25,118,210,.6)">excess ≤ −{scale:.2f}</span>']
     if provenance is not None:
         codes = sorted({int(p) for p in provenance} | set(provenance_labels))
         for code in codes:
@@ -199,8 +217,8 @@ def selection_html(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{safe_title}</title>\n<style>\n" + "\n".join(css) + "\n</style>\n</head>\n"
         f"<body>\n<h1>{safe_title}</h1>\n<p>{html.escape(summary)}</p>\n"
-        f'<p class="legend">{"".join(legend)}</p>\n'
-        f'<div class="text">{"".join(spans)}</div>\n</body>\n</html>\n'
+        f'<p class="legend">{"".join(legend)}</p>\n' + (f"<p>{html.escape(note)}</p>\n" if note else "")
+        + f'<div class="text">{"".join(spans)}</div>\n</body>\n</html>\n'
     )
 
 
