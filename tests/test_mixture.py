@@ -125,6 +125,8 @@ def test_mixture_and_eval_data_refuse_bad_input(tiny_data, second, reference, tm
         _cfg(tiny_data, second, reference, tmp_path / "a", ref_scores=[str(reference / "scores")]).validate()
     with pytest.raises(UserError, match="holdout_fraction holds out windows of one dataset"):
         _cfg(tiny_data, second, reference, tmp_path / "a", holdout_fraction=0.2).validate()
+    with pytest.raises(UserError, match="save_selection records windows of one dataset"):
+        _cfg(tiny_data, second, reference, tmp_path / "a", save_selection=True).validate()
     with pytest.raises(UserError, match="names target twice"):
         _cfg(tiny_data, second, reference, tmp_path / "a", eval_data=["target=x", "target=y"]).validate()
     other = tmp_path / "other"

@@ -103,6 +103,9 @@ def check_data(cfg) -> None:
     if cfg.holdout_fraction:
         raise UserError("holdout_fraction holds out windows of one dataset: train the self-reference on one dataset, "
                         "not a mixture (drop holdout_fraction or the weights)")
+    if cfg.save_selection:
+        raise UserError("save_selection records windows of one dataset for `slm analyze selection`: train on one "
+                        "dataset, or drop save_selection for a mixture")
     n = len(parts)
     if cfg.ref_scores and len(cfg.ref_scores) != n:
         raise UserError(f"--data names {n} datasets but ref_scores has {len(cfg.ref_scores)} directories: pass one "
