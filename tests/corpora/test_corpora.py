@@ -76,12 +76,12 @@ def test_layout_and_manifest(built: CorporaPaths) -> None:
 def test_label_names_agree() -> None:
     """One table of provenance names: corpora's spans, `slm prepare`'s manifest and span-name parsing."""
     from selective_lm.data import PROVENANCE_LABELS
-    from selective_lm.sources import LABEL_NAMES
+    from selective_lm.sources import CONTEXT_LABEL, LABEL_NAMES
 
     assert PROVENANCE == {0: "content", 1: "noise", 2: "offtopic", 3: "wrong_solution", 4: "near_duplicate",
                           5: "perturbed_table", 6: "other_notation"}
     assert PROVENANCE_LABELS == {str(k): v for k, v in PROVENANCE.items()}
-    assert LABEL_NAMES == {v: k for k, v in PROVENANCE.items()}
+    assert LABEL_NAMES == {**{v: k for k, v in PROVENANCE.items()}, "context": CONTEXT_LABEL}  # context: reserved
 
 
 def test_hq_math(built: CorporaPaths) -> None:
