@@ -165,6 +165,9 @@ def test_study_killed_while_saving_the_base_resumes_to_the_same_results(quick_st
         a = json.loads((quick_study / "seed-0" / "runs" / name / "run.json").read_text())
         b = json.loads((out / "seed-0" / "runs" / name / "run.json").read_text())
         assert a["final_val_loss"] == b["final_val_loss"], name
+    # the stages the killed invocation finished keep their seconds (timings.json, written after each stage)
+    timings = json.loads((out / "index.json").read_text())["timings"]
+    assert all(timings.get(k, 0) > 0 for k in ("s0 corpora", "s0 tokenizer", "s0 prepare")), timings
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (Path(__file__).parents[2] / "configs").glob("study-*.yaml")))

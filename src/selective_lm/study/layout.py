@@ -156,15 +156,23 @@ class Study:
         cfg.validate()  # absolute paths, as on the command line
         return cfg
 
-    def write_index(self) -> None:
+    def all_timings(self) -> dict[str, float]:
+        """Seconds of each stage over every invocation: a stage's seconds add up over the invocations that ran
+        part of it (a resumed evaluation, a rescoring); the report is rewritten every time, so it keeps the last."""
         if not hasattr(self, "_prior_timings"):  # what earlier invocations spent, read once per invocation
-            self._prior_timings = (read_json(self.p("index.json")).get("timings", {})
-                                   if self.p("index.json").is_file() else {})
-        # a stage's seconds add up over the invocations that ran part of it (a resumed evaluation, a rescoring);
-        # the report is rewritten every time, so it keeps the last
+            saved = self.p("timings.json") if self.p("timings.json").is_file() else self.p("index.json")
+            self._prior_timings = read_json(saved).get("timings", {}) if saved.is_file() else {}
         timings = dict(self._prior_timings)
         for k, v in self.timings.items():
             timings[k] = v if k == "report" else round(timings.get(k, 0.0) + v, 2)
+        return timings
+
+    def save_timings(self) -> None:
+        """After each stage: its seconds survive a kill of this invocation (index.json is written at the end)."""
+        write_json(self.p("timings.json"), {"timings": self.all_timings()})
+
+    def write_index(self) -> None:
+        timings = self.all_timings()
         c = self.cfg
         pipelines = {}
         for seed in c.seeds:

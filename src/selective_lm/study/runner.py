@@ -35,6 +35,7 @@ def run(study: Study) -> Path:
         work = st.run()
         seconds = time.perf_counter() - t0
         study.timings[st.name] = round(seconds, 2)
+        study.save_timings()
         if st.kind:
             tokens = work if isinstance(work, (int, float)) and work > 0 else st.tokens
             was = done.get(st.kind, (0.0, 0.0))
@@ -44,6 +45,7 @@ def run(study: Study) -> Path:
     report = write_report(study.root, writer="slm study")
     study.timings["report"] = round(time.perf_counter() - t0, 2)
     study.write_index()
+    study.save_timings()
     print(f"study finished in {_fmt(time.perf_counter() - t_start)}: {report}", flush=True)
     return report
 
