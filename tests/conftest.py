@@ -97,3 +97,20 @@ def tiny_llama(tiny_data, tmp_path_factory):
     LlamaForCausalLM(cfg).save_pretrained(out)
     copy_tokenizer(ds.tokenizer_dir, out)
     return out
+
+
+def train_cut_at(cfg, step: int, monkeypatch) -> None:
+    """``train(cfg)`` interrupted (KeyboardInterrupt) as its optimizer step ``step`` begins, as a kill would."""
+    import selective_lm.train as train_mod
+
+    real = train_mod.train_step
+
+    def stop(t, at, *a, **k):
+        if at == step:
+            raise KeyboardInterrupt
+        return real(t, at, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train_step", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, console=False)
+    monkeypatch.setattr(train_mod, "train_step", real)

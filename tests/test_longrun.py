@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import train_cut_at
 from safetensors.torch import load_file
 
-import selective_lm.train as train_mod
 from selective_lm.cli import main
 from selective_lm.config import ExportConfig, LoraConfig, TrainConfig
 from selective_lm.export import export
@@ -65,17 +65,7 @@ def test_wsd_resumes_exactly_and_the_log_says_where_it_is(tiny_data, reference, 
         assert needle in banner, (needle, banner)
     steps = [line for line in out.splitlines() if line.startswith("step ") and "/8 " in line]
     assert len(steps) == 4 and all(" elapsed 0:00:" in s and " eta 0:00:" in s for s in steps), steps
-    real = train_mod.train_step
-
-    def stop(t, step, *a, **k):
-        if step == 5:
-            raise KeyboardInterrupt
-        return real(t, step, *a, **k)
-
-    monkeypatch.setattr(train_mod, "train_step", stop)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tiny_data, tmp_path / "cut", **kw), console=False)
-    monkeypatch.setattr(train_mod, "train_step", real)
+    train_cut_at(_cfg(tiny_data, tmp_path / "cut", **kw), 5, monkeypatch)
     capsys.readouterr()
     train(_cfg(tiny_data, tmp_path / "cut", resume=True, **kw), console=True)
     assert f"resumed from step 4 ({tmp_path / 'cut' / 'checkpoints' / 'step_000004'})" in capsys.readouterr().out

@@ -4,10 +4,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_corpus
+from conftest import make_corpus, train_cut_at
 from safetensors.torch import load_file
 
-import selective_lm.train as train_mod
 from selective_lm.config import EvalConfig, PrepareConfig, ScoreConfig, TrainConfig
 from selective_lm.data import TokenDataset, prepare
 from selective_lm.evaluate import evaluate
@@ -103,18 +102,7 @@ def test_mixture_trains_resumes_and_evaluates_the_target(tiny_data, second, refe
     assert evals[-1]["target/loss"] == pytest.approx(direct["datasets"][str(second / "ds2")]["loss"], rel=1e-5)
     assert summary["final_eval"]["target"]["loss"] == evals[-1]["target/loss"]
     # killed as step 3 begins (after the step-2 checkpoint), then resumed: the same run
-    real = train_mod.train_step
-
-    def stop(t, step, *a, **k):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real(t, step, *a, **k)
-
-    monkeypatch.setattr(train_mod, "train_step", stop)
-    cut = _cfg(tiny_data, second, reference, tmp_path / "cut")
-    with pytest.raises(KeyboardInterrupt):
-        train(cut, console=False)
-    monkeypatch.setattr(train_mod, "train_step", real)
+    train_cut_at(_cfg(tiny_data, second, reference, tmp_path / "cut"), 2, monkeypatch)
     train(_cfg(tiny_data, second, reference, tmp_path / "cut", resume=True), console=False)
     a, b = (load_file(str(tmp_path / r / "final" / "model.safetensors")) for r in ("run", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -34,8 +34,9 @@ from .config import PrepareConfig
 from .files import (DirLock, UserError, atomic_dir, check_output_dir, commit_dir, read_json, remove_stale_temporaries,
                     sha256_json, write_json)
 from .sources import CONTEXT_LABEL, expand_inputs, iter_documents, source_record
-from .tokenizer import (EOS_TOKEN, _encode_batch, can_chunk, copy_tokenizer, load_tokenizer, resolve_bos, split_long,
-                        token_dtype, tokenizer_fingerprint, train_tokenizer, train_tokenizer_from_inputs)
+from .tokenizer import (EOS_TOKEN, _encode_batch, can_chunk, char_labels, copy_tokenizer, load_tokenizer, resolve_bos,
+                        split_long, token_dtype, token_labels, tokenizer_fingerprint, train_tokenizer,
+                        train_tokenizer_from_inputs)
 
 __all__ = [
     "CONTEXT_LABEL", "EOS_TOKEN", "FORMAT_VERSION", "PROVENANCE_LABELS", "TokenDataset", "dataset_fingerprint",
@@ -56,7 +57,6 @@ _BATCH_DOCS = 2048
 _CHUNK_CHARS = 1 << 16  # long documents are encoded in pieces of about this size
 _FLUSH_TOKENS = 1 << 22  # pending tokens per split before writing to disk
 _SplitWriter = shards.WindowWriter
-_WS_CODEPOINTS = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -98,33 +98,6 @@ def _split_hash(text: str, seed: int) -> float:
 def is_validation(text: str, seed: int, val_fraction: float) -> bool:
     """Seeded hash split: identical documents always land in the same split."""
     return val_fraction > 0 and _split_hash(text, seed) < val_fraction
-
-
-def char_labels(text: str, spans) -> np.ndarray:
-    lab = np.zeros(len(text), dtype=np.uint8)
-    for start, end, label in spans:
-        lab[start:end] = label
-    return lab
-
-
-def token_labels(text: str, spans, offsets) -> np.ndarray:
-    """Label per token: the label of its first non-whitespace character (else its start character).
-
-    Byte-level BPE tokens usually carry their leading space (" word"); skipping it gives the token
-    the label of the word it spells rather than that of the space before it.
-    """
-    n = len(text)
-    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    if n == 0 or len(offs) == 0:
-        return np.zeros(len(offs), dtype=np.uint8)
-    lab = char_labels(text, spans)
-    cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    idx = np.where(np.isin(cps, _WS_CODEPOINTS), n, np.arange(n))
-    nxt = np.minimum.accumulate(idx[::-1])[::-1]  # next non-whitespace index at or after i
-    start = np.clip(offs[:, 0], 0, n - 1)
-    first = nxt[start]
-    pos = np.where(first < np.maximum(offs[:, 1], offs[:, 0] + 1), first, start)
-    return lab[np.clip(pos, 0, n - 1)]
 
 
 def _pack(docs, tokenizer, writers: dict, cfg: PrepareConfig, eos_id: int,

@@ -235,3 +235,34 @@ def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
     if isinstance(content, dict):
         content = {k: v for k, v in content.items() if k not in ("truncation", "padding")}
     return sha256_json(content)
+
+
+# --------------------------------------------------------------------------- provenance labels per token
+_WS_CODEPOINTS = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+
+
+def char_labels(text: str, spans) -> np.ndarray:
+    lab = np.zeros(len(text), dtype=np.uint8)
+    for start, end, label in spans:
+        lab[start:end] = label
+    return lab
+
+
+def token_labels(text: str, spans, offsets) -> np.ndarray:
+    """Label per token: the label of its first non-whitespace character (else its start character).
+
+    Byte-level BPE tokens usually carry their leading space (" word"); skipping it gives the token
+    the label of the word it spells rather than that of the space before it.
+    """
+    n = len(text)
+    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    if n == 0 or len(offs) == 0:
+        return np.zeros(len(offs), dtype=np.uint8)
+    lab = char_labels(text, spans)
+    cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    idx = np.where(np.isin(cps, _WS_CODEPOINTS), n, np.arange(n))
+    nxt = np.minimum.accumulate(idx[::-1])[::-1]  # next non-whitespace index at or after i
+    start = np.clip(offs[:, 0], 0, n - 1)
+    first = nxt[start]
+    pos = np.where(first < np.maximum(offs[:, 1], offs[:, 0] + 1), first, start)
+    return lab[np.clip(pos, 0, n - 1)]
